@@ -1,0 +1,76 @@
+//! Parsers for configuration values shared by both binaries (used as clap `value_parser`s).
+
+use std::time::Duration;
+
+/// Parses a duration such as `54s`, `500ms` or `2m` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Parses a byte size: a plain number of bytes, or a number with `KiB`, `MiB`, `GiB`
+/// (or `K`, `M`, `G`, `KB`, `MB`, `GB`, all powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid byte size {s:?}"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid byte size {s:?}: unknown unit {unit:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("byte size {s:?} is too large"))
+}
+
+/// Parses a base URL for `instanceData.baseUrl`: must be http(s), used verbatim minus one
+/// trailing `/` (D11).
+pub fn parse_base_url(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if !(t.starts_with("http://") || t.starts_with("https://")) || t.len() <= "https://".len() {
+        return Err(format!(
+            "invalid base URL {s:?}: must start with http:// or https://"
+        ));
+    }
+    Ok(t.strip_suffix('/').unwrap_or(t).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        assert_eq!(parse_duration("54s").unwrap(), Duration::from_secs(54));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_accept_numbers_and_binary_units() {
+        assert_eq!(parse_bytes("8388608").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("16 MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_bytes("4k").unwrap(), 4096);
+        assert!(parse_bytes("8 parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn base_url_loses_exactly_one_trailing_slash() {
+        assert_eq!(
+            parse_base_url("https://a.example/").unwrap(),
+            "https://a.example"
+        );
+        assert_eq!(
+            parse_base_url("https://a.example/x//").unwrap(),
+            "https://a.example/x/"
+        );
+        assert!(parse_base_url("ftp://a").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! What the gateway and the publisher must agree on, and nothing else.
+//!
+//! Layout:
+//! - [`event`]: the six event types and the per-instance filter set.
+//! - [`envelope`]: the frame a client receives (`{"event","data","instanceData"}`), built once.
+//! - [`wire`]: the Redis message body: a one-line header followed by the frame bytes.
+//! - [`channel`]: Redis channel and key names, and the control-channel messages.
+//! - [`close`]: the WebSocket close-code table (SPEC D7).
+//! - [`config`]: parsing helpers shared by both binaries' configuration (durations, byte sizes).
+//! - [`token`]: token hashing for lookup and AES-256-GCM sealing at rest.
+//! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
+
+pub mod channel;
+pub mod close;
+pub mod config;
+pub mod envelope;
+pub mod event;
+pub mod store;
+pub mod token;
+pub mod wire;
