@@ -1,0 +1,31 @@
+//! Integration-test harness for ryze-events: private servers and real processes.
+//!
+//! Layout:
+//! - [`postgres`]: a private PostgreSQL (`initdb` in a temp dir, free port). [`pg()`] is shared
+//!   per test binary and hands out [`TestDb`]s via [`PgServer::fresh_database`];
+//!   [`PgServer::start_private`] gives one a test may stop and start (outages).
+//! - [`redis`]: a private `redis-server` on a free port. [`redis()`] is shared (isolate with
+//!   [`unique_prefix()`]); [`RedisServer::start`] gives one a test may stop and restart.
+//! - [`process`]: the project's binaries as child processes ([`Service`], [`Bin`]) with captured
+//!   logs, readiness waits and signals; [`run_cli`] for one-shot admin commands; [`free_port`].
+//! - [`client`]: the shared [`http()`] client and [`WsClient`], whose [`WsConnectError`] carries
+//!   a refused upgrade's status and body.
+//! - `supervisor` (private): the `sh` wrapper that ties every server to the test process, so
+//!   nothing outlives a panic or a killed test binary.
+//!
+//! Tests await conditions (`/readyz`, a frame, a log line, a close code), each under a timeout
+//! as upper bound; none sleeps.
+
+pub mod client;
+pub mod postgres;
+pub mod process;
+pub mod redis;
+mod supervisor;
+
+pub use client::{http, WsClient, WsConnectError};
+pub use postgres::{pg, try_pg, PgServer, TestDb};
+pub use process::{
+    describe, free_port, run_cli, run_cli_json, run_program, Bin, Listeners, Service,
+};
+pub use redis::{redis, try_redis, unique_prefix, RedisServer};
+pub use supervisor::pid_is_alive;
