@@ -158,6 +158,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawMap<'a> {
     }
 }
 
+/// The product's error body, `{"success":false,"error":{"message":...}}`, compact, keys in
+/// the documented order (SPEC §2.1). Both binaries answer errors with exactly this.
+pub fn error_json(message: &str) -> String {
+    #[derive(Serialize)]
+    struct Message<'a> {
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        success: bool,
+        error: Message<'a>,
+    }
+    // Serialising two string fields cannot fail.
+    serde_json::to_string(&Body {
+        success: false,
+        error: Message { message },
+    })
+    .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +219,14 @@ mod tests {
         ));
         let kept = encode_message(EventType::MessageExchange, &data, ID, true, 1).unwrap();
         assert!(frame(&kept).contains(r#""base64":"iVBORw0KGgo""#));
+    }
+
+    #[test]
+    fn error_body_has_the_documented_shape() {
+        assert_eq!(
+            error_json("Invalid \"x\""),
+            r#"{"success":false,"error":{"message":"Invalid \"x\""}}"#
+        );
     }
 
     #[test]

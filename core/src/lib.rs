@@ -8,6 +8,7 @@
 //! - [`close`]: the WebSocket close-code table (SPEC D7).
 //! - [`config`]: parsing helpers shared by both binaries' configuration (durations, byte sizes).
 //! - [`token`]: token hashing for lookup and AES-256-GCM sealing at rest.
+//! - [`redis`]: `REDIS_URL` parsing and client settings.
 //! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
 
 pub mod channel;
@@ -15,6 +16,7 @@ pub mod close;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod redis;
 pub mod store;
 pub mod token;
 pub mod wire;

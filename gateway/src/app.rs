@@ -1,0 +1,273 @@
+//! Builds the gateway from its config and runs it until a shutdown signal, then drains.
+
+use crate::auth::AuthCache;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::connection::Heartbeat;
+use crate::hub::{Hub, HubOptions};
+use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
+use crate::ratelimit::RateLimiter;
+use crate::routes::{self, Extras};
+use crate::state::{AppState, Shared, WsLimits};
+use anyhow::Context;
+use ryze_core::channel::Names;
+use ryze_core::redis::RedisTarget;
+use ryze_core::store::{Store, StoreOptions};
+use ryze_publisher::outlet::Outlet;
+use secrecy::ExposeSecret;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A built gateway: listeners bound, background tasks started.
+pub struct App {
+    public: TcpListener,
+    admin: TcpListener,
+    public_router: axum::Router,
+    admin_router: axum::Router,
+    state: AppState,
+    background: CancellationToken,
+    drain_rate: u32,
+    shutdown_timeout: Duration,
+    header_timeout: Duration,
+}
+
+impl App {
+    /// Connects what must be connected, binds both listeners, starts background loops.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let cipher = config.cipher()?;
+        let database_url = config
+            .database_url
+            .as_ref()
+            .context("DATABASE_URL is required")?;
+        let store = Store::new(
+            database_url.expose_secret(),
+            &StoreOptions {
+                pool_size: config.database_pool_size,
+                timeout: Duration::from_secs(2),
+            },
+            cipher,
+        )?;
+        let metrics = Metrics::new(config.metrics_instance_labels);
+        let names = Names::new(config.redis_prefix.clone());
+        let tasks = TaskTracker::new();
+        let background = CancellationToken::new();
+        let cache = Arc::new(AuthCache::new(config.config_cache_ttl));
+        let broker = match &config.redis_url {
+            Some(url) => {
+                let target = RedisTarget::parse(url.expose_secret()).map_err(anyhow::Error::msg)?;
+                Broker::Redis(RedisBroker::connect(
+                    &target,
+                    names.clone(),
+                    metrics.clone(),
+                )?)
+            }
+            None => Broker::Memory(Arc::new(MemoryBroker::default())),
+        };
+        let hub = Hub::new(
+            broker.clone(),
+            cache.clone(),
+            metrics.clone(),
+            tasks.clone(),
+            background.clone(),
+            HubOptions {
+                unsubscribe_delay: config.unsubscribe_delay,
+                slow_grace: config.ws_slow_consumer_grace,
+            },
+        );
+        match &broker {
+            Broker::Redis(r) => r.start(hub.clone(), &tasks, background.clone()),
+            Broker::Memory(m) => m.attach(hub.clone()),
+        }
+        let limiter = RateLimiter::new(
+            config.rate_limit_per_minute,
+            broker.redis().cloned(),
+            names.clone(),
+            metrics.clone(),
+        );
+        let write_buffer = 8 * 1024;
+        let state: AppState = Arc::new(Shared {
+            store: store.clone(),
+            cache: cache.clone(),
+            hub,
+            limiter,
+            origins: OriginPolicy::parse(config.allowed_ws_origins.as_deref()),
+            metrics,
+            connections: Arc::new(Semaphore::new(
+                config.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            ws: WsLimits {
+                max_message_bytes: config.ws_max_message_bytes,
+                send_queue: config.ws_send_queue,
+                send_queue_bytes: config.ws_send_queue_bytes,
+                read_buffer: 1024,
+                write_buffer,
+                // Above any frame the publisher can produce (bounded by MAX_INGEST_BYTES).
+                max_write_buffer: config.ws_send_queue_bytes.max(config.max_ingest_bytes)
+                    + write_buffer,
+                heartbeat: Heartbeat {
+                    ping_interval: config.ws_ping_interval,
+                    pong_timeout: config.ws_pong_timeout,
+                },
+            },
+            tasks: tasks.clone(),
+            draining: CancellationToken::new(),
+            started: Instant::now(),
+            trust_proxy_headers: config.trust_proxy_headers,
+        });
+
+        let mut extras = Extras {
+            ingest: None,
+            console: config.console_enabled,
+        };
+        if config.embedded_publisher {
+            let outlet: Arc<dyn Outlet> = match &broker {
+                Broker::Memory(m) => m.clone(),
+                Broker::Redis(_) => {
+                    let url = config.redis_url.as_ref().context("REDIS_URL")?;
+                    Arc::new(ryze_publisher::outlet::RedisOutlet::connect(
+                        url.expose_secret(),
+                        names.clone(),
+                    )?)
+                }
+            };
+            let settings = ryze_publisher::Settings {
+                base_url: config
+                    .public_base_url
+                    .clone()
+                    .context("PUBLIC_BASE_URL is required")?,
+                api_key: config
+                    .publisher_api_key
+                    .clone()
+                    .context("PUBLISHER_API_KEY is required")?,
+                max_ingest_bytes: config.max_ingest_bytes,
+                cache_ttl: config.config_cache_ttl,
+            };
+            let publisher = ryze_publisher::Publisher::new(store.clone(), outlet, settings);
+            extras.ingest = Some(ryze_publisher::routes::ingest(publisher.clone()));
+            tasks.spawn(ryze_publisher::relay::run(publisher, background.clone()));
+        }
+
+        // Expired cache entries are swept so the maps stay bounded.
+        {
+            let cache = cache.clone();
+            let stop = background.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => cache.sweep(),
+                    }
+                }
+            });
+        }
+
+        let public = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+        let admin = TcpListener::bind(config.admin_listen_addr)
+            .await
+            .with_context(|| format!("binding ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
+        Ok(App {
+            public_router: routes::router(state.clone(), extras),
+            admin_router: routes::admin::router(state.clone()),
+            public,
+            admin,
+            state,
+            background,
+            drain_rate: config.drain_rate,
+            shutdown_timeout: config.shutdown_timeout,
+            header_timeout: config.http_header_timeout,
+        })
+    }
+
+    /// The bound public address.
+    pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public.local_addr()
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `signal` resolves, then: readiness fails, accepting stops, connections
+    /// close with 1001 at `DRAIN_RATE`, all bounded by `SHUTDOWN_TIMEOUT`.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let state = self.state;
+        let stop_public = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
+        let servers = TaskTracker::new();
+        servers.spawn(crate::server::serve(
+            self.public,
+            self.public_router,
+            self.header_timeout,
+            stop_public.clone(),
+            state.tasks.clone(),
+        ));
+        servers.spawn(crate::server::serve(
+            self.admin,
+            self.admin_router,
+            self.header_timeout,
+            stop_admin.clone(),
+            TaskTracker::new(),
+        ));
+        tracing::info!("gateway started");
+        signal.await;
+        tracing::info!(
+            drain_rate = self.drain_rate,
+            "shutdown started: readiness failing, draining connections"
+        );
+        state.draining.cancel();
+        stop_public.cancel();
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            state.hub.drain(self.drain_rate).await;
+            self.background.cancel();
+            state.tasks.close();
+            state.tasks.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown timeout reached with connections still open; exiting anyway");
+        }
+        self.background.cancel();
+        stop_admin.cancel();
+        servers.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), servers.wait()).await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,324 @@
+//! Redis pub/sub: one subscriber connection per pod (one per owning node on a cluster, which
+//! fred manages), plus one command connection for rate limits, live keys and health.
+//!
+//! Readiness means the subscriptions are live, not merely that a socket is open: the
+//! best-known failure of this design is pub/sub silently lost after a Redis failover while
+//! health stays green. So on every (re)connect all wanted channels are marked unconfirmed and
+//! each is confirmed only when its SUBSCRIBE succeeds on the new connection.
+
+use super::BrokerError;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use fred::prelude::*;
+use fred::types::Message;
+use ryze_core::channel::{ControlMessage, Names};
+use ryze_core::redis::RedisTarget;
+use ryze_core::wire;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// How long a live key outlives its last heartbeat (publisher fast path, docs/publisher.md).
+pub const LIVE_TTL: Duration = Duration::from_secs(30);
+/// Frames fred may buffer for the reader before it lags (then frames are lost and counted).
+const BROADCAST_CAPACITY: usize = 16_384;
+/// Channels per SUBSCRIBE command when resubscribing after a reconnect.
+const RESUBSCRIBE_CHUNK: usize = 500;
+
+#[derive(Default)]
+struct SubState {
+    wanted: HashSet<Uuid>,
+    confirmed: HashSet<Uuid>,
+    control_confirmed: bool,
+}
+
+/// The pod's Redis connections and its subscription bookkeeping.
+pub struct RedisBroker {
+    subscriber: Client,
+    commands: Client,
+    names: Names,
+    clustered: bool,
+    state: Mutex<SubState>,
+    metrics: Metrics,
+}
+
+impl RedisBroker {
+    /// Creates both clients and starts connecting (without waiting: the pod reports not ready
+    /// until Redis answers and every subscription is confirmed).
+    pub fn connect(
+        target: &RedisTarget,
+        names: Names,
+        metrics: Metrics,
+    ) -> Result<Arc<RedisBroker>, fred::error::Error> {
+        let subscriber = target.client(BROADCAST_CAPACITY)?;
+        let commands = target.client(32)?;
+        subscriber.connect();
+        commands.connect();
+        Ok(Arc::new(RedisBroker {
+            subscriber,
+            commands,
+            names,
+            clustered: target.clustered,
+            state: Mutex::new(SubState::default()),
+            metrics,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The command connection (rate-limit counters, live keys, health).
+    pub fn commands(&self) -> &Client {
+        &self.commands
+    }
+
+    /// Starts the reader (frames and control messages into the hub), the reconnect watcher
+    /// and the live-key heartbeat.
+    pub fn start(self: &Arc<Self>, hub: Hub, tasks: &TaskTracker, shutdown: CancellationToken) {
+        let messages = self.subscriber.message_rx();
+        let reconnects = self.subscriber.reconnect_rx();
+        let errors = self.subscriber.error_rx();
+        tasks.spawn(self.clone().read(messages, hub.clone(), shutdown.clone()));
+        tasks.spawn(
+            self.clone()
+                .watch(reconnects, errors, hub, shutdown.clone()),
+        );
+        tasks.spawn(self.clone().heartbeat(shutdown));
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        mut messages: tokio::sync::broadcast::Receiver<Message>,
+        hub: Hub,
+        shutdown: CancellationToken,
+    ) {
+        let control = self.names.control_channel();
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = messages.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    self.metrics.frames_dropped_n("broker_lag", n);
+                    tracing::warn!(frames = n, "fan-out fell behind Redis; frames were lost");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let body = match msg.value {
+                Value::Bytes(b) => b,
+                Value::String(s) => s.into_inner(),
+                _ => continue,
+            };
+            if *msg.channel == *control {
+                match serde_json::from_slice::<ControlMessage>(&body) {
+                    Ok(c) => hub.control(&c),
+                    Err(e) => tracing::warn!(error = %e, "ignoring malformed control message"),
+                }
+                continue;
+            }
+            let Some(id) = self.names.parse_instance_channel(&msg.channel) else {
+                continue;
+            };
+            match wire::decode(body) {
+                Ok(frame) => hub.deliver(id, frame).await,
+                Err(e) => {
+                    self.metrics.frame_dropped("bad_wire");
+                    tracing::debug!(error = %e, "dropping undecodable message");
+                }
+            }
+        }
+    }
+
+    async fn watch(
+        self: Arc<Self>,
+        mut reconnects: tokio::sync::broadcast::Receiver<Server>,
+        mut errors: tokio::sync::broadcast::Receiver<(fred::error::Error, Option<Server>)>,
+        hub: Hub,
+        shutdown: CancellationToken,
+    ) {
+        // The first connection may have happened before we listened for reconnects.
+        let first = self.subscriber.wait_for_connect();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = first => if r.is_ok() { self.resync(&hub).await },
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = reconnects.recv() => match r {
+                    Ok(server) => {
+                        tracing::info!(server = %server, "redis subscriber reconnected; resubscribing");
+                        self.metrics.redis_reconnect();
+                        self.resync(&hub).await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync(&hub).await,
+                    Err(_) => return,
+                },
+                e = errors.recv() => if let Ok((e, _)) = e {
+                    tracing::warn!(error = %e, "redis subscriber connection lost");
+                    let mut s = self.lock();
+                    s.confirmed.clear();
+                    s.control_confirmed = false;
+                },
+            }
+        }
+    }
+
+    /// After a (re)connect: nothing is confirmed until resubscribed on this connection.
+    async fn resync(&self, hub: &Hub) {
+        let wanted: Vec<Uuid> = {
+            let mut s = self.lock();
+            s.confirmed.clear();
+            s.control_confirmed = false;
+            s.wanted.iter().copied().collect()
+        };
+        // Control messages may have been missed while disconnected.
+        hub.clear_cache();
+        match self
+            .subscriber
+            .subscribe(self.names.control_channel())
+            .await
+        {
+            Ok(()) => self.lock().control_confirmed = true,
+            Err(e) => tracing::warn!(error = %e, "control channel subscription failed"),
+        }
+        if let Err(e) = self.refresh_live(&wanted).await {
+            tracing::warn!(error = %e, "live keys not refreshed after reconnect");
+        }
+        for chunk in wanted.chunks(RESUBSCRIBE_CHUNK) {
+            let result = if self.clustered {
+                let mut r = Ok(());
+                for id in chunk {
+                    r = r.and(
+                        self.subscriber
+                            .ssubscribe(self.names.instance_channel(*id))
+                            .await,
+                    );
+                }
+                r
+            } else {
+                let channels: Vec<String> = chunk
+                    .iter()
+                    .map(|id| self.names.instance_channel(*id))
+                    .collect();
+                self.subscriber.subscribe(channels).await
+            };
+            match result {
+                Ok(()) => {
+                    let mut s = self.lock();
+                    for id in chunk {
+                        if s.wanted.contains(id) {
+                            s.confirmed.insert(*id);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "resubscribe failed; will retry on reconnect"),
+            }
+        }
+    }
+
+    async fn refresh_live(&self, ids: &[Uuid]) -> Result<(), fred::error::Error> {
+        for chunk in ids.chunks(1000) {
+            let pipeline = self.commands.pipeline();
+            for id in chunk {
+                let _: () = pipeline
+                    .set(
+                        self.names.live_key(*id),
+                        1,
+                        Some(Expiration::EX(LIVE_TTL.as_secs() as i64)),
+                        None,
+                        false,
+                    )
+                    .await?;
+            }
+            let _: Vec<Value> = pipeline.all().await?;
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(LIVE_TTL / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let wanted: Vec<Uuid> = self.lock().wanted.iter().copied().collect();
+            if let Err(e) = self.refresh_live(&wanted).await {
+                tracing::warn!(error = %e, "live-key heartbeat failed");
+            }
+        }
+    }
+
+    /// Marks the instance live, subscribes, and returns once Redis confirmed the subscription.
+    pub async fn subscribe(&self, id: Uuid) -> Result<(), BrokerError> {
+        self.lock().wanted.insert(id);
+        let result = async {
+            self.refresh_live(&[id]).await?;
+            let channel = self.names.instance_channel(id);
+            if self.clustered {
+                self.subscriber.ssubscribe(channel).await
+            } else {
+                self.subscriber.subscribe(channel).await
+            }
+        }
+        .await;
+        let mut s = self.lock();
+        match result {
+            Ok(()) => {
+                if s.wanted.contains(&id) {
+                    s.confirmed.insert(id);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                s.wanted.remove(&id);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Forgets the instance and unsubscribes.
+    pub async fn unsubscribe(&self, id: Uuid) {
+        {
+            let mut s = self.lock();
+            s.wanted.remove(&id);
+            s.confirmed.remove(&id);
+        }
+        let channel = self.names.instance_channel(id);
+        let result = if self.clustered {
+            self.subscriber.sunsubscribe(channel).await
+        } else {
+            self.subscriber.unsubscribe(channel).await
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "unsubscribe failed (the server forgets it on reconnect)");
+        }
+    }
+
+    /// Connected, control channel confirmed, and every wanted subscription confirmed.
+    pub fn is_ready(&self) -> bool {
+        let s = self.lock();
+        self.subscriber.is_connected() && s.control_confirmed && s.confirmed.len() == s.wanted.len()
+    }
+
+    /// (wanted, confirmed).
+    pub fn subscription_counts(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.wanted.len(), s.confirmed.len())
+    }
+
+    /// PING on the command connection, for `/health`.
+    pub async fn ping(&self) -> Result<(), fred::error::Error> {
+        let _: String = self.commands.ping(None).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! The gateway's configuration: parsed once at start-up from flags and environment.
+//!
+//! Every field's doc comment is its `--help` text; the README lists the same settings.
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
+use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
+use ryze_core::token::TokenCipher;
+use secrecy::{ExposeSecret, SecretString};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `ryze-gateway`: the public HTTP and WebSocket edge.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ryze-gateway", version, about)]
+pub struct Config {
+    /// Public listener: /ws/:instance, the config endpoints, /health.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+    /// Admin listener: /livez, /readyz, /metrics.
+    #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_listen_addr: SocketAddr,
+    /// Postgres URL (required).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// Maximum pooled Postgres connections.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+    /// Redis URL: redis://, rediss:// or redis-cluster://host:port,... Required unless the
+    /// embedded publisher runs (then unset means in-process fan-out).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis channel and key.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "ryze")]
+    pub redis_prefix: String,
+    /// Base64 of a 32-byte AES-256-GCM key for instance tokens at rest (optional).
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<SecretString>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint for traces; unset = no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// Upper bound on the shutdown drain.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Longest time a positive auth lookup is cached (SPEC D30).
+    #[arg(long, env = "CONFIG_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub config_cache_ttl: Duration,
+    /// Extra browser origins allowed to open /ws (comma-separated; `*` = any).
+    #[arg(long, env = "ALLOWED_WS_ORIGINS")]
+    pub allowed_ws_origins: Option<String>,
+    /// Requests per token (or client IP without a token) per fixed 60 s window.
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
+    pub rate_limit_per_minute: u64,
+    /// Interval between server PINGs.
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "54s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+    /// A connection without a PONG for this long is dropped.
+    #[arg(long, env = "WS_PONG_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ws_pong_timeout: Duration,
+    /// Largest client message; larger closes with 1009.
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value = "4096", value_parser = parse_bytes)]
+    pub ws_max_message_bytes: usize,
+    /// Frames queued per connection before it counts as a slow consumer.
+    #[arg(long, env = "WS_SEND_QUEUE", default_value_t = 256)]
+    pub ws_send_queue: usize,
+    /// Bytes queued per connection before it counts as a slow consumer.
+    #[arg(long, env = "WS_SEND_QUEUE_BYTES", default_value = "8388608", value_parser = parse_bytes)]
+    pub ws_send_queue_bytes: usize,
+    /// How long fan-out waits for a full queue to make room before closing it as a slow
+    /// consumer (SPEC D35: a burst is not slowness).
+    #[arg(long, env = "WS_SLOW_CONSUMER_GRACE", default_value = "1s", value_parser = parse_duration)]
+    pub ws_slow_consumer_grace: Duration,
+    /// Time allowed to send the request head of an HTTP request (slowloris guard).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// Open connections (plus upgrades in progress) per pod.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Connections closed per second during shutdown.
+    #[arg(long, env = "DRAIN_RATE", default_value_t = 2000)]
+    pub drain_rate: u32,
+    /// Keep an instance's Redis subscription this long after its last local client leaves.
+    #[arg(long, env = "UNSUBSCRIBE_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub unsubscribe_delay: Duration,
+    /// Take the client IP for rate limiting from X-Forwarded-For.
+    #[arg(long, env = "TRUST_PROXY_HEADERS", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub trust_proxy_headers: bool,
+    /// Also serve the publisher's POST /v1/events on the public listener.
+    #[arg(long, env = "EMBEDDED_PUBLISHER", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub embedded_publisher: bool,
+    /// Bearer key of /v1/events (required with the embedded publisher).
+    #[arg(long, env = "PUBLISHER_API_KEY", hide_env_values = true)]
+    pub publisher_api_key: Option<SecretString>,
+    /// instanceData.baseUrl (required with the embedded publisher).
+    #[arg(long, env = "PUBLIC_BASE_URL", value_parser = parse_base_url)]
+    pub public_base_url: Option<String>,
+    /// Largest /v1/events body (embedded publisher).
+    #[arg(long, env = "MAX_INGEST_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_ingest_bytes: usize,
+    /// Instances that get their own ryze_gateway_instance_connections series.
+    #[arg(long, env = "METRICS_INSTANCE_LABELS", default_value_t = 100)]
+    pub metrics_instance_labels: usize,
+    /// Serve the live event console at GET /console.
+    #[arg(long, env = "CONSOLE_ENABLED", action = ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub console_enabled: bool,
+}
+
+impl Config {
+    /// Every problem clap cannot see, all at once (the caller prints them and exits 64).
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.database_url.is_none() {
+            problems.push("DATABASE_URL is required".to_owned());
+        }
+        match &self.redis_url {
+            None if !self.embedded_publisher => {
+                problems.push("REDIS_URL is required unless EMBEDDED_PUBLISHER=true".to_owned())
+            }
+            Some(url) => {
+                if let Err(e) = ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
+                    problems.push(format!("REDIS_URL: {e}"));
+                }
+            }
+            None => {}
+        }
+        if self.embedded_publisher {
+            if self
+                .publisher_api_key
+                .as_ref()
+                .is_none_or(|k| k.expose_secret().is_empty())
+            {
+                problems.push("PUBLISHER_API_KEY is required with EMBEDDED_PUBLISHER=true".into());
+            }
+            if self.public_base_url.is_none() {
+                problems.push("PUBLIC_BASE_URL is required with EMBEDDED_PUBLISHER=true".into());
+            }
+        }
+        if let Err(e) = self.cipher() {
+            problems.push(e.to_string());
+        }
+        if self.ws_ping_interval.is_zero() || self.ws_pong_timeout <= self.ws_ping_interval {
+            problems.push("WS_PONG_TIMEOUT must be longer than WS_PING_INTERVAL (> 0)".into());
+        }
+        for (name, v) in [
+            ("WS_SEND_QUEUE", self.ws_send_queue),
+            ("WS_SEND_QUEUE_BYTES", self.ws_send_queue_bytes),
+            ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes),
+            ("MAX_CONNECTIONS", self.max_connections),
+            ("DATABASE_POOL_SIZE", self.database_pool_size),
+        ] {
+            if v == 0 {
+                problems.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.drain_rate == 0 {
+            problems.push("DRAIN_RATE must be greater than 0".into());
+        }
+        if self.rate_limit_per_minute == 0 {
+            problems.push("RATE_LIMIT_PER_MINUTE must be greater than 0".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The token cipher from `ENCRYPTION_KEY`.
+    pub fn cipher(&self) -> Result<TokenCipher, ryze_core::token::TokenError> {
+        TokenCipher::from_optional_key(self.encryption_key.as_ref().map(|k| k.expose_secret()))
+    }
+}

@@ -1,0 +1,175 @@
+//! One WebSocket session after its 101: a single task that writes queued frames in batches,
+//! reads (and discards) client frames, pings, and enforces the pong deadline (SPEC §5.4, D7,
+//! D27). Generic over the socket so unit tests drive it with in-memory streams.
+
+use crate::metrics::Metrics;
+use crate::outbox::{Batch, Outbox};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use ryze_core::close::{self, CloseCode};
+use ryze_core::wire::now_micros;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{sleep_until, Instant};
+
+/// How long to try to deliver a Close frame, and then to wait for the client's reply.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Heartbeat settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// `WS_PING_INTERVAL`.
+    pub ping_interval: Duration,
+    /// `WS_PONG_TIMEOUT`.
+    pub pong_timeout: Duration,
+}
+
+/// How a session ended: the `reason` label of `ryze_gateway_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client sent Close.
+    ClientClosed,
+    /// The socket failed or reached EOF without a Close.
+    Gone,
+    /// We closed it with this code.
+    Closed(CloseCode),
+}
+
+impl Ended {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ended::ClientClosed => "client_close",
+            Ended::Gone => "gone",
+            Ended::Closed(c) if c == close::SHUTDOWN => "shutdown",
+            Ended::Closed(c) if c == close::PONG_TIMEOUT => "pong_timeout",
+            Ended::Closed(c) if c == close::SLOW_CONSUMER => "slow_consumer",
+            Ended::Closed(c) if c == close::INSTANCE_DELETED => "instance_deleted",
+            Ended::Closed(c) if c == close::MESSAGE_TOO_BIG => "message_too_big",
+            Ended::Closed(c) if c == close::INVALID_PAYLOAD => "invalid_payload",
+            Ended::Closed(c) if c == close::PROTOCOL_ERROR => "protocol_error",
+            Ended::Closed(_) => "internal_error",
+        }
+    }
+}
+
+/// Runs the session until it ends. The caller owns registration in the hub and the metrics
+/// of the connection's lifetime.
+pub async fn run<S>(
+    mut socket: S,
+    outbox: Arc<Outbox>,
+    heartbeat: Heartbeat,
+    metrics: &Metrics,
+) -> Ended
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let start = Instant::now();
+    let mut ping =
+        tokio::time::interval_at(start + heartbeat.ping_interval, heartbeat.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pong_deadline = start + heartbeat.pong_timeout;
+    loop {
+        tokio::select! {
+            batch = outbox.next_batch() => match batch {
+                Batch::Close(code) => return close_with(&mut socket, code).await,
+                Batch::Frames(frames) => {
+                    let count = frames.len();
+                    let bytes: usize = frames.iter().map(|f| f.text.len()).sum();
+                    let stamps: Vec<u64> = frames.iter().map(|f| f.published_micros).collect();
+                    let write = async {
+                        for f in frames {
+                            socket.feed(Message::Text(f.text)).await?;
+                        }
+                        socket.flush().await
+                    };
+                    // A client that stops reading blocks the write: closing and the pong
+                    // deadline must still be able to end the session.
+                    let outcome = tokio::select! {
+                        r = write => Some(r),
+                        _ = outbox.closed() => None,
+                        _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+                    };
+                    match outcome {
+                        Some(Ok(())) => {
+                            outbox.written(count, bytes);
+                            let now = now_micros();
+                            metrics.frames_sent(count as u64, stamps.into_iter().map(|s| now.saturating_sub(s) as f64 / 1e6));
+                        }
+                        Some(Err(_)) => return Ended::Gone,
+                        None => {
+                            let code = outbox.close_requested().unwrap_or(close::INTERNAL_ERROR);
+                            return close_with(&mut socket, code).await;
+                        }
+                    }
+                }
+            },
+            msg = socket.next() => match msg {
+                None => return Ended::Gone,
+                Some(Ok(Message::Pong(_))) => pong_deadline = Instant::now() + heartbeat.pong_timeout,
+                Some(Ok(Message::Close(_))) => {
+                    // The library queued the echo of the client's Close; send it.
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+                    return Ended::ClientClosed;
+                }
+                Some(Ok(Message::Ping(_))) => {
+                    // The library queued the PONG; flush it now rather than with the next frame.
+                    if socket.flush().await.is_err() {
+                        return Ended::Gone;
+                    }
+                }
+                // The server consumes only PONG and Close; anything else has no effect.
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {}
+                Some(Err(e)) => return match classify(&e) {
+                    Some(code) => close_with(&mut socket, code).await,
+                    None => Ended::Gone,
+                },
+            },
+            _ = ping.tick() => {
+                let sent = tokio::time::timeout(heartbeat.pong_timeout, socket.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return Ended::Gone;
+                }
+            }
+            _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+        }
+    }
+}
+
+/// The close code for a read error, or `None` for an ordinary disconnect.
+fn classify(e: &axum::Error) -> Option<CloseCode> {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(err) = source {
+        if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
+            return match t {
+                tungstenite::Error::Capacity(_) => Some(close::MESSAGE_TOO_BIG),
+                tungstenite::Error::Utf8 => Some(close::INVALID_PAYLOAD),
+                tungstenite::Error::Protocol(_) => Some(close::PROTOCOL_ERROR),
+                _ => None,
+            };
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// Sends Close (best effort, bounded), waits briefly for the client's reply, and reports.
+async fn close_with<S>(socket: &mut S, code: CloseCode) -> Ended
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = CloseFrame {
+        code: code.code,
+        reason: Utf8Bytes::from_static(code.reason),
+    };
+    if let Ok(Ok(())) =
+        tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await
+    {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(_)) = socket.next().await {}
+        })
+        .await;
+    }
+    Ended::Closed(code)
+}

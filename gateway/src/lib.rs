@@ -1,0 +1,30 @@
+//! ryze-gateway: the public HTTP and WebSocket edge.
+//!
+//! Layout:
+//! - [`config`]: flags and environment, parsed once.
+//! - [`app`]: builds everything from the config and runs it until shutdown.
+//! - [`server`]: the accept loop (header timeout, upgrades, graceful stop).
+//! - [`routes`]: the public router (config API, `/ws`, `/health`) and the admin router.
+//! - [`auth`]: tokens, ownership, and the positive-only auth cache; [`origin`]: the allowlist.
+//! - [`ratelimit`]: fixed windows shared through Redis.
+//! - [`hub`]: instance → local clients, subscription lifecycle, fan-out.
+//! - [`outbox`]: a connection's bounded queue; [`connection`]: its socket loop.
+//! - [`broker`]: where frames come from (Redis, or in process).
+//! - [`metrics`], [`telemetry`], [`error`], [`state`], [`console`].
+
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod console;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod origin;
+pub mod outbox;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,241 @@
+//! A connection's send queue: bounded in frames (`WS_SEND_QUEUE`) and bytes
+//! (`WS_SEND_QUEUE_BYTES`), filled by the hub without blocking and drained in batches by the
+//! connection's writer.
+//!
+//! A frame counts against both caps from enqueue until its write completes (D28). It is
+//! accepted if both caps hold after adding it, or if nothing is pending (so one frame larger
+//! than the byte cap still goes through). An idle outbox holds no heap memory.
+
+use axum::extract::ws::Utf8Bytes;
+use ryze_core::close::CloseCode;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::Notify;
+
+/// One frame on its way to a client.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The frame text; cloning is a refcount bump on the buffer read from Redis.
+    pub text: Utf8Bytes,
+    /// The publisher's stamp, for `ryze_publish_to_send_seconds`.
+    pub published_micros: u64,
+}
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for the writer.
+    Queued,
+    /// A cap would be exceeded: the caller decides between waiting and closing (D35).
+    Full,
+    /// The connection is closing; the frame is not needed.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Frame>,
+    pending_frames: usize,
+    pending_bytes: usize,
+    close: Option<CloseCode>,
+}
+
+/// The queue shared by the hub (producer) and the connection (consumer).
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer: frames queued or close requested.
+    writer: Notify,
+    /// Wakes producers waiting for room.
+    room: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty outbox with the given caps.
+    pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            writer: Notify::new(),
+            room: Notify::new(),
+            max_frames,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fits(&self, s: &State, len: usize) -> bool {
+        s.pending_frames == 0
+            || (s.pending_frames < self.max_frames && s.pending_bytes + len <= self.max_bytes)
+    }
+
+    /// Queues a frame if both caps allow it. Never blocks.
+    pub fn push(&self, frame: Frame) -> Push {
+        let len = frame.text.len();
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Push::Closed;
+        }
+        if !self.fits(&s, len) {
+            return Push::Full;
+        }
+        s.pending_frames += 1;
+        s.pending_bytes += len;
+        s.queue.push_back(frame);
+        drop(s);
+        self.writer.notify_one();
+        Push::Queued
+    }
+
+    /// Waits until a frame of `len` bytes would fit, or the outbox closes. Callers bound this
+    /// with a timeout: a client that makes no room in time is a slow consumer.
+    pub async fn room_for(&self, len: usize) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if s.close.is_some() || self.fits(&s, len) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once a close has been requested (used while a write is blocked).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().close.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Asks the writer to close the connection with `code` (first request wins).
+    pub fn close(&self, code: CloseCode) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(code);
+        }
+        drop(s);
+        self.writer.notify_one();
+        self.room.notify_waiters();
+    }
+
+    /// The close requested, if any.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        self.lock().close
+    }
+
+    /// Waits for frames or a close request, then takes every queued frame at once.
+    /// The frames stay counted until [`Outbox::written`] is called.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            let notified = self.writer.notified();
+            {
+                let mut s = self.lock();
+                if let Some(code) = s.close {
+                    return Batch::Close(code);
+                }
+                if !s.queue.is_empty() {
+                    return Batch::Frames(std::mem::take(&mut s.queue));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks frames as written: they no longer count against the caps.
+    pub fn written(&self, frames: usize, bytes: usize) {
+        let mut s = self.lock();
+        s.pending_frames = s.pending_frames.saturating_sub(frames);
+        s.pending_bytes = s.pending_bytes.saturating_sub(bytes);
+        drop(s);
+        self.room.notify_waiters();
+    }
+}
+
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Batch {
+    /// Write these frames, in order.
+    Frames(VecDeque<Frame>),
+    /// Close the connection with this code.
+    Close(CloseCode),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Frame {
+        Frame {
+            text: Utf8Bytes::from("x".repeat(n)),
+            published_micros: 0,
+        }
+    }
+
+    #[test]
+    fn frame_cap_counts_until_written() {
+        let o = Outbox::new(2, 1000);
+        assert_eq!(o.push(frame(1)), Push::Queued);
+        assert_eq!(o.push(frame(1)), Push::Queued);
+        assert_eq!(o.push(frame(1)), Push::Full);
+        o.written(1, 1);
+        assert_eq!(o.push(frame(1)), Push::Queued);
+    }
+
+    #[test]
+    fn byte_cap_rejects_backlog_but_accepts_a_big_frame_on_an_empty_queue() {
+        let o = Outbox::new(10, 100);
+        assert_eq!(
+            o.push(frame(500)),
+            Push::Queued,
+            "an empty queue takes any frame"
+        );
+        assert_eq!(o.push(frame(1)), Push::Full);
+        o.written(1, 500);
+        assert_eq!(o.push(frame(60)), Push::Queued);
+        assert_eq!(o.push(frame(40)), Push::Queued);
+        assert_eq!(o.push(frame(1)), Push::Full);
+    }
+
+    #[tokio::test]
+    async fn next_batch_takes_everything_and_close_wins() {
+        let o = Outbox::new(10, 1000);
+        o.push(frame(1));
+        o.push(frame(2));
+        match o.next_batch().await {
+            Batch::Frames(f) => assert_eq!(f.len(), 2),
+            Batch::Close(_) => panic!("expected frames"),
+        }
+        o.close(ryze_core::close::SLOW_CONSUMER);
+        assert_eq!(o.push(frame(1)), Push::Closed);
+        assert!(matches!(o.next_batch().await, Batch::Close(c) if c.code == 1008));
+    }
+
+    #[tokio::test]
+    async fn room_for_wakes_when_the_writer_drains() {
+        let o = std::sync::Arc::new(Outbox::new(1, 1000));
+        o.push(frame(1));
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.room_for(1).await }
+        });
+        tokio::task::yield_now().await;
+        o.written(1, 1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,224 @@
+//! `GET /ws/:instance`: every check of D1 in order, then the 101 only once the instance's
+//! subscription is confirmed (step 9), so a client receives every event published after it.
+
+use super::raw_instance;
+use crate::auth::{self, decode_instance_name};
+use crate::connection;
+use crate::error::ApiError;
+use crate::outbox::Outbox;
+use crate::state::AppState;
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Uri, Version};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// The upgrade handler: failures are ordinary HTTP responses, counted by status.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    version: Version,
+    uri: Uri,
+    headers: HeaderMap,
+    peer: Option<axum::extract::Extension<ConnectInfo<SocketAddr>>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let peer = peer.map(|p| p.0 .0);
+    match accept(&state, version, &uri, &headers, peer, ws).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            state.metrics.upgrade_rejected(e.status().as_u16());
+            e.into_response()
+        }
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // Step 1 (rate limit) ran in the route layer.
+    // Step 2: Origin.
+    let origin = headers
+        .get("origin")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let host = headers
+        .get("host")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if !state.origins.allows(origin.as_deref(), host.as_deref()) {
+        tracing::warn!(
+            "WebSocket upgrade blocked from origin {} (host {})",
+            origin.as_deref().unwrap_or(""),
+            host.as_deref().unwrap_or("")
+        );
+        return Err(ApiError::OriginForbidden);
+    }
+    // Step 3: a token from some source.
+    let token = auth::extract_token(headers, uri.query()).ok_or(ApiError::MissingToken)?;
+    // Steps 4 and 5: the token resolves, and the instance is in its scope.
+    let name = decode_instance_name(raw_instance(uri.path(), "/ws/"));
+    let instance =
+        auth::authorize(&state.store, Some(&state.cache), &token, name.as_deref()).await?;
+    // Step 6: the config is enabled (only positive answers are cached, D30).
+    if !state.cache.is_enabled(instance.id) {
+        let config = state
+            .store
+            .get_config(instance.id)
+            .await
+            .map_err(ApiError::ConfigLookup)?;
+        match config {
+            Some(c) if c.enabled => state.cache.put_enabled(instance.id),
+            _ => return Err(ApiError::WebSocketNotEnabled(instance.name.clone())),
+        }
+    }
+    // Step 7: a valid handshake (D23).
+    check_handshake(version, headers)?;
+    let ws = ws.map_err(|_| ApiError::InvalidHandshake)?;
+    // Step 8: capacity (D26).
+    let permit = state
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::AtCapacity)?;
+    // Step 9: the instance's subscription is confirmed.
+    let mut membership = state
+        .hub
+        .join(instance.id)
+        .await
+        .map_err(|_| ApiError::StreamUnavailable)?;
+    let limits = state.ws;
+    let outbox = Arc::new(Outbox::new(limits.send_queue, limits.send_queue_bytes));
+    let conn_id = membership.attach(outbox.clone());
+    let span = tracing::info_span!(
+        "ws.connection",
+        instance.id = %instance.id,
+        conn.id = conn_id,
+        peer.addr = %peer.map(|p| p.to_string()).unwrap_or_default(),
+    );
+    let metrics = state.metrics.clone();
+    let tracker_token = state.tasks.token();
+    let ws = ws
+        .read_buffer_size(limits.read_buffer)
+        .write_buffer_size(limits.write_buffer)
+        .max_write_buffer_size(limits.max_write_buffer)
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"));
+    Ok(ws.on_upgrade(move |socket| {
+        async move {
+            // Held for the session's lifetime: the hub membership, the capacity permit, and
+            // the tracker token that makes shutdown wait for this session.
+            let _hold = (membership, permit, tracker_token);
+            metrics.connection_opened();
+            tracing::debug!("connection opened");
+            let ended = connection::run(socket, outbox, limits.heartbeat, &metrics).await;
+            metrics.connection_closed(ended.label());
+            tracing::debug!(reason = ended.label(), "connection closed");
+        }
+        .instrument(span)
+    }))
+}
+
+/// D23: HTTP/1.1, `Upgrade: websocket`, `Connection: Upgrade` (tokens, any case), a
+/// `Sec-WebSocket-Key` of 16 base64 bytes, and `Sec-WebSocket-Version: 13` (426 otherwise).
+pub fn check_handshake(version: Version, headers: &HeaderMap) -> Result<(), ApiError> {
+    let has_token = |name: &str, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let key_ok = headers
+        .get("sec-websocket-key")
+        .and_then(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.as_bytes().trim_ascii())
+                .ok()
+        })
+        .is_some_and(|k| k.len() == 16);
+    let version_header = headers.get("sec-websocket-version");
+    if version != Version::HTTP_11
+        || !has_token("upgrade", "websocket")
+        || !has_token("connection", "upgrade")
+        || !key_ok
+        || version_header.is_none()
+    {
+        return Err(ApiError::InvalidHandshake);
+    }
+    if version_header.is_some_and(|v| v.as_bytes().trim_ascii() != b"13") {
+        return Err(ApiError::UnsupportedVersion);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn good() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        h
+    }
+
+    #[test]
+    fn a_valid_handshake_passes() {
+        assert!(check_handshake(Version::HTTP_11, &good()).is_ok());
+    }
+
+    #[test]
+    fn each_broken_header_is_an_invalid_handshake() {
+        for (name, value) in [
+            ("upgrade", "h2c"),
+            ("connection", "keep-alive"),
+            ("sec-websocket-key", "c2hvcnQ="),
+            ("sec-websocket-key", "!!!"),
+        ] {
+            let mut h = good();
+            h.insert(name, HeaderValue::from_static(value));
+            assert!(
+                matches!(
+                    check_handshake(Version::HTTP_11, &h),
+                    Err(ApiError::InvalidHandshake)
+                ),
+                "{name}: {value}"
+            );
+        }
+        let mut h = good();
+        h.remove("sec-websocket-version");
+        assert!(matches!(
+            check_handshake(Version::HTTP_11, &h),
+            Err(ApiError::InvalidHandshake)
+        ));
+        assert!(matches!(
+            check_handshake(Version::HTTP_10, &good()),
+            Err(ApiError::InvalidHandshake)
+        ));
+    }
+
+    #[test]
+    fn another_version_is_426() {
+        let mut h = good();
+        h.insert("sec-websocket-version", HeaderValue::from_static("8"));
+        assert!(matches!(
+            check_handshake(Version::HTTP_11, &h),
+            Err(ApiError::UnsupportedVersion)
+        ));
+    }
+}

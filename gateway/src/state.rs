@@ -1,0 +1,64 @@
+//! What every request handler shares: one `Arc`, cloned per request.
+
+use crate::auth::AuthCache;
+use crate::connection::Heartbeat;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
+use crate::ratelimit::RateLimiter;
+use ryze_core::store::Store;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// WebSocket buffer and queue sizes, set explicitly (library defaults cost ~128 KiB each).
+#[derive(Debug, Clone, Copy)]
+pub struct WsLimits {
+    /// Largest client message (`WS_MAX_MESSAGE_BYTES`): also the frame limit.
+    pub max_message_bytes: usize,
+    /// `WS_SEND_QUEUE`.
+    pub send_queue: usize,
+    /// `WS_SEND_QUEUE_BYTES`.
+    pub send_queue_bytes: usize,
+    /// Bytes read from the socket at a time.
+    pub read_buffer: usize,
+    /// Bytes buffered before the library writes to the socket.
+    pub write_buffer: usize,
+    /// Hard cap of the library's write buffer: above the largest frame.
+    pub max_write_buffer: usize,
+    /// Ping/pong settings.
+    pub heartbeat: Heartbeat,
+}
+
+/// Shared state of the public and admin routers.
+pub struct Shared {
+    /// Postgres.
+    pub store: Store,
+    /// Positive auth cache for /ws (D30).
+    pub cache: Arc<AuthCache>,
+    /// Local registry and fan-out.
+    pub hub: Hub,
+    /// Rate limiting (D8).
+    pub limiter: RateLimiter,
+    /// Origin allowlist (D9).
+    pub origins: OriginPolicy,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// `MAX_CONNECTIONS` permits (D26).
+    pub connections: Arc<Semaphore>,
+    /// WebSocket sizes and heartbeat.
+    pub ws: WsLimits,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown starts: readiness fails from that moment.
+    pub draining: CancellationToken,
+    /// Process start, for `/health` uptime.
+    pub started: Instant,
+    /// `TRUST_PROXY_HEADERS`.
+    pub trust_proxy_headers: bool,
+}
+
+/// The handlers' state.
+pub type AppState = Arc<Shared>;

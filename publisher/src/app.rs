@@ -1,0 +1,147 @@
+//! The standalone publisher service: `/v1/events`, `/livez`, `/readyz`, `/metrics` on one
+//! listener, the NOTIFY relay, and graceful shutdown.
+
+use crate::config::Config;
+use crate::outlet::RedisOutlet;
+use crate::{Publisher, Settings};
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use ryze_core::channel::Names;
+use ryze_core::store::{Store, StoreOptions};
+use secrecy::ExposeSecret;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Opens the store from the config (used by the service and the admin commands).
+pub fn store(config: &Config) -> anyhow::Result<Store> {
+    let url = config
+        .database_url
+        .as_ref()
+        .context("DATABASE_URL is required")?;
+    Ok(Store::new(
+        url.expose_secret(),
+        &StoreOptions {
+            pool_size: config.database_pool_size,
+            timeout: Duration::from_secs(2),
+        },
+        config.cipher()?,
+    )?)
+}
+
+struct Admin {
+    publisher: Arc<Publisher>,
+    outlet: Arc<RedisOutlet>,
+    draining: CancellationToken,
+}
+
+/// A built publisher service.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    draining: CancellationToken,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Builds the service and binds its listener.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let store = store(&config)?;
+        let names = Names::new(config.redis_prefix.clone());
+        let url = config.redis_url.as_ref().context("REDIS_URL is required")?;
+        let outlet = Arc::new(RedisOutlet::connect(url.expose_secret(), names)?);
+        let settings = Settings {
+            base_url: config
+                .public_base_url
+                .clone()
+                .context("PUBLIC_BASE_URL is required")?,
+            api_key: config
+                .publisher_api_key
+                .clone()
+                .context("PUBLISHER_API_KEY is required")?,
+            max_ingest_bytes: config.max_ingest_bytes,
+            cache_ttl: config.config_cache_ttl,
+        };
+        let publisher = Publisher::new(store, outlet.clone(), settings);
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let draining = CancellationToken::new();
+        tasks.spawn(crate::relay::run(publisher.clone(), stop.clone()));
+        let admin = Arc::new(Admin {
+            publisher: publisher.clone(),
+            outlet,
+            draining: draining.clone(),
+        });
+        let router = crate::routes::ingest(publisher).merge(
+            Router::new()
+                .route("/livez", get(|| async { "ok" }))
+                .route("/readyz", get(readyz))
+                .route("/metrics", get(metrics))
+                .with_state(admin),
+        );
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+        Ok(App {
+            listener,
+            router,
+            tasks,
+            stop,
+            draining,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `signal`, then stops accepting, finishes in-flight requests, and exits.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let draining = self.draining.clone();
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            signal.await;
+            tracing::info!("shutdown started");
+            draining.cancel();
+        });
+        tracing::info!("publisher started");
+        serve.await?;
+        self.stop.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(self.shutdown_timeout, self.tasks.wait()).await;
+        tracing::info!("publisher stopped");
+        Ok(())
+    }
+}
+
+async fn readyz(State(a): State<Arc<Admin>>) -> Response {
+    if !a.draining.is_cancelled() && a.outlet.is_connected() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(a): State<Arc<Admin>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        a.publisher.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,171 @@
+//! The publisher's configuration and admin subcommands, parsed once at start-up.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
+use ryze_core::token::TokenCipher;
+use secrecy::{ExposeSecret, SecretString};
+use std::net::SocketAddr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `ryze-publisher`: internal ingest service and admin CLI.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ryze-publisher", version, about)]
+pub struct Config {
+    /// Admin command; without one, the service runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Listener for /v1/events, /livez, /readyz, /metrics.
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "0.0.0.0:8081",
+        global = true
+    )]
+    pub listen_addr: SocketAddr,
+    /// Postgres URL (required).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<SecretString>,
+    /// Maximum pooled Postgres connections.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, global = true)]
+    pub database_pool_size: usize,
+    /// Redis URL (required to serve): redis://, rediss:// or redis-cluster://host:port,...
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
+    pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis channel and key.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "ryze", global = true)]
+    pub redis_prefix: String,
+    /// Base64 of a 32-byte AES-256-GCM key for instance tokens at rest (optional).
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, global = true)]
+    pub encryption_key: Option<SecretString>,
+    /// Bearer key of /v1/events (required to serve).
+    #[arg(long, env = "PUBLISHER_API_KEY", hide_env_values = true, global = true)]
+    pub publisher_api_key: Option<SecretString>,
+    /// instanceData.baseUrl (required to serve).
+    #[arg(long, env = "PUBLIC_BASE_URL", value_parser = parse_base_url, global = true)]
+    pub public_base_url: Option<String>,
+    /// Largest /v1/events body.
+    #[arg(long, env = "MAX_INGEST_BYTES", default_value = "16MiB", value_parser = parse_bytes, global = true)]
+    pub max_ingest_bytes: usize,
+    /// Safety-net TTL of the config cache (NOTIFY normally invalidates at once).
+    #[arg(long, env = "CONFIG_CACHE_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub config_cache_ttl: Duration,
+    /// Upper bound on shutdown.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub shutdown_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint for traces; unset = no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+}
+
+/// Admin commands; each prints JSON on stdout.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Applies the schema (idempotent).
+    Migrate,
+    /// Accounts.
+    Account {
+        #[command(subcommand)]
+        action: AccountCommand,
+    },
+    /// Instances.
+    Instance {
+        #[command(subcommand)]
+        action: InstanceCommand,
+    },
+}
+
+/// `account …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum AccountCommand {
+    /// Creates an account and prints `{"id","token"}`.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Token to use instead of a generated UUIDv4.
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+/// `instance …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum InstanceCommand {
+    /// Creates an instance and prints `{"id","name","token"}`.
+    Create {
+        /// Owning account id.
+        #[arg(long)]
+        account: Uuid,
+        /// Instance name (unique within the account).
+        #[arg(long)]
+        name: String,
+        /// Token to use instead of a generated UUIDv4.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Deletes an instance (its config goes with it; its clients are closed with 1008).
+    Delete {
+        /// Owning account id.
+        #[arg(long)]
+        account: Uuid,
+        /// Instance name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+impl Config {
+    /// Every problem clap cannot see, all at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.database_url.is_none() {
+            problems.push("DATABASE_URL is required".to_owned());
+        }
+        if let Err(e) = self.cipher() {
+            problems.push(e.to_string());
+        }
+        if self.command.is_none() {
+            match &self.redis_url {
+                None => problems.push("REDIS_URL is required".to_owned()),
+                Some(url) => {
+                    if let Err(e) = ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
+                        problems.push(format!("REDIS_URL: {e}"));
+                    }
+                }
+            }
+            if self
+                .publisher_api_key
+                .as_ref()
+                .is_none_or(|k| k.expose_secret().is_empty())
+            {
+                problems.push("PUBLISHER_API_KEY is required".to_owned());
+            }
+            if self.public_base_url.is_none() {
+                problems.push("PUBLIC_BASE_URL is required".to_owned());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The token cipher from `ENCRYPTION_KEY`.
+    pub fn cipher(&self) -> Result<TokenCipher, ryze_core::token::TokenError> {
+        TokenCipher::from_optional_key(self.encryption_key.as_ref().map(|k| k.expose_secret()))
+    }
+}

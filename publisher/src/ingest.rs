@@ -1,0 +1,191 @@
+//! One ingest request: validate all (all-or-nothing), filter per instance config, shape and
+//! serialise each surviving event once, publish in array order (CONTRACT §4, SPEC §6).
+
+use crate::cache::Delivery;
+use crate::error::IngestError;
+use crate::metrics::Outcome;
+use crate::outlet::Outgoing;
+use crate::Publisher;
+use ryze_core::envelope::{encode_message, InstanceData};
+use ryze_core::event::EventType;
+use ryze_core::wire::now_micros;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Most events in one request.
+pub const MAX_ITEMS: usize = 1000;
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(rename = "instanceId")]
+    instance_id: Uuid,
+    event: &'a str,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// The 202 body: `accepted` = `published` + `filtered` + `noListeners` + `unknownInstance`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Events in the request.
+    pub accepted: usize,
+    /// Sent to the bus.
+    pub published: usize,
+    /// Dropped by the instance's config (disabled, or not in `events`).
+    pub filtered: usize,
+    /// Skipped: nobody is listening to the instance.
+    #[serde(rename = "noListeners")]
+    pub no_listeners: usize,
+    /// The id names no instance.
+    #[serde(rename = "unknownInstance")]
+    pub unknown_instance: usize,
+}
+
+/// Parses and validates a body: one event object or an array of up to [`MAX_ITEMS`].
+fn parse(body: &[u8]) -> Result<Vec<(Uuid, EventType, &RawValue)>, IngestError> {
+    // Raw values cannot pass through serde's untagged buffering: pick the shape by its
+    // first byte instead.
+    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let items: Vec<Item<'_>> = if is_array {
+        serde_json::from_slice(body).map_err(|_| IngestError::InvalidBody)?
+    } else {
+        vec![serde_json::from_slice(body).map_err(|_| IngestError::InvalidBody)?]
+    };
+    if items.len() > MAX_ITEMS {
+        return Err(IngestError::InvalidBody);
+    }
+    items
+        .into_iter()
+        .map(|i| {
+            Ok((
+                i.instance_id,
+                EventType::parse(i.event).ok_or(IngestError::InvalidBody)?,
+                i.data,
+            ))
+        })
+        .collect()
+}
+
+/// Runs one request end to end.
+pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
+    let items = parse(body)?;
+    let mut counts = Counts {
+        accepted: items.len(),
+        ..Counts::default()
+    };
+    if items.is_empty() {
+        return Ok(counts);
+    }
+    // One lookup per distinct instance.
+    let mut deliveries: HashMap<Uuid, Option<Arc<Delivery>>> = HashMap::new();
+    for (id, _, _) in &items {
+        if !deliveries.contains_key(id) {
+            let d = p
+                .cache
+                .get(&p.store, *id)
+                .await
+                .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
+            deliveries.insert(*id, d);
+        }
+    }
+    // Who is listening, asked once per request for the instances that passed the filter.
+    let wanted: Vec<Uuid> = deliveries
+        .iter()
+        .filter(|(_, d)| d.as_ref().is_some_and(|d| d.enabled))
+        .map(|(id, _)| *id)
+        .collect();
+    let listening = p
+        .outlet
+        .listening(&wanted)
+        .await
+        .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
+    let listening: HashMap<Uuid, bool> = wanted.into_iter().zip(listening).collect();
+
+    let stamp = now_micros();
+    let mut outgoing = Vec::new();
+    let mut published: Vec<EventType> = Vec::new();
+    for (id, event, data) in items {
+        let Some(Some(d)) = deliveries.get(&id) else {
+            counts.unknown_instance += 1;
+            p.metrics.event(event.as_str(), Outcome::UnknownInstance);
+            continue;
+        };
+        if !d.enabled {
+            counts.filtered += 1;
+            p.metrics.event(event.as_str(), Outcome::Disabled);
+            continue;
+        }
+        if !d.filter.allows(event) {
+            counts.filtered += 1;
+            p.metrics.event(event.as_str(), Outcome::Filtered);
+            continue;
+        }
+        if !listening.get(&id).copied().unwrap_or(false) {
+            counts.no_listeners += 1;
+            p.metrics.event(event.as_str(), Outcome::NoListeners);
+            continue;
+        }
+        let instance_data = InstanceData {
+            base_url: &p.settings.base_url,
+            instance: &d.name,
+            token: &d.token,
+        };
+        let body = encode_message(event, data, instance_data, d.media_base64, stamp)
+            .map_err(|_| IngestError::InvalidBody)?;
+        outgoing.push(Outgoing {
+            instance_id: id,
+            body,
+        });
+        published.push(event);
+    }
+    p.outlet
+        .publish(outgoing)
+        .await
+        .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
+    counts.published = published.len();
+    for e in published {
+        p.metrics.event(e.as_str(), Outcome::Published);
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_parse_as_one_object_or_an_array() {
+        let id = Uuid::new_v4();
+        let one = format!(r#"{{"instanceId":"{id}","event":"call.update","data":{{"a":1}}}}"#);
+        assert_eq!(parse(one.as_bytes()).map(|v| v.len()).ok(), Some(1));
+        let many = format!("[{one},{one}]");
+        assert_eq!(parse(many.as_bytes()).map(|v| v.len()).ok(), Some(2));
+        assert_eq!(parse(b"[]").map(|v| v.len()).ok(), Some(0));
+    }
+
+    #[test]
+    fn invalid_items_reject_the_whole_request() {
+        let id = Uuid::new_v4();
+        for bad in [
+            format!(r#"{{"instanceId":"{id}","event":"nope","data":1}}"#),
+            format!(r#"{{"instanceId":"{id}","event":"call.update"}}"#),
+            r#"{"instanceId":"not-a-uuid","event":"call.update","data":1}"#.to_owned(),
+            format!(r#"[{{"instanceId":"{id}","event":"call.update","data":1}}, 5]"#),
+            "{".to_owned(),
+        ] {
+            assert!(
+                matches!(parse(bad.as_bytes()), Err(IngestError::InvalidBody)),
+                "{bad}"
+            );
+        }
+        let item = format!(r#"{{"instanceId":"{id}","event":"call.update","data":1}}"#);
+        let too_many = format!("[{}]", vec![item; MAX_ITEMS + 1].join(","));
+        assert!(matches!(
+            parse(too_many.as_bytes()),
+            Err(IngestError::InvalidBody)
+        ));
+    }
+}

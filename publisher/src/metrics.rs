@@ -1,0 +1,82 @@
+//! Publisher metrics (CONTRACT §6): `ryze_publisher_events_total{event,outcome}`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// What became of an ingested event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to the bus.
+    Published,
+    /// Dropped by the `events` filter.
+    Filtered,
+    /// Dropped: the config is disabled or absent.
+    Disabled,
+    /// Skipped: no gateway holds a client of the instance.
+    NoListeners,
+    /// The instance id names no instance.
+    UnknownInstance,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Published => "published",
+            Outcome::Filtered => "filtered",
+            Outcome::Disabled => "disabled",
+            Outcome::NoListeners => "no_listeners",
+            Outcome::UnknownInstance => "unknown_instance",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    event: &'static str,
+    outcome: &'static str,
+}
+
+/// The publisher's metrics.
+#[derive(Clone)]
+pub struct Metrics(Arc<(Registry, Family<Labels, Counter>)>);
+
+impl Metrics {
+    /// Registers the series.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let events = Family::<Labels, Counter>::default();
+        registry.register(
+            "ryze_publisher_events",
+            "Ingested events by type and outcome",
+            events.clone(),
+        );
+        Metrics(Arc::new((registry, events)))
+    }
+
+    /// Counts one event.
+    pub fn event(&self, event: &'static str, outcome: Outcome) {
+        self.0
+             .1
+            .get_or_create(&Labels {
+                event,
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0 .0);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

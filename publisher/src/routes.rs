@@ -1,0 +1,75 @@
+//! `POST /v1/events`: the internal ingest endpoint (CONTRACT §4).
+
+use crate::error::IngestError;
+use crate::ingest;
+use crate::Publisher;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The ingest router, mounted by the publisher and by the gateway in embedded mode.
+pub fn ingest(publisher: Arc<Publisher>) -> Router {
+    Router::new()
+        .route("/v1/events", post(handle))
+        .with_state(publisher)
+}
+
+async fn handle(State(p): State<Arc<Publisher>>, headers: HeaderMap, body: Body) -> Response {
+    match run(&p, &headers, body).await {
+        Ok(counts) => (StatusCode::ACCEPTED, Json(counts)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(
+    p: &Publisher,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ingest::Counts, IngestError> {
+    if !authorized(headers, p.settings.api_key.expose_secret()) {
+        return Err(IngestError::InvalidToken);
+    }
+    let bytes = axum::body::to_bytes(body, p.settings.max_ingest_bytes)
+        .await
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                IngestError::PayloadTooLarge
+            } else {
+                IngestError::InvalidBody
+            }
+        })?;
+    ingest::ingest(p, &bytes).await
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// `Authorization: Bearer <PUBLISHER_API_KEY>`, compared by hash so timing reveals nothing.
+fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let v = v.trim();
+    if v.len() < 7 || !v[..6].eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let given = v[6..].trim();
+    !key.is_empty() && Sha256::digest(given.as_bytes()) == Sha256::digest(key.as_bytes())
+}
