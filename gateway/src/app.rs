@@ -5,7 +5,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::connection::Heartbeat;
+use crate::connection::SessionLimits;
 use crate::hub::{Hub, HubOptions};
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
@@ -104,7 +104,7 @@ impl App {
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             ws: WsLimits {
-                max_message_bytes: config.ws_max_message_bytes,
+                read_frame_cap: (config.ws_max_message_bytes * 4).max(64 * 1024),
                 send_queue: config.ws_send_queue,
                 send_queue_bytes: config.ws_send_queue_bytes,
                 read_buffer: 1024,
@@ -112,7 +112,8 @@ impl App {
                 // Above any frame the publisher can produce (bounded by MAX_INGEST_BYTES).
                 max_write_buffer: config.ws_send_queue_bytes.max(config.max_ingest_bytes)
                     + write_buffer,
-                heartbeat: Heartbeat {
+                heartbeat: SessionLimits {
+                    max_message_bytes: config.ws_max_message_bytes,
                     ping_interval: config.ws_ping_interval,
                     pong_timeout: config.ws_pong_timeout,
                 },

@@ -15,9 +15,11 @@ use tokio::time::{sleep_until, Instant};
 /// How long to try to deliver a Close frame, and then to wait for the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Heartbeat settings.
+/// Session settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Heartbeat {
+pub struct SessionLimits {
+    /// `WS_MAX_MESSAGE_BYTES`: larger client messages close the session with 1009.
+    pub max_message_bytes: usize,
     /// `WS_PING_INTERVAL`.
     pub ping_interval: Duration,
     /// `WS_PONG_TIMEOUT`.
@@ -58,17 +60,16 @@ impl Ended {
 pub async fn run<S>(
     mut socket: S,
     outbox: Arc<Outbox>,
-    heartbeat: Heartbeat,
+    limits: SessionLimits,
     metrics: &Metrics,
 ) -> Ended
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let start = Instant::now();
-    let mut ping =
-        tokio::time::interval_at(start + heartbeat.ping_interval, heartbeat.ping_interval);
+    let mut ping = tokio::time::interval_at(start + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pong_deadline = start + heartbeat.pong_timeout;
+    let mut pong_deadline = start + limits.pong_timeout;
     loop {
         tokio::select! {
             batch = outbox.next_batch() => match batch {
@@ -106,7 +107,7 @@ where
             },
             msg = socket.next() => match msg {
                 None => return Ended::Gone,
-                Some(Ok(Message::Pong(_))) => pong_deadline = Instant::now() + heartbeat.pong_timeout,
+                Some(Ok(Message::Pong(_))) => pong_deadline = Instant::now() + limits.pong_timeout,
                 Some(Ok(Message::Close(_))) => {
                     // The library queued the echo of the client's Close; send it.
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
@@ -118,7 +119,16 @@ where
                         return Ended::Gone;
                     }
                 }
-                // The server consumes only PONG and Close; anything else has no effect.
+                // The server consumes only PONG and Close; anything else has no effect, unless
+                // it is over the limit. The library reads whole frames up to a larger hard cap,
+                // so the socket holds no unread bytes when we close (unread bytes turn the
+                // close into a TCP reset that can swallow the Close frame).
+                Some(Ok(Message::Text(t))) if t.len() > limits.max_message_bytes => {
+                    return close_with(&mut socket, close::MESSAGE_TOO_BIG).await;
+                }
+                Some(Ok(Message::Binary(b))) if b.len() > limits.max_message_bytes => {
+                    return close_with(&mut socket, close::MESSAGE_TOO_BIG).await;
+                }
                 Some(Ok(Message::Text(_) | Message::Binary(_))) => {}
                 Some(Err(e)) => return match classify(&e) {
                     Some(code) => close_with(&mut socket, code).await,
@@ -126,7 +136,7 @@ where
                 },
             },
             _ = ping.tick() => {
-                let sent = tokio::time::timeout(heartbeat.pong_timeout, socket.send(Message::Ping(Default::default()))).await;
+                let sent = tokio::time::timeout(limits.pong_timeout, socket.send(Message::Ping(Default::default()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     return Ended::Gone;
                 }

@@ -1,7 +1,7 @@
 //! What every request handler shares: one `Arc`, cloned per request.
 
 use crate::auth::AuthCache;
-use crate::connection::Heartbeat;
+use crate::connection::SessionLimits;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 /// WebSocket buffer and queue sizes, set explicitly (library defaults cost ~128 KiB each).
 #[derive(Debug, Clone, Copy)]
 pub struct WsLimits {
-    /// Largest client message (`WS_MAX_MESSAGE_BYTES`): also the frame limit.
-    pub max_message_bytes: usize,
+    /// The library's hard cap on a client frame: above `WS_MAX_MESSAGE_BYTES`, so an
+    /// oversized message is read whole and answered with a clean 1009.
+    pub read_frame_cap: usize,
     /// `WS_SEND_QUEUE`.
     pub send_queue: usize,
     /// `WS_SEND_QUEUE_BYTES`.
@@ -29,7 +30,7 @@ pub struct WsLimits {
     /// Hard cap of the library's write buffer: above the largest frame.
     pub max_write_buffer: usize,
     /// Ping/pong settings.
-    pub heartbeat: Heartbeat,
+    pub heartbeat: SessionLimits,
 }
 
 /// Shared state of the public and admin routers.

@@ -107,8 +107,8 @@ async fn accept(
         .read_buffer_size(limits.read_buffer)
         .write_buffer_size(limits.write_buffer)
         .max_write_buffer_size(limits.max_write_buffer)
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
+        .max_message_size(limits.read_frame_cap)
+        .max_frame_size(limits.read_frame_cap)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"));
     Ok(ws.on_upgrade(move |socket| {
         async move {

@@ -1,0 +1,42 @@
+# ryze-events. `make` alone lists the targets.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/ryze-events/target
+CARGO ?= cargo
+
+.DEFAULT_GOAL := help
+
+##@ Run
+
+run: ## Start the single-process system (embedded publisher, private Postgres in .run/, demo seeded)
+	@bash scripts/run-local.sh
+
+##@ Test
+
+test: deps ## Build, lint the chart, and run every test against real redis-server and postgres
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=$${TEST_THREADS:-2}
+	@if [ -f deploy/helm-lint.sh ]; then $(MAKE) --no-print-directory helm-lint; fi
+
+deps: ## Install redis-server and the Postgres server with apt-get when missing
+	@bash scripts/install-test-deps.sh
+
+bench: ## Benchmarks (see docs/benchmarks.md)
+	@if [ -x scripts/bench.sh ]; then bash scripts/bench.sh; else echo "bench: not implemented yet (issue 9)"; exit 1; fi
+
+##@ Quality
+
+lint: ## Clippy with warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+helm-lint: ## Lint, render and validate the Helm chart offline
+	@if [ -f deploy/helm-lint.sh ]; then bash deploy/helm-lint.sh; else echo "helm-lint: chart not present yet"; fi
+
+##@ Help
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: run test deps bench lint fmt helm-lint help
