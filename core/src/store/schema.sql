@@ -1,4 +1,5 @@
 -- ryze-events schema, version 1 (CONTRACT §3). Applied idempotently by `ryze-publisher migrate`.
+SET LOCAL client_min_messages TO warning;
 CREATE TABLE IF NOT EXISTS accounts (
     id          uuid PRIMARY KEY,
     name        text,
