@@ -304,10 +304,12 @@ impl RedisBroker {
         }
     }
 
-    /// Connected, control channel confirmed, and every wanted subscription confirmed.
+    /// Both connections up (the command one shares rate-limit buckets across pods), control
+    /// channel confirmed, and every wanted subscription confirmed.
     pub fn is_ready(&self) -> bool {
         let s = self.lock();
-        self.subscriber.is_connected() && s.control_confirmed && s.confirmed.len() == s.wanted.len()
+        self.subscriber.is_connected()
+            && self.commands.is_connected() && s.control_confirmed && s.confirmed.len() == s.wanted.len()
     }
 
     /// (wanted, confirmed).

@@ -240,8 +240,6 @@ async fn two_gateways_share_one_tokens_bucket() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product bug: /readyz is 200 before the Redis command connection is up; meanwhile \
-            the rate limit counts per pod, so pods do not share the bucket (D8, D25)"]
 async fn a_ready_gateway_counts_in_the_shared_bucket_from_its_first_request() {
     let db = migrated_db().await;
     let a = create_account(&db, None).await;
