@@ -10,6 +10,7 @@
 //! - [`token`]: token hashing for lookup and AES-256-GCM sealing at rest.
 //! - [`redis`]: `REDIS_URL` parsing and client settings.
 //! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
+//! - [`telemetry`]: logs (text or JSON) and OTLP trace export, set up once per binary.
 
 pub mod channel;
 pub mod close;
@@ -18,5 +19,6 @@ pub mod envelope;
 pub mod event;
 pub mod redis;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 pub mod wire;

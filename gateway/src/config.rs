@@ -3,21 +3,15 @@
 //! Every field's doc comment is its `--help` text; the README lists the same settings.
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
 use ryze_core::token::TokenCipher;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format (one definition for both binaries).
+pub use ryze_core::telemetry::LogFormat;
 
 /// `ryze-gateway`: the public HTTP and WebSocket edge.
 #[derive(Debug, Clone, Parser)]

@@ -10,7 +10,8 @@
 //! - [`hub`]: instance → local clients, subscription lifecycle, fan-out.
 //! - [`outbox`]: a connection's bounded queue; [`connection`]: its socket loop.
 //! - [`broker`]: where frames come from (Redis, or in process).
-//! - [`metrics`], [`telemetry`], [`error`], [`state`], [`console`].
+//! - [`metrics`], [`error`], [`state`], [`console`]; logs and traces are set up by
+//!   `ryze_core::telemetry`.
 
 pub mod app;
 pub mod auth;
@@ -27,4 +28,3 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;
-pub mod telemetry;

@@ -24,11 +24,18 @@ async fn main() {
         );
         std::process::exit(EXIT_CONFIG);
     }
-    ryze_gateway::telemetry::init(config.log_format);
+    // Dropped at the end of main, which flushes the spans still queued; `exit` skips drops,
+    // so the error paths shut it down first.
+    let telemetry = ryze_core::telemetry::init(
+        config.log_format,
+        config.otel_exporter_otlp_endpoint.as_deref(),
+        "ryze-gateway",
+    );
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, error.chain = ?e, "gateway failed to start");
+            telemetry.shutdown();
             std::process::exit(1);
         }
     };
@@ -37,6 +44,7 @@ async fn main() {
         .await
     {
         tracing::error!(error = %e, error.chain = ?e, "gateway stopped with an error");
+        telemetry.shutdown();
         std::process::exit(1);
     }
 }

@@ -1,6 +1,6 @@
 //! The publisher's configuration and admin subcommands, parsed once at start-up.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
 use ryze_core::token::TokenCipher;
 use secrecy::{ExposeSecret, SecretString};
@@ -8,14 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// Log output format (one definition for both binaries).
+pub use ryze_core::telemetry::LogFormat;
 
 /// `ryze-publisher`: internal ingest service and admin CLI.
 #[derive(Debug, Clone, Parser)]

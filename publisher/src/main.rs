@@ -2,9 +2,7 @@
 
 use clap::Parser;
 use ryze_publisher::app::App;
-use ryze_publisher::config::{Config, LogFormat};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
+use ryze_publisher::config::Config;
 
 /// Exit status for bad configuration (EX_USAGE).
 const EXIT_CONFIG: i32 = 64;
@@ -26,26 +24,14 @@ async fn main() {
         );
         std::process::exit(EXIT_CONFIG);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match config.log_format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .json()
-                    .flatten_event(true),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(false),
-            )
-            .try_init(),
-    };
+    // Logs go to stderr, so an admin command's stdout is its JSON alone. Dropped at the end of
+    // main, which flushes the spans still queued; `exit` skips drops, so the error paths shut
+    // it down first.
+    let telemetry = ryze_core::telemetry::init(
+        config.log_format,
+        config.otel_exporter_otlp_endpoint.as_deref(),
+        "ryze-publisher",
+    );
     if let Some(command) = &config.command {
         let result = async {
             let store = ryze_publisher::app::store(&config)?;
@@ -56,6 +42,7 @@ async fn main() {
             Ok(json) => println!("{json}"),
             Err(e) => {
                 eprintln!("ryze-publisher: {e}");
+                telemetry.shutdown();
                 std::process::exit(1);
             }
         }
@@ -65,6 +52,7 @@ async fn main() {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, error.chain = ?e, "publisher failed to start");
+            telemetry.shutdown();
             std::process::exit(1);
         }
     };
@@ -77,7 +65,8 @@ async fn main() {
         }
     };
     if let Err(e) = app.run_until_stopped(signal).await {
-        tracing::error!(error = %e, "publisher stopped with an error");
+        tracing::error!(error = %e, error.chain = ?e, "publisher stopped with an error");
+        telemetry.shutdown();
         std::process::exit(1);
     }
 }
