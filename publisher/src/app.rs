@@ -2,7 +2,8 @@
 //! listener, the NOTIFY relay, and graceful shutdown.
 
 use crate::config::Config;
-use crate::outlet::RedisOutlet;
+use crate::outlet::regions::{parse_regions, RegionsOutlet};
+use crate::outlet::{Outlet, RedisOutlet};
 use crate::{Publisher, Settings};
 use anyhow::Context;
 use axum::extract::State;
@@ -38,7 +39,6 @@ pub fn store(config: &Config) -> anyhow::Result<Store> {
 
 struct Admin {
     publisher: Arc<Publisher>,
-    outlet: Arc<RedisOutlet>,
     draining: CancellationToken,
 }
 
@@ -57,8 +57,25 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = store(&config)?;
         let names = Names::new(config.redis_prefix.clone());
-        let url = config.redis_url.as_ref().context("REDIS_URL is required")?;
-        let outlet = Arc::new(RedisOutlet::connect(url.expose_secret(), names)?);
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let publisher_metrics = crate::metrics::Metrics::new();
+        let outlet: Arc<dyn Outlet> = match &config.region_redis_urls {
+            Some(spec) => {
+                let regions = parse_regions(spec.expose_secret()).map_err(anyhow::Error::msg)?;
+                Arc::new(RegionsOutlet::connect(
+                    &regions,
+                    names,
+                    publisher_metrics.clone(),
+                    &tasks,
+                    stop.clone(),
+                )?)
+            }
+            None => {
+                let url = config.redis_url.as_ref().context("REDIS_URL is required")?;
+                Arc::new(RedisOutlet::connect(url.expose_secret(), names)?)
+            }
+        };
         let settings = Settings {
             base_url: config
                 .public_base_url
@@ -71,14 +88,11 @@ impl App {
             max_ingest_bytes: config.max_ingest_bytes,
             cache_ttl: config.config_cache_ttl,
         };
-        let publisher = Publisher::new(store, outlet.clone(), settings);
-        let tasks = TaskTracker::new();
-        let stop = CancellationToken::new();
+        let publisher = Publisher::with_metrics(store, outlet, settings, publisher_metrics);
         let draining = CancellationToken::new();
         tasks.spawn(crate::relay::run(publisher.clone(), stop.clone()));
         let admin = Arc::new(Admin {
             publisher: publisher.clone(),
-            outlet,
             draining: draining.clone(),
         });
         let router = crate::routes::ingest(publisher).merge(
@@ -128,7 +142,7 @@ impl App {
 }
 
 async fn readyz(State(a): State<Arc<Admin>>) -> Response {
-    if !a.draining.is_cancelled() && a.outlet.is_connected() {
+    if !a.draining.is_cancelled() && a.publisher.outlet.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

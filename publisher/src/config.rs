@@ -38,6 +38,9 @@ pub struct Config {
     /// Prefix of every Redis channel and key.
     #[arg(long, env = "REDIS_PREFIX", default_value = "ryze", global = true)]
     pub redis_prefix: String,
+    /// Publish to every region: `eu=redis://…,us=redis://…` (replaces REDIS_URL for publishing).
+    #[arg(long, env = "REGION_REDIS_URLS", hide_env_values = true, global = true)]
+    pub region_redis_urls: Option<SecretString>,
     /// Base64 of a 32-byte AES-256-GCM key for instance tokens at rest (optional).
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true, global = true)]
     pub encryption_key: Option<SecretString>,
@@ -132,12 +135,20 @@ impl Config {
             problems.push(e.to_string());
         }
         if self.command.is_none() {
-            match &self.redis_url {
-                None => problems.push("REDIS_URL is required".to_owned()),
-                Some(url) => {
+            match (&self.redis_url, &self.region_redis_urls) {
+                (None, None) => {
+                    problems.push("REDIS_URL (or REGION_REDIS_URLS) is required".to_owned())
+                }
+                (Some(url), _) => {
                     if let Err(e) = ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
                         problems.push(format!("REDIS_URL: {e}"));
                     }
+                }
+                (None, Some(_)) => {}
+            }
+            if let Some(spec) = &self.region_redis_urls {
+                if let Err(e) = crate::outlet::regions::parse_regions(spec.expose_secret()) {
+                    problems.push(format!("REGION_REDIS_URLS: {e}"));
                 }
             }
             if self

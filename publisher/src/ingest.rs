@@ -137,7 +137,7 @@ pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
             .map_err(|_| IngestError::InvalidBody)?;
         outgoing.push(Outgoing {
             instance_id: id,
-            body,
+            body: body.into(),
         });
         published.push(event);
     }

@@ -59,12 +59,22 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher over `store` and `outlet`.
     pub fn new(store: Store, outlet: Arc<dyn Outlet>, settings: Settings) -> Arc<Publisher> {
+        Publisher::with_metrics(store, outlet, settings, metrics::Metrics::new())
+    }
+
+    /// A publisher sharing `metrics` with its outlet (per-region drop counters).
+    pub fn with_metrics(
+        store: Store,
+        outlet: Arc<dyn Outlet>,
+        settings: Settings,
+        metrics: metrics::Metrics,
+    ) -> Arc<Publisher> {
         Arc::new(Publisher {
             cache: ConfigCache::new(settings.cache_ttl),
             store,
             outlet,
             settings,
-            metrics: metrics::Metrics::new(),
+            metrics,
         })
     }
 }

@@ -39,27 +39,48 @@ struct Labels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabel {
+    region: String,
+}
+
+struct Inner {
+    registry: Registry,
+    events: Family<Labels, Counter>,
+    region_dropped: Family<RegionLabel, Counter>,
+}
+
 /// The publisher's metrics.
 #[derive(Clone)]
-pub struct Metrics(Arc<(Registry, Family<Labels, Counter>)>);
+pub struct Metrics(Arc<Inner>);
 
 impl Metrics {
     /// Registers the series.
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let events = Family::<Labels, Counter>::default();
+        let region_dropped = Family::<RegionLabel, Counter>::default();
         registry.register(
             "ryze_publisher_events",
             "Ingested events by type and outcome",
             events.clone(),
         );
-        Metrics(Arc::new((registry, events)))
+        registry.register(
+            "ryze_publisher_region_dropped",
+            "Messages not delivered to a region's Redis (queue full or region unreachable)",
+            region_dropped.clone(),
+        );
+        Metrics(Arc::new(Inner {
+            registry,
+            events,
+            region_dropped,
+        }))
     }
 
     /// Counts one event.
     pub fn event(&self, event: &'static str, outcome: Outcome) {
         self.0
-             .1
+            .events
             .get_or_create(&Labels {
                 event,
                 outcome: outcome.label(),
@@ -67,10 +88,20 @@ impl Metrics {
             .inc();
     }
 
+    /// `n` messages for `region` were dropped.
+    pub fn region_dropped(&self, region: &str, n: u64) {
+        self.0
+            .region_dropped
+            .get_or_create(&RegionLabel {
+                region: region.to_owned(),
+            })
+            .inc_by(n);
+    }
+
     /// Text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0 .0);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
         out
     }
 }

@@ -16,8 +16,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Outgoing {
     /// Target instance (channel `<prefix>:ws:<id>`).
     pub instance_id: Uuid,
-    /// The exact Redis message body.
-    pub body: Vec<u8>,
+    /// The exact Redis message body (shared, not copied, across regions).
+    pub body: bytes::Bytes,
 }
 
 /// The bus could not take the messages.
@@ -43,6 +43,10 @@ pub trait Outlet: Send + Sync + 'static {
     fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>>;
     /// Sends a control message to every gateway.
     fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>>;
+    /// Whether the outlet can take messages now (publisher readiness).
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// The Redis bus: `PUBLISH` (or `SPUBLISH` on a cluster) on the instance channels.
@@ -65,11 +69,13 @@ impl RedisOutlet {
         })
     }
 
-    /// Whether the connection is up (readiness).
+    /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.is_connected()
     }
 }
+
+pub mod regions;
 
 async fn bounded<T>(
     f: impl std::future::Future<Output = Result<T, fred::error::Error>>,
@@ -107,7 +113,7 @@ impl Outlet for RedisOutlet {
                 let pipeline = self.client.pipeline();
                 for m in messages {
                     let channel = self.names.instance_channel(m.instance_id);
-                    let body = bytes::Bytes::from(m.body);
+                    let body = m.body;
                     if self.clustered {
                         let _: () = pipeline.spublish(channel, body).await?;
                     } else {
@@ -119,6 +125,10 @@ impl Outlet for RedisOutlet {
             })
             .await
         })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.is_connected()
     }
 
     fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {

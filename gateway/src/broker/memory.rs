@@ -2,7 +2,6 @@
 //! straight into the hub, with no serialisation beyond the publisher's one.
 
 use crate::hub::Hub;
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::ControlMessage;
 use ryze_core::wire;
@@ -39,7 +38,7 @@ impl Outlet for MemoryBroker {
         Box::pin(async move {
             let hub = self.hub()?;
             for m in messages {
-                match wire::decode(Bytes::from(m.body)) {
+                match wire::decode(m.body) {
                     Ok(frame) => hub.deliver(m.instance_id, frame).await,
                     Err(e) => {
                         tracing::error!(error = %e, "embedded publisher produced a bad message")

@@ -1,0 +1,232 @@
+//! Multi-region publishing (`REGION_REDIS_URLS`): every event goes to every region's Redis,
+//! and a slow or unreachable region never delays the others.
+//!
+//! Each region has a bounded queue and its own worker. Ingest only enqueues (a refcount bump
+//! per message and region), so its latency does not depend on any region. A full queue drops
+//! that region's messages and counts them; the region recovers by itself when its Redis
+//! answers again. Control messages take the same queues, so they stay ordered after frames.
+
+use super::{Outgoing, Outlet, OutletError, RedisOutlet};
+use crate::metrics::Metrics;
+use futures_util::future::BoxFuture;
+use ryze_core::channel::{ControlMessage, Names};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// Queued publish jobs per region (one job is one ingest request's messages).
+const QUEUE_JOBS: usize = 1024;
+/// How long the fast-path question may wait for a region before assuming "listening".
+const LISTENING_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Parses `eu=redis://…,us=redis-cluster://a:1,b:2`: a piece without `name=` continues the
+/// previous URL (cluster URLs contain commas).
+pub fn parse_regions(spec: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for piece in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let named = piece.split_once('=').filter(|(name, _)| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+        match (named, out.last_mut()) {
+            (Some((name, url)), _) => {
+                if out.iter().any(|(n, _)| n == name) {
+                    return Err(format!("region {name:?} is listed twice"));
+                }
+                out.push((name.to_owned(), url.to_owned()));
+            }
+            (None, Some((_, url))) => {
+                url.push(',');
+                url.push_str(piece);
+            }
+            (None, None) => return Err(format!("{piece:?} is not name=url")),
+        }
+    }
+    if out.is_empty() {
+        return Err("no regions listed".to_owned());
+    }
+    for (name, url) in &out {
+        ryze_core::redis::RedisTarget::parse(url).map_err(|e| format!("region {name}: {e}"))?;
+    }
+    Ok(out)
+}
+
+enum Job {
+    Publish(Vec<Outgoing>),
+    Control(ControlMessage),
+}
+
+impl Job {
+    fn len(&self) -> u64 {
+        match self {
+            Job::Publish(m) => m.len() as u64,
+            Job::Control(_) => 1,
+        }
+    }
+}
+
+struct Region {
+    name: String,
+    outlet: Arc<RedisOutlet>,
+    queue: mpsc::Sender<Job>,
+}
+
+/// Publishes to every region through per-region queues.
+pub struct RegionsOutlet {
+    regions: Vec<Region>,
+    metrics: Metrics,
+}
+
+impl RegionsOutlet {
+    /// Connects every region and starts one worker each (tracked, stopped by `stop`).
+    pub fn connect(
+        regions: &[(String, String)],
+        names: Names,
+        metrics: Metrics,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<RegionsOutlet, anyhow::Error> {
+        let mut out = Vec::new();
+        for (name, url) in regions {
+            let outlet = Arc::new(RedisOutlet::connect(url, names.clone())?);
+            let (tx, rx) = mpsc::channel(QUEUE_JOBS);
+            tasks.spawn(worker(
+                name.clone(),
+                outlet.clone(),
+                rx,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            out.push(Region {
+                name: name.clone(),
+                outlet,
+                queue: tx,
+            });
+        }
+        Ok(RegionsOutlet {
+            regions: out,
+            metrics,
+        })
+    }
+
+    fn enqueue(&self, make: impl Fn() -> Job) {
+        for r in &self.regions {
+            let job = make();
+            let n = job.len();
+            if r.queue.try_send(job).is_err() {
+                self.metrics.region_dropped(&r.name, n);
+            }
+        }
+    }
+}
+
+async fn worker(
+    name: String,
+    outlet: Arc<RedisOutlet>,
+    mut jobs: mpsc::Receiver<Job>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        let job = tokio::select! {
+            _ = stop.cancelled() => return,
+            j = jobs.recv() => match j { Some(j) => j, None => return },
+        };
+        let n = job.len();
+        let result = match &job {
+            Job::Publish(m) => outlet.publish(m.clone()).await,
+            Job::Control(c) => outlet.control(c).await,
+        };
+        match result {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(region = %name, "region publishing recovered");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                metrics.region_dropped(&name, n);
+                if !failing {
+                    tracing::warn!(region = %name, error = %e, "region unreachable; dropping its messages until it recovers");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+impl Outlet for RegionsOutlet {
+    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
+        Box::pin(async move {
+            // A region that cannot answer in time counts as listening: a wasted publish is
+            // harmless, a skipped one would lose events.
+            let answers = futures_util::future::join_all(self.regions.iter().map(|r| async move {
+                if !r.outlet.is_connected() {
+                    return None;
+                }
+                match tokio::time::timeout(LISTENING_TIMEOUT, r.outlet.listening(ids)).await {
+                    Ok(Ok(v)) => Some(v),
+                    _ => None,
+                }
+            }))
+            .await;
+            let mut out = vec![false; ids.len()];
+            for answer in answers {
+                match answer {
+                    None => return Ok(vec![true; ids.len()]),
+                    Some(v) => out.iter_mut().zip(v).for_each(|(o, l)| *o |= l),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>> {
+        Box::pin(async move {
+            if !messages.is_empty() {
+                self.enqueue(|| Job::Publish(messages.clone()));
+            }
+            Ok(())
+        })
+    }
+
+    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {
+        Box::pin(async move {
+            self.enqueue(|| Job::Control(msg.clone()));
+            Ok(())
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.regions.iter().any(|r| r.outlet.is_connected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_parse_with_cluster_urls_inside() {
+        let r = parse_regions("eu=redis://127.0.0.1:1,us=redis-cluster://a:1,b:2, ap=redis://c:3")
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                ("eu".to_owned(), "redis://127.0.0.1:1".to_owned()),
+                ("us".to_owned(), "redis-cluster://a:1,b:2".to_owned()),
+                ("ap".to_owned(), "redis://c:3".to_owned()),
+            ]
+        );
+        assert!(parse_regions("").is_err());
+        assert!(parse_regions("redis://x:1").is_err());
+        assert!(parse_regions("eu=redis://a:1,eu=redis://b:2").is_err());
+        assert!(parse_regions("eu=http://a").is_err());
+    }
+}
