@@ -6,13 +6,10 @@ const LIMIT: u64 = 5;
 /// Every scenario here fits in this much of one window.
 const SCENARIO: Duration = Duration::from_secs(10);
 
-/// A ready gateway with limit 5 whose Redis command connection is up.
-///
-/// `/readyz` only covers the subscriber connection; until the command connection is up the
-/// limiter counts per pod (a product bug, pinned down by
-/// `a_ready_gateway_counts_in_the_shared_bucket_from_its_first_request`). Awaiting a `/health`
-/// with `checks.redis: ok` (a PING on that connection) keeps the other scenarios about what
-/// they test.
+/// A ready gateway with limit 5 whose Redis command connection has answered a PING (a
+/// `/health` with `checks.redis: ok`), so these scenarios do not depend on `/readyz` covering
+/// that connection; `a_ready_gateway_counts_in_the_shared_bucket_from_its_first_request`
+/// tests that on its own.
 async fn limited_gateway(db: &TestDb, prefix: &str) -> Service {
     let gw = gateway_on(
         &db.url,
