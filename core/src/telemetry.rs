@@ -195,7 +195,8 @@ fn build_provider(
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(traces_url(endpoint))
         .build()?;
-    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let processor =
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
         resource = resource.with_service_name(service_name);
@@ -538,7 +539,12 @@ mod tests {
         let span = tracing::info_span!("ws.connection", conn.id = 7u64, peer.addr = "1.2.3.4:5");
         let _g = span.enter();
         let e = Outer(std::io::Error::other("inner"));
-        tracing::warn!(reason = "gone", n = 3, error = &e as &dyn std::error::Error, "closed \"x\"");
+        tracing::warn!(
+            reason = "gone",
+            n = 3,
+            error = &e as &dyn std::error::Error,
+            "closed \"x\""
+        );
     }
 
     #[test]
@@ -560,7 +566,10 @@ mod tests {
         assert_eq!(v["message"], "closed \"x\"");
         assert_eq!(v["spans"][0]["name"], "ws.connection");
         assert_eq!(v["spans"][0]["conn.id"], 7);
-        assert!(line.trim_end().ends_with(r#""message":"closed \"x\""}"#), "{line}");
+        assert!(
+            line.trim_end().ends_with(r#""message":"closed \"x\""}"#),
+            "{line}"
+        );
         let reason = line.find("\"reason\"").unwrap_or(usize::MAX);
         assert!(reason < line.find("\"message\"").unwrap_or(0), "{line}");
     }
@@ -581,13 +590,19 @@ mod tests {
                 .ends_with(r#"reason="gone" n=3 error="outer: inner" closed "x""#),
             "{line}"
         );
-        assert!(line.contains("ws.connection{conn.id=7 peer.addr=\"1.2.3.4:5\"}"), "{line}");
+        assert!(
+            line.contains("ws.connection{conn.id=7 peer.addr=\"1.2.3.4:5\"}"),
+            "{line}"
+        );
     }
 
     #[test]
     fn the_traces_url_gets_the_signal_path_once() {
         assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url("http://c:4318/v1/traces"),
+            "http://c:4318/v1/traces"
+        );
     }
 }

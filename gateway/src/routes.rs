@@ -53,6 +53,9 @@ pub fn router(state: AppState, extras: Extras) -> Router {
     app.layer(middleware::from_fn(move |req: Request, next: Next| {
         guard(req, next, allow)
     }))
+    // Outermost, per route: one span per request naming the matched route, never the URI
+    // (`?token=`).
+    .layer(ryze_core::telemetry::http_trace_layer())
 }
 
 /// The methods a known path accepts, or `None` for an unknown path.

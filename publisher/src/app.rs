@@ -95,7 +95,10 @@ impl App {
             publisher: publisher.clone(),
             draining: draining.clone(),
         });
-        let router = crate::routes::ingest(publisher).merge(
+        // Request spans on the ingest route only: probes and scrapes would flood the traces.
+        let ingest =
+            crate::routes::ingest(publisher).layer(ryze_core::telemetry::http_trace_layer());
+        let router = ingest.merge(
             Router::new()
                 .route("/livez", get(|| async { "ok" }))
                 .route("/readyz", get(readyz))

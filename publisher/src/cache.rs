@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What shaping an instance's frames needs.
@@ -76,7 +77,14 @@ impl ConfigCache {
         }
         let fetched_at = Instant::now();
         let generation = self.generation.load(Ordering::SeqCst);
-        let Some(found) = store.instance_delivery(id).await? else {
+        let span = tracing::info_span!(
+            "config_cache.refresh",
+            instance.id = %id,
+            found = tracing::field::Empty,
+        );
+        let found = store.instance_delivery(id).instrument(span.clone()).await?;
+        span.record("found", found.is_some());
+        let Some(found) = found else {
             self.lock().remove(&id);
             return Ok(None);
         };

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Most events in one request.
@@ -141,8 +142,10 @@ pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
         });
         published.push(event);
     }
+    let span = tracing::info_span!("publish", frames = outgoing.len());
     p.outlet
         .publish(outgoing)
+        .instrument(span)
         .await
         .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
     counts.published = published.len();

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// The ingest router, mounted by the publisher and by the gateway in embedded mode.
 pub fn ingest(publisher: Arc<Publisher>) -> Router {
@@ -21,9 +22,33 @@ pub fn ingest(publisher: Arc<Publisher>) -> Router {
 }
 
 async fn handle(State(p): State<Arc<Publisher>>, headers: HeaderMap, body: Body) -> Response {
-    match run(&p, &headers, body).await {
-        Ok(counts) => (StatusCode::ACCEPTED, Json(counts)).into_response(),
-        Err(e) => e.into_response(),
+    // One span per request with its outcome counts; never the body (frames carry tokens).
+    let span = tracing::info_span!(
+        "ingest",
+        events = tracing::field::Empty,
+        published = tracing::field::Empty,
+        filtered = tracing::field::Empty,
+        no_listeners = tracing::field::Empty,
+        unknown_instance = tracing::field::Empty,
+        http.status = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    );
+    match run(&p, &headers, body).instrument(span.clone()).await {
+        Ok(counts) => {
+            span.record("events", counts.accepted);
+            span.record("published", counts.published);
+            span.record("filtered", counts.filtered);
+            span.record("no_listeners", counts.no_listeners);
+            span.record("unknown_instance", counts.unknown_instance);
+            span.record("http.status", StatusCode::ACCEPTED.as_u16());
+            (StatusCode::ACCEPTED, Json(counts)).into_response()
+        }
+        Err(e) => {
+            span.record("error.message", tracing::field::display(&e));
+            let resp = span.in_scope(|| e.into_response());
+            span.record("http.status", resp.status().as_u16());
+            resp
+        }
     }
 }
 

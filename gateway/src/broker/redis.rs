@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// How long a live key outlives its last heartbeat (publisher fast path, docs/publisher.md).
@@ -154,9 +155,23 @@ impl RedisBroker {
                 _ = shutdown.cancelled() => return,
                 r = reconnects.recv() => match r {
                     Ok(server) => {
-                        tracing::info!(server = %server, "redis subscriber reconnected; resubscribing");
                         self.metrics.redis_reconnect();
-                        self.resync(&hub).await;
+                        let span = tracing::info_span!(
+                            "redis.reconnect",
+                            server = %server,
+                            subscriptions.wanted = tracing::field::Empty,
+                            subscriptions.confirmed = tracing::field::Empty,
+                        );
+                        async {
+                            tracing::info!("redis subscriber reconnected; resubscribing");
+                            self.resync(&hub).await;
+                            let (wanted, confirmed) = self.subscription_counts();
+                            let span = tracing::Span::current();
+                            span.record("subscriptions.wanted", wanted);
+                            span.record("subscriptions.confirmed", confirmed);
+                        }
+                        .instrument(span)
+                        .await;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync(&hub).await,
                     Err(_) => return,

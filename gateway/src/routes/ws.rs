@@ -26,9 +26,27 @@ pub async fn upgrade(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let peer = peer.map(|p| p.0 .0);
-    match accept(&state, version, &uri, &headers, peer, ws).await {
-        Ok(resp) => resp,
+    // The checks' span: never the token, nor the URI (its query may hold one).
+    let span = tracing::info_span!(
+        "ws.upgrade",
+        peer.addr = %peer.map(|p| p.to_string()).unwrap_or_default(),
+        instance.name = tracing::field::Empty,
+        instance.id = tracing::field::Empty,
+        conn.id = tracing::field::Empty,
+        http.status = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    );
+    let result = accept(&state, version, &uri, &headers, peer, ws)
+        .instrument(span.clone())
+        .await;
+    match result {
+        Ok(resp) => {
+            span.record("http.status", resp.status().as_u16());
+            resp
+        }
         Err(e) => {
+            span.record("http.status", e.status().as_u16());
+            span.record("error.message", tracing::field::display(&e));
             state.metrics.upgrade_rejected(e.status().as_u16());
             e.into_response()
         }
@@ -63,6 +81,8 @@ async fn accept(
     let token = auth::extract_token(headers, uri.query()).ok_or(ApiError::MissingToken)?;
     // Steps 4 and 5: the token resolves, and the instance is in its scope.
     let name = decode_instance_name(raw_instance(uri.path(), "/ws/"));
+    let upgrade_span = tracing::Span::current();
+    upgrade_span.record("instance.name", name.as_deref().unwrap_or_default());
     let instance =
         auth::authorize(&state.store, Some(&state.cache), &token, name.as_deref()).await?;
     // Step 6: the config is enabled (only positive answers are cached, D30).
@@ -95,12 +115,17 @@ async fn accept(
     let limits = state.ws;
     let outbox = Arc::new(Outbox::new(limits.send_queue, limits.send_queue_bytes));
     let conn_id = membership.attach(outbox.clone());
+    upgrade_span.record("instance.id", tracing::field::display(instance.id));
+    upgrade_span.record("conn.id", conn_id);
+    // A root of its own: a connection lives for hours, its upgrade request for milliseconds.
     let span = tracing::info_span!(
+        parent: None,
         "ws.connection",
         instance.id = %instance.id,
         conn.id = conn_id,
         peer.addr = %peer.map(|p| p.to_string()).unwrap_or_default(),
     );
+    span.follows_from(&upgrade_span);
     let metrics = state.metrics.clone();
     let tracker_token = state.tasks.token();
     let ws = ws
