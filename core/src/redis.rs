@@ -14,7 +14,8 @@ pub struct RedisTarget {
 }
 
 impl RedisTarget {
-    /// Parses `redis://`, `rediss://` or `redis-cluster://[user:pass@]host:port,host:port`.
+    /// Parses `redis://` or `redis-cluster://[user:pass@]host:port,host:port`; `rediss://` is
+    /// refused while the build has no TLS.
     pub fn parse(url: &str) -> Result<RedisTarget, String> {
         if let Some(rest) = url.strip_prefix("redis-cluster://") {
             let (auth, hosts) = match rest.rsplit_once('@') {
@@ -50,8 +51,15 @@ impl RedisTarget {
                 clustered: true,
             });
         }
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err("must start with redis://, rediss:// or redis-cluster://".into());
+        if url.starts_with("rediss://") {
+            // Refused up front rather than failing at connect time: see docs/decisions.md.
+            return Err(
+                "rediss:// (TLS) is not supported by this build; use redis:// on a private network"
+                    .into(),
+            );
+        }
+        if !url.starts_with("redis://") {
+            return Err("must start with redis:// or redis-cluster://".into());
         }
         let config = Config::from_url(url).map_err(|e| format!("invalid URL: {}", e.details()))?;
         Ok(RedisTarget {

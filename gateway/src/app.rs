@@ -110,7 +110,12 @@ impl App {
                 read_buffer: 1024,
                 write_buffer,
                 // Above any frame the publisher can produce (bounded by MAX_INGEST_BYTES).
-                max_write_buffer: config.ws_send_queue_bytes.max(config.max_ingest_bytes)
+                // A cap, not an allocation: above any frame a publisher can produce (its
+                // MAX_INGEST_BYTES; 64 MiB covers every sane setting), or the write would fail.
+                max_write_buffer: config
+                    .ws_send_queue_bytes
+                    .max(config.max_ingest_bytes)
+                    .max(64 << 20)
                     + write_buffer,
                 heartbeat: SessionLimits {
                     max_message_bytes: config.ws_max_message_bytes,
@@ -233,7 +238,10 @@ impl App {
         state.draining.cancel();
         stop_public.cancel();
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
-            state.hub.drain(self.drain_rate).await;
+            state
+                .hub
+                .drain(self.drain_rate, self.shutdown_timeout)
+                .await;
             self.background.cancel();
             state.tasks.close();
             state.tasks.wait().await;

@@ -43,15 +43,12 @@ pub fn extract_token(headers: &HeaderMap, query: Option<&str>) -> Option<Token> 
         }
     }
     if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
-        let v = String::from_utf8_lossy(v.as_bytes());
-        let v = v.trim();
-        if v.len() > 6 && v[..6].eq_ignore_ascii_case("bearer") {
-            let rest = &v[6..];
-            if rest.starts_with(|c: char| c.is_ascii_whitespace()) {
-                let t = rest.trim();
-                if !t.is_empty() {
-                    return Some(Token(t.to_owned()));
-                }
+        // Compared as bytes: a multi-byte character must never be split by slicing.
+        let v = v.as_bytes().trim_ascii();
+        if v.len() > 6 && v[..6].eq_ignore_ascii_case(b"bearer") && v[6].is_ascii_whitespace() {
+            let t = String::from_utf8_lossy(v[6..].trim_ascii());
+            if !t.is_empty() {
+                return Some(Token(t.into_owned()));
             }
         }
     }
@@ -175,6 +172,21 @@ mod tests {
             tok(&[("token", "first"), ("token", "second")], None).as_deref(),
             Some("first")
         );
+    }
+
+    #[test]
+    fn a_multi_byte_authorization_prefix_does_not_panic() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_bytes("aaaaaé x".as_bytes()).unwrap(),
+        );
+        assert_eq!(extract_token(&h, None), None);
+        h.insert(
+            "authorization",
+            HeaderValue::from_bytes("Bearer é".as_bytes()).unwrap(),
+        );
+        assert_eq!(extract_token(&h, None).map(|t| t.0).as_deref(), Some("é"));
     }
 
     #[test]

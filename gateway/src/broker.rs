@@ -33,6 +33,15 @@ impl Broker {
         }
     }
 
+    /// Waits until the instance's subscription is confirmed on the current connection (always
+    /// at once in process); `false` at the deadline.
+    pub async fn wait_confirmed(&self, id: Uuid, deadline: tokio::time::Instant) -> bool {
+        match self {
+            Broker::Memory(_) => true,
+            Broker::Redis(r) => r.wait_confirmed(id, deadline).await,
+        }
+    }
+
     /// Drops the instance's subscription (errors are logged: Redis forgets it on reconnect).
     pub async fn unsubscribe(&self, id: Uuid) {
         if let Broker::Redis(r) = self {

@@ -14,6 +14,10 @@ use tokio::time::{sleep_until, Instant};
 
 /// How long to try to deliver a Close frame, and then to wait for the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most frames written per flush.
+const BATCH_FRAMES: usize = 64;
+/// About the most bytes written per flush (one larger frame still goes alone).
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Session settings.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +76,7 @@ where
     let mut pong_deadline = start + limits.pong_timeout;
     loop {
         tokio::select! {
-            batch = outbox.next_batch() => match batch {
+            batch = outbox.next_batch(BATCH_FRAMES, BATCH_BYTES) => match batch {
                 Batch::Close(code) => return close_with(&mut socket, code).await,
                 Batch::Frames(frames) => {
                     let count = frames.len();
@@ -114,9 +118,12 @@ where
                     return Ended::ClientClosed;
                 }
                 Some(Ok(Message::Ping(_))) => {
-                    // The library queued the PONG; flush it now rather than with the next frame.
-                    if socket.flush().await.is_err() {
-                        return Ended::Gone;
+                    // The library queued the PONG; flush it now rather than with the next frame,
+                    // without letting a client that does not read pin the session.
+                    tokio::select! {
+                        r = socket.flush() => if r.is_err() { return Ended::Gone },
+                        _ = outbox.closed() => {}
+                        _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
                     }
                 }
                 // The server consumes only PONG and Close; anything else has no effect, unless
@@ -136,9 +143,10 @@ where
                 },
             },
             _ = ping.tick() => {
-                let sent = tokio::time::timeout(limits.pong_timeout, socket.send(Message::Ping(Default::default()))).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    return Ended::Gone;
+                tokio::select! {
+                    r = socket.send(Message::Ping(Default::default())) => if r.is_err() { return Ended::Gone },
+                    _ = outbox.closed() => {}
+                    _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
                 }
             }
             _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
@@ -154,7 +162,7 @@ fn classify(e: &axum::Error) -> Option<CloseCode> {
         if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
             return match t {
                 tungstenite::Error::Capacity(_) => Some(close::MESSAGE_TOO_BIG),
-                tungstenite::Error::Utf8 => Some(close::INVALID_PAYLOAD),
+                tungstenite::Error::Utf8(_) => Some(close::INVALID_PAYLOAD),
                 tungstenite::Error::Protocol(_) => Some(close::PROTOCOL_ERROR),
                 _ => None,
             };

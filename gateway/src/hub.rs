@@ -2,13 +2,16 @@
 //! lifecycle (Centrifuge's hub, in our terms).
 //!
 //! - An instance is subscribed on the broker when its first holder joins; the 101 is sent only
-//!   after that subscription is confirmed (D1 step 9). It is unsubscribed `UNSUBSCRIBE_DELAY`
-//!   after its last holder leaves, so a quick reconnect costs no Redis round trip.
+//!   after that subscription is confirmed on the current Redis connection (D1 step 9). It is
+//!   unsubscribed `UNSUBSCRIBE_DELAY` after its last holder leaves, so a quick reconnect costs
+//!   no Redis round trip. Broker calls for one instance never overlap: an entry is not removed
+//!   while its SUBSCRIBE is in flight, and joiners wait while its UNSUBSCRIBE is in flight.
 //! - Fan-out takes a shard lock, pushes a refcounted frame into each client's [`Outbox`]
-//!   without blocking, and releases the lock before any await (no lock across `.await`).
-//! - A full outbox is not closed at once (D35): the dispatcher waits up to
-//!   `WS_SLOW_CONSUMER_GRACE` for room, for all full clients of the frame concurrently, so a
-//!   reader that keeps up survives a burst and only a client that stopped draining is closed.
+//!   without blocking, and releases the lock; nothing awaits while holding it.
+//! - A full outbox is not closed at once (D35). The instance gets a backlog and its own task,
+//!   which waits up to `WS_SLOW_CONSUMER_GRACE` for room (for all full clients together) and
+//!   then delivers the backlog in order. Only a client that stopped draining is closed (1008),
+//!   and no other instance waits: the Redis reader never blocks on a client.
 
 use crate::auth::AuthCache;
 use crate::broker::Broker;
@@ -19,10 +22,11 @@ use ryze_core::channel::{ControlMessage, ControlOp};
 use ryze_core::close;
 use ryze_core::wire::WireFrame;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -31,6 +35,10 @@ const SHARDS: usize = 64;
 
 /// How long an upgrade waits for its instance's subscription before 503 (D26).
 pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Frames an instance may have waiting behind a stalled client before new ones are dropped
+/// (counted as `instance_backlog`).
+const BACKLOG_FRAMES: usize = 4096;
 
 /// A cheap-to-clone handle on the registry.
 #[derive(Clone)]
@@ -45,20 +53,22 @@ struct Inner {
     /// Cancelled at shutdown: pending unsubscribes are abandoned (the process is leaving and
     /// Redis drops its subscriptions with the connection; an UNSUBSCRIBE would only add load).
     shutdown: CancellationToken,
+    /// Set when the drain starts: no new client may join (it would miss its 1001).
+    draining: AtomicBool,
     unsubscribe_delay: Duration,
     slow_grace: Duration,
     next_conn: AtomicU64,
 }
 
-#[derive(Default)]
 enum Sub {
-    #[default]
     Idle,
-    Pending(watch::Receiver<Option<bool>>),
+    /// SUBSCRIBE in flight; the watch flips when it resolves.
+    Pending(watch::Receiver<bool>),
     Active,
+    /// UNSUBSCRIBE in flight; the watch flips when it resolves.
+    Unsubscribing(watch::Receiver<bool>),
 }
 
-#[derive(Default)]
 struct Entry {
     /// Memberships: upgrades waiting for their 101 plus connected clients.
     holders: usize,
@@ -66,21 +76,29 @@ struct Entry {
     sub: Sub,
     /// Bumped each time `holders` leaves 0, so a stale delayed unsubscribe does nothing.
     generation: u64,
+    /// Frames waiting behind a stalled client, in order; `Some` while the instance's delivery
+    /// task runs.
+    backlog: Option<mpsc::Sender<Frame>>,
+}
+
+impl Entry {
+    fn new() -> Entry {
+        Entry {
+            holders: 0,
+            clients: Vec::new(),
+            sub: Sub::Idle,
+            generation: 0,
+            backlog: None,
+        }
+    }
 }
 
 /// Why joining an instance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    /// The subscription was not confirmed within [`SUBSCRIBE_TIMEOUT`].
+    /// The subscription was not confirmed within [`SUBSCRIBE_TIMEOUT`], or the pod is draining.
     #[error("subscription to the instance channel not confirmed")]
     Unavailable,
-}
-
-/// Frames that did not fit: the caller awaits [`Hub::settle`] before the next frame.
-#[must_use]
-pub struct Stalled {
-    frame: Frame,
-    outboxes: Vec<Arc<Outbox>>,
 }
 
 /// Settings of the hub.
@@ -90,6 +108,12 @@ pub struct HubOptions {
     pub unsubscribe_delay: Duration,
     /// `WS_SLOW_CONSUMER_GRACE`.
     pub slow_grace: Duration,
+}
+
+enum Step {
+    Ready,
+    Wait(watch::Receiver<bool>),
+    Start(watch::Sender<bool>, watch::Receiver<bool>),
 }
 
 impl Hub {
@@ -110,6 +134,7 @@ impl Hub {
             metrics,
             tasks,
             shutdown,
+            draining: AtomicBool::new(false),
             unsubscribe_delay: options.unsubscribe_delay,
             slow_grace: options.slow_grace,
             next_conn: AtomicU64::new(1),
@@ -126,51 +151,84 @@ impl Hub {
         self.0.shards[idx].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Holds the instance and waits until its channel subscription is confirmed. Dropping the
-    /// membership (or the client attached to it) releases the hold.
+    /// Holds the instance and waits until its channel subscription is confirmed on the current
+    /// broker connection. Dropping the membership (or the client attached to it) releases it.
     pub async fn join(&self, id: Uuid) -> Result<Membership, JoinError> {
-        let (wait, start) = {
+        if self.0.draining.load(Ordering::SeqCst) {
+            return Err(JoinError::Unavailable);
+        }
+        {
             let mut shard = self.shard(id);
-            let e = shard.entry(id).or_default();
+            let e = shard.entry(id).or_insert_with(Entry::new);
             if e.holders == 0 {
                 e.generation += 1;
             }
             e.holders += 1;
-            match &e.sub {
-                Sub::Active => (None, None),
-                Sub::Pending(rx) => (Some(rx.clone()), None),
-                Sub::Idle => {
-                    let (tx, rx) = watch::channel(None);
-                    e.sub = Sub::Pending(rx.clone());
-                    (Some(rx), Some(tx))
-                }
-            }
-        };
+        }
         let membership = Membership {
             hub: self.clone(),
             id,
             conn: None,
         };
-        if let Some(tx) = start {
-            let hub = self.clone();
-            self.0
-                .tasks
-                .spawn(async move { hub.subscribe(id, tx).await });
-        }
-        if let Some(mut rx) = wait {
-            let confirmed = tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx.wait_for(Option::is_some))
-                .await
-                .ok()
-                .and_then(|r| r.ok().map(|v| *v == Some(true)))
-                .unwrap_or(false);
-            if !confirmed {
+        let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
+        loop {
+            let step = {
+                let mut shard = self.shard(id);
+                let Some(e) = shard.get_mut(&id) else {
+                    return Err(JoinError::Unavailable);
+                };
+                match &e.sub {
+                    Sub::Active => Step::Ready,
+                    Sub::Pending(rx) | Sub::Unsubscribing(rx) => Step::Wait(rx.clone()),
+                    Sub::Idle => {
+                        let (tx, rx) = watch::channel(false);
+                        e.sub = Sub::Pending(rx.clone());
+                        Step::Start(tx, rx)
+                    }
+                }
+            };
+            match step {
+                Step::Ready => {
+                    // Active in the hub; after a Redis reconnect it may not be confirmed yet.
+                    return if self.0.broker.wait_confirmed(id, deadline).await {
+                        Ok(membership)
+                    } else {
+                        Err(JoinError::Unavailable)
+                    };
+                }
+                Step::Start(tx, mut rx) => {
+                    let hub = self.clone();
+                    self.0
+                        .tasks
+                        .spawn(async move { hub.subscribe(id, tx).await });
+                    if tokio::time::timeout_at(deadline, rx.wait_for(|done| *done))
+                        .await
+                        .is_err()
+                    {
+                        return Err(JoinError::Unavailable);
+                    }
+                }
+                Step::Wait(mut rx) => {
+                    if tokio::time::timeout_at(deadline, rx.wait_for(|done| *done))
+                        .await
+                        .is_err()
+                    {
+                        return Err(JoinError::Unavailable);
+                    }
+                }
+            }
+            // Look again: the subscription resolved (either way), or an unsubscribe finished.
+            let failed = {
+                let shard = self.shard(id);
+                shard.get(&id).is_none_or(|e| matches!(e.sub, Sub::Idle))
+            };
+            if failed {
                 return Err(JoinError::Unavailable);
             }
         }
-        Ok(membership)
     }
 
-    async fn subscribe(&self, id: Uuid, done: watch::Sender<Option<bool>>) {
+    async fn subscribe(&self, id: Uuid, done: watch::Sender<bool>) {
         let ok = match self.0.broker.subscribe(id).await {
             Ok(()) => true,
             Err(e) => {
@@ -178,21 +236,14 @@ impl Hub {
                 false
             }
         };
-        let orphaned = {
+        {
             let mut shard = self.shard(id);
-            match shard.get_mut(&id) {
-                Some(e) => {
-                    e.sub = if ok { Sub::Active } else { Sub::Idle };
-                    false
-                }
-                None => ok,
+            // The entry cannot be removed while Pending (see `expire`).
+            if let Some(e) = shard.get_mut(&id) {
+                e.sub = if ok { Sub::Active } else { Sub::Idle };
             }
-        };
-        if orphaned {
-            // Everyone left while we were subscribing: do not leave a ghost subscription.
-            self.0.broker.unsubscribe(id).await;
         }
-        let _ = done.send(Some(ok));
+        let _ = done.send(true);
     }
 
     fn leave(&self, id: Uuid, conn: Option<u64>) {
@@ -213,6 +264,10 @@ impl Hub {
             }
             e.generation
         };
+        self.schedule_expire(id, generation);
+    }
+
+    fn schedule_expire(&self, id: Uuid, generation: u64) {
         let hub = self.clone();
         self.0.tasks.spawn(async move {
             tokio::select! {
@@ -223,81 +278,145 @@ impl Hub {
     }
 
     async fn expire(&self, id: Uuid, generation: u64) {
-        let unsubscribe = {
+        let done = {
             let mut shard = self.shard(id);
-            match shard.get(&id) {
-                Some(e) if e.holders == 0 && e.generation == generation => {
-                    let subscribed = !matches!(e.sub, Sub::Idle);
+            let Some(e) = shard.get_mut(&id) else { return };
+            if e.holders > 0 || e.generation != generation {
+                return;
+            }
+            match e.sub {
+                Sub::Idle => {
                     shard.remove(&id);
-                    subscribed
+                    return;
                 }
-                _ => false,
+                // Never overlap broker calls for one instance: look again later.
+                Sub::Pending(_) | Sub::Unsubscribing(_) => None,
+                Sub::Active => {
+                    let (tx, rx) = watch::channel(false);
+                    e.sub = Sub::Unsubscribing(rx);
+                    Some(tx)
+                }
             }
         };
-        if unsubscribe {
-            self.0.broker.unsubscribe(id).await;
+        let Some(done) = done else {
+            self.schedule_expire(id, generation);
+            return;
+        };
+        self.0.broker.unsubscribe(id).await;
+        let resubscribe = {
+            let mut shard = self.shard(id);
+            match shard.get_mut(&id) {
+                Some(e) if e.holders == 0 => {
+                    shard.remove(&id);
+                    None
+                }
+                Some(e) => {
+                    // Someone joined while we unsubscribed: subscribe again for them.
+                    let (tx, rx) = watch::channel(false);
+                    e.sub = Sub::Pending(rx);
+                    Some(tx)
+                }
+                None => None,
+            }
+        };
+        let _ = done.send(true);
+        if let Some(tx) = resubscribe {
+            self.subscribe(id, tx).await;
         }
     }
 
-    /// Pushes a frame to every local client of the instance without blocking. Returns the
-    /// clients whose outbox was full; the caller must [`Hub::settle`] them before the next frame.
-    pub fn dispatch(&self, id: Uuid, wire: WireFrame) -> Option<Stalled> {
+    /// Delivers one frame to every local client of the instance without ever blocking the
+    /// caller: a client with a full queue moves the instance's delivery to its own task.
+    pub fn dispatch(&self, id: Uuid, wire: WireFrame) {
         let Ok(text) = Utf8Bytes::try_from(wire.frame) else {
             self.0.metrics.frame_dropped("invalid");
-            return None;
+            return;
         };
         let frame = Frame {
             text,
             published_micros: wire.published_micros,
         };
-        let mut stalled = Vec::new();
-        {
-            let shard = self.shard(id);
-            let Some(e) = shard.get(&id) else {
-                self.0.metrics.frame_dropped("no_clients");
-                return None;
-            };
-            for (_, outbox) in &e.clients {
-                if outbox.push(frame.clone()) == Push::Full {
-                    stalled.push(outbox.clone());
+        let mut shard = self.shard(id);
+        let Some(e) = shard.get_mut(&id) else {
+            self.0.metrics.frame_dropped("no_clients");
+            return;
+        };
+        if let Some(backlog) = &e.backlog {
+            // Order: behind the frames already waiting.
+            if backlog.try_send(frame).is_err() {
+                self.0.metrics.frame_dropped("instance_backlog");
+            }
+            return;
+        }
+        let stalled = push_all(&e.clients, &frame);
+        if stalled.is_empty() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(BACKLOG_FRAMES);
+        e.backlog = Some(tx);
+        drop(shard);
+        let hub = self.clone();
+        self.0
+            .tasks
+            .spawn(async move { hub.drain_backlog(id, frame, stalled, rx).await });
+    }
+
+    /// The instance's delivery task while it has a stalled client: finish the stalled frame,
+    /// then deliver the backlog in order, then hand delivery back to [`Hub::dispatch`].
+    async fn drain_backlog(
+        &self,
+        id: Uuid,
+        first: Frame,
+        stalled: Vec<Arc<Outbox>>,
+        mut backlog: mpsc::Receiver<Frame>,
+    ) {
+        self.settle(&first, stalled).await;
+        loop {
+            let next = {
+                let mut shard = self.shard(id);
+                match backlog.try_recv() {
+                    Ok(frame) => {
+                        let clients = shard
+                            .get(&id)
+                            .map(|e| e.clients.clone())
+                            .unwrap_or_default();
+                        Some((frame, clients))
+                    }
+                    Err(_) => {
+                        // Empty, checked under the lock `dispatch` pushes under: nothing is lost.
+                        if let Some(e) = shard.get_mut(&id) {
+                            e.backlog = None;
+                        }
+                        None
+                    }
                 }
+            };
+            let Some((frame, clients)) = next else { return };
+            let stalled = push_all(&clients, &frame);
+            if !stalled.is_empty() {
+                self.settle(&frame, stalled).await;
             }
         }
-        (!stalled.is_empty()).then_some(Stalled {
-            frame,
-            outboxes: stalled,
-        })
     }
 
     /// Waits (all together, at most `WS_SLOW_CONSUMER_GRACE`) for full outboxes to make room
     /// for the frame; those that do not are closed as slow consumers (D7, D13, D35).
-    pub async fn settle(&self, stalled: Stalled) {
-        let Stalled { frame, outboxes } = stalled;
+    async fn settle(&self, frame: &Frame, outboxes: Vec<Arc<Outbox>>) {
         let len = frame.text.len();
         let grace = self.0.slow_grace;
-        let waits = outboxes.iter().map(|outbox| {
-            let frame = frame.clone();
-            async move {
-                if tokio::time::timeout(grace, outbox.room_for(len))
-                    .await
-                    .is_ok()
-                {
-                    match outbox.push(frame) {
-                        Push::Queued | Push::Closed => return,
-                        Push::Full => {}
-                    }
+        let waits = outboxes.iter().map(|outbox| async move {
+            if tokio::time::timeout(grace, outbox.room_for(len))
+                .await
+                .is_ok()
+            {
+                match outbox.push(frame.clone()) {
+                    Push::Queued | Push::Closed => return,
+                    Push::Full => {}
                 }
-                outbox.close(close::SLOW_CONSUMER);
             }
+            outbox.close(close::SLOW_CONSUMER);
         });
         futures_util::future::join_all(waits).await;
-    }
-
-    /// Dispatches and settles: the whole delivery of one frame.
-    pub async fn deliver(&self, id: Uuid, wire: WireFrame) {
-        if let Some(stalled) = self.dispatch(id, wire) {
-            self.settle(stalled).await;
-        }
     }
 
     /// Applies a control-channel message.
@@ -338,20 +457,30 @@ impl Hub {
         out
     }
 
-    /// Closes every client with 1001 at `rate` per second (paced so reconnects spread over
-    /// the surviving pods). Returns once every close has been requested.
-    pub async fn drain(&self, rate: u32) {
+    fn open_outboxes(&self) -> Vec<Arc<Outbox>> {
         let mut outboxes = Vec::new();
         for shard in self.0.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             outboxes.extend(
                 shard
                     .values()
-                    .flat_map(|e| e.clients.iter().map(|(_, o)| o.clone())),
+                    .flat_map(|e| e.clients.iter().map(|(_, o)| o.clone()))
+                    .filter(|o| o.close_requested().is_none()),
             );
         }
-        // Close in 10 ms steps; a step closes rate/100 clients (at least one).
-        let per_step = (rate as usize).div_ceil(100).max(1);
+        outboxes
+    }
+
+    /// Closes every client with 1001, paced at `rate` per second so reconnects spread over the
+    /// surviving pods, but fast enough to finish within `budget` (the pace rises if needed).
+    /// New joins are refused from the start. Returns once every close has been requested.
+    pub async fn drain(&self, rate: u32, budget: Duration) {
+        self.0.draining.store(true, Ordering::SeqCst);
+        let outboxes = self.open_outboxes();
+        let budget_secs = (budget.as_secs_f64() * 0.8).max(0.1);
+        let rate = (rate as f64).max(outboxes.len() as f64 / budget_secs);
+        // Close in 10 ms steps of rate/100 clients (at least one).
+        let per_step = ((rate / 100.0).ceil() as usize).max(1);
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         for chunk in outboxes.chunks(per_step) {
             tick.tick().await;
@@ -359,7 +488,20 @@ impl Hub {
                 outbox.close(close::SHUTDOWN);
             }
         }
+        // Upgrades that were past their join when the drain started attach afterwards.
+        for outbox in self.open_outboxes() {
+            outbox.close(close::SHUTDOWN);
+        }
     }
+}
+
+/// Pushes to every outbox; returns the full ones.
+fn push_all(clients: &[(u64, Arc<Outbox>)], frame: &Frame) -> Vec<Arc<Outbox>> {
+    clients
+        .iter()
+        .filter(|(_, outbox)| outbox.push(frame.clone()) == Push::Full)
+        .map(|(_, outbox)| outbox.clone())
+        .collect()
 }
 
 /// A hold on an instance: keeps it subscribed while alive.
@@ -370,7 +512,8 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Registers the client's outbox: from now on it receives the instance's frames.
+    /// Registers the client's outbox: from now on it receives the instance's frames. While the
+    /// instance has a backlog, the new client joins at the backlog's next frame.
     pub fn attach(&mut self, outbox: Arc<Outbox>) -> u64 {
         let conn = self.hub.0.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.hub.shard(self.id);

@@ -136,9 +136,11 @@ impl Outbox {
         self.lock().close
     }
 
-    /// Waits for frames or a close request, then takes every queued frame at once.
-    /// The frames stay counted until [`Outbox::written`] is called.
-    pub async fn next_batch(&self) -> Batch {
+    /// Waits for frames or a close request, then takes up to `max_frames` frames and about
+    /// `max_bytes` bytes (at least one frame). Taken frames stay counted until
+    /// [`Outbox::written`]: bounded batches release them soon, so a reader that keeps up is
+    /// never judged by frames already on the wire.
+    pub async fn next_batch(&self, max_frames: usize, max_bytes: usize) -> Batch {
         loop {
             let notified = self.writer.notified();
             {
@@ -147,7 +149,23 @@ impl Outbox {
                     return Batch::Close(code);
                 }
                 if !s.queue.is_empty() {
-                    return Batch::Frames(std::mem::take(&mut s.queue));
+                    let mut batch = VecDeque::new();
+                    let mut bytes = 0;
+                    while let Some(front) = s.queue.front() {
+                        let len = front.text.len();
+                        if !batch.is_empty()
+                            && (batch.len() >= max_frames || bytes + len > max_bytes)
+                        {
+                            break;
+                        }
+                        bytes += len;
+                        batch.extend(s.queue.pop_front());
+                    }
+                    if s.queue.is_empty() {
+                        // An idle outbox holds no heap memory.
+                        s.queue = VecDeque::new();
+                    }
+                    return Batch::Frames(batch);
                 }
             }
             notified.await;
@@ -214,13 +232,24 @@ mod tests {
         let o = Outbox::new(10, 1000);
         o.push(frame(1));
         o.push(frame(2));
-        match o.next_batch().await {
+        match o.next_batch(64, 1 << 20).await {
             Batch::Frames(f) => assert_eq!(f.len(), 2),
             Batch::Close(_) => panic!("expected frames"),
         }
         o.close(ryze_core::close::SLOW_CONSUMER);
         assert_eq!(o.push(frame(1)), Push::Closed);
-        assert!(matches!(o.next_batch().await, Batch::Close(c) if c.code == 1008));
+        assert!(matches!(o.next_batch(64, 1 << 20).await, Batch::Close(c) if c.code == 1008));
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded_but_never_empty() {
+        let o = Outbox::new(100, 1 << 20);
+        for _ in 0..5 {
+            o.push(frame(10));
+        }
+        assert!(matches!(o.next_batch(2, 1000).await, Batch::Frames(f) if f.len() == 2));
+        assert!(matches!(o.next_batch(10, 25).await, Batch::Frames(f) if f.len() == 2));
+        assert!(matches!(o.next_batch(10, 1).await, Batch::Frames(f) if f.len() == 1));
     }
 
     #[tokio::test]

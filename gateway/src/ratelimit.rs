@@ -34,8 +34,19 @@ pub struct RateLimiter {
     redis: Option<Arc<RedisBroker>>,
     names: Names,
     metrics: Metrics,
-    local: Mutex<HashMap<String, (u64, u64)>>,
+    /// Per-pod counters of the current window only (swept when the window advances).
+    local: Mutex<LocalCounts>,
 }
+
+#[derive(Default)]
+struct LocalCounts {
+    window: u64,
+    counts: HashMap<String, u64>,
+}
+
+/// Most distinct keys counted per pod and window; beyond it new keys count as over the
+/// limit, so memory stays bounded even under a flood of random tokens.
+const MAX_LOCAL_KEYS: usize = 1_000_000;
 
 impl RateLimiter {
     /// A limiter of `limit` requests per window; `redis` shares the counters across pods.
@@ -50,7 +61,7 @@ impl RateLimiter {
             redis,
             names,
             metrics,
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(LocalCounts::default()),
         }
     }
 
@@ -108,16 +119,16 @@ impl RateLimiter {
 
     fn local_count(&self, key: &str, window: u64) -> u64 {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: old windows are swept whenever the map grows large.
-        if local.len() > 100_000 {
-            local.retain(|_, (w, _)| *w == window);
+        if local.window != window {
+            local.window = window;
+            local.counts = HashMap::new();
         }
-        let slot = local.entry(key.to_owned()).or_insert((window, 0));
-        if slot.0 != window {
-            *slot = (window, 0);
+        if !local.counts.contains_key(key) && local.counts.len() >= MAX_LOCAL_KEYS {
+            return u64::MAX;
         }
-        slot.1 += 1;
-        slot.1
+        let count = local.counts.entry(key.to_owned()).or_insert(0);
+        *count += 1;
+        *count
     }
 }
 

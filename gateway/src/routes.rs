@@ -50,6 +50,10 @@ pub fn router(state: AppState, extras: Extras) -> Router {
         app = app.merge(ingest);
     }
     let allow = move |path: &str| allowed_methods(path, ingest, extras.console);
+    // A panic in a handler becomes 500 `Internal server error`, never a dropped connection.
+    let app = app.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |_: Box<dyn std::any::Any + Send>| ApiError::Internal.into_response(),
+    ));
     app.layer(middleware::from_fn(move |req: Request, next: Next| {
         guard(req, next, allow)
     }))

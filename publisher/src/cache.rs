@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use uuid::Uuid;
 
+/// Entries at which expired ones are swept.
+const SWEEP_AT: usize = 10_000;
+
 /// What shaping an instance's frames needs.
 #[derive(Debug)]
 pub struct Delivery {
@@ -92,6 +95,12 @@ impl ConfigCache {
         if !self.ttl.is_zero() {
             let mut entries = self.lock();
             if self.generation.load(Ordering::SeqCst) == generation {
+                // Bounded: expired entries (and the decrypted tokens in them) are swept once
+                // the map grows.
+                if entries.len() >= SWEEP_AT {
+                    let ttl = self.ttl;
+                    entries.retain(|_, (_, at)| at.elapsed() < ttl);
+                }
                 entries.insert(id, (d.clone(), fetched_at));
             }
         }

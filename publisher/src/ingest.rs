@@ -23,7 +23,9 @@ pub const MAX_ITEMS: usize = 1000;
 struct Item<'a> {
     #[serde(rename = "instanceId")]
     instance_id: Uuid,
-    event: &'a str,
+    // Borrowed when possible; escaped spellings of a valid name still parse.
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
 }
@@ -63,7 +65,7 @@ fn parse(body: &[u8]) -> Result<Vec<(Uuid, EventType, &RawValue)>, IngestError> 
         .map(|i| {
             Ok((
                 i.instance_id,
-                EventType::parse(i.event).ok_or(IngestError::InvalidBody)?,
+                EventType::parse(&i.event).ok_or(IngestError::InvalidBody)?,
                 i.data,
             ))
         })

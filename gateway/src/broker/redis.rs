@@ -34,6 +34,9 @@ struct SubState {
     wanted: HashSet<Uuid>,
     confirmed: HashSet<Uuid>,
     control_confirmed: bool,
+    /// When the live keys were last written successfully (the publisher's fast path relies on
+    /// them: a pod whose heartbeat fails is not ready).
+    live_ok_at: Option<std::time::Instant>,
 }
 
 /// The pod's Redis connections and its subscription bookkeeping.
@@ -43,6 +46,8 @@ pub struct RedisBroker {
     names: Names,
     clustered: bool,
     state: Mutex<SubState>,
+    /// Bumped whenever a subscription is confirmed, for joiners waiting after a reconnect.
+    confirmations: tokio::sync::watch::Sender<u64>,
     metrics: Metrics,
 }
 
@@ -64,6 +69,7 @@ impl RedisBroker {
             names,
             clustered: target.clustered,
             state: Mutex::new(SubState::default()),
+            confirmations: tokio::sync::watch::Sender::new(0),
             metrics,
         }))
     }
@@ -128,7 +134,7 @@ impl RedisBroker {
                 continue;
             };
             match wire::decode(body) {
-                Ok(frame) => hub.deliver(id, frame).await,
+                Ok(frame) => hub.dispatch(id, frame),
                 Err(e) => {
                     self.metrics.frame_dropped("bad_wire");
                     tracing::debug!(error = %e, "dropping undecodable message");
@@ -150,9 +156,12 @@ impl RedisBroker {
             _ = shutdown.cancelled() => return,
             r = first => if r.is_ok() { self.resync(&hub).await },
         }
+        let mut repair = tokio::time::interval(Duration::from_secs(1));
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = repair.tick() => self.repair().await,
                 r = reconnects.recv() => match r {
                     Ok(server) => {
                         self.metrics.redis_reconnect();
@@ -204,37 +213,89 @@ impl RedisBroker {
             Ok(()) => self.lock().control_confirmed = true,
             Err(e) => tracing::warn!(error = %e, "control channel subscription failed"),
         }
-        if let Err(e) = self.refresh_live(&wanted).await {
-            tracing::warn!(error = %e, "live keys not refreshed after reconnect");
+        match self.refresh_live(&wanted).await {
+            Ok(()) => self.lock().live_ok_at = Some(std::time::Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "live keys not refreshed after reconnect"),
         }
         for chunk in wanted.chunks(RESUBSCRIBE_CHUNK) {
-            let result = if self.clustered {
-                let mut r = Ok(());
-                for id in chunk {
-                    r = r.and(
-                        self.subscriber
-                            .ssubscribe(self.names.instance_channel(*id))
-                            .await,
-                    );
-                }
-                r
-            } else {
-                let channels: Vec<String> = chunk
-                    .iter()
-                    .map(|id| self.names.instance_channel(*id))
-                    .collect();
-                self.subscriber.subscribe(channels).await
-            };
+            let result = self.subscribe_channels(chunk).await;
             match result {
-                Ok(()) => {
-                    let mut s = self.lock();
-                    for id in chunk {
-                        if s.wanted.contains(id) {
-                            s.confirmed.insert(*id);
-                        }
-                    }
+                Ok(()) => self.confirm(chunk),
+                Err(e) => tracing::warn!(error = %e, "resubscribe failed; retrying"),
+            }
+        }
+    }
+
+    fn confirm(&self, ids: &[Uuid]) {
+        {
+            let mut s = self.lock();
+            for id in ids {
+                if s.wanted.contains(id) {
+                    s.confirmed.insert(*id);
                 }
-                Err(e) => tracing::warn!(error = %e, "resubscribe failed; will retry on reconnect"),
+            }
+        }
+        self.confirmations.send_modify(|v| *v += 1);
+    }
+
+    /// Every second: resubscribe whatever is wanted but not confirmed (a resubscribe that
+    /// failed after a reconnect), while connected.
+    async fn repair(&self) {
+        if !self.subscriber.is_connected() {
+            return;
+        }
+        let (control, missing): (bool, Vec<Uuid>) = {
+            let s = self.lock();
+            (
+                !s.control_confirmed,
+                s.wanted.difference(&s.confirmed).copied().collect(),
+            )
+        };
+        if control
+            && self
+                .subscriber
+                .subscribe(self.names.control_channel())
+                .await
+                .is_ok()
+        {
+            self.lock().control_confirmed = true;
+        }
+        for chunk in missing.chunks(RESUBSCRIBE_CHUNK) {
+            if self.subscribe_channels(chunk).await.is_ok() {
+                self.confirm(chunk);
+            }
+        }
+    }
+
+    async fn subscribe_channels(&self, ids: &[Uuid]) -> Result<(), fred::error::Error> {
+        if self.clustered {
+            for id in ids {
+                self.subscriber
+                    .ssubscribe(self.names.instance_channel(*id))
+                    .await?;
+            }
+            Ok(())
+        } else {
+            let channels: Vec<String> = ids
+                .iter()
+                .map(|id| self.names.instance_channel(*id))
+                .collect();
+            self.subscriber.subscribe(channels).await
+        }
+    }
+
+    /// Waits until the instance's subscription is confirmed on the current connection.
+    pub async fn wait_confirmed(&self, id: Uuid, deadline: tokio::time::Instant) -> bool {
+        let mut changes = self.confirmations.subscribe();
+        loop {
+            if self.lock().confirmed.contains(&id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return false;
             }
         }
     }
@@ -267,8 +328,9 @@ impl RedisBroker {
                 _ = tick.tick() => {}
             }
             let wanted: Vec<Uuid> = self.lock().wanted.iter().copied().collect();
-            if let Err(e) = self.refresh_live(&wanted).await {
-                tracing::warn!(error = %e, "live-key heartbeat failed");
+            match self.refresh_live(&wanted).await {
+                Ok(()) => self.lock().live_ok_at = Some(std::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "live-key heartbeat failed"),
             }
         }
     }
@@ -278,24 +340,16 @@ impl RedisBroker {
         self.lock().wanted.insert(id);
         let result = async {
             self.refresh_live(&[id]).await?;
-            let channel = self.names.instance_channel(id);
-            if self.clustered {
-                self.subscriber.ssubscribe(channel).await
-            } else {
-                self.subscriber.subscribe(channel).await
-            }
+            self.subscribe_channels(&[id]).await
         }
         .await;
-        let mut s = self.lock();
         match result {
             Ok(()) => {
-                if s.wanted.contains(&id) {
-                    s.confirmed.insert(id);
-                }
+                self.confirm(&[id]);
                 Ok(())
             }
             Err(e) => {
-                s.wanted.remove(&id);
+                self.lock().wanted.remove(&id);
                 Err(e.into())
             }
         }
@@ -324,7 +378,12 @@ impl RedisBroker {
     pub fn is_ready(&self) -> bool {
         let s = self.lock();
         self.subscriber.is_connected()
-            && self.commands.is_connected() && s.control_confirmed && s.confirmed.len() == s.wanted.len()
+            && self.commands.is_connected()
+            && s.control_confirmed
+            && s.confirmed.len() == s.wanted.len()
+            && (s.wanted.is_empty()
+                || s.live_ok_at
+                    .is_some_and(|at| at.elapsed() < LIVE_TTL * 2 / 3))
     }
 
     /// (wanted, confirmed).

@@ -39,18 +39,7 @@ async fn check<E: std::fmt::Display>(
 
 /// The health endpoint.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let db = check(async {
-        state.store.ping().await.map_err(|e| {
-            // The store error's cause chain names the failure without credentials.
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = s.to_string();
-                src = s.source();
-            }
-            msg
-        })
-    });
+    let db = check(async { state.store.ping().await.map_err(|e| short_reason(&e)) });
     let redis = async {
         match state.hub.broker().redis() {
             None => None,
@@ -72,6 +61,19 @@ pub async fn health(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json_response(status, serde_json::to_string(&body).unwrap_or_default())
+}
+
+/// A short reason for a public endpoint: an I/O error's kind (`connection refused`), never a
+/// server message (those can name users or databases).
+fn short_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind().to_string();
+        }
+        source = s.source();
+    }
+    "unavailable".to_owned()
 }
 
 /// Go's `time.Duration.String()` of `d` truncated to milliseconds: `0s`, `850ms`, `2m0s`,

@@ -142,7 +142,9 @@ async fn accept(
             let _hold = (membership, permit, tracker_token);
             metrics.connection_opened();
             tracing::debug!("connection opened");
-            let ended = connection::run(socket, outbox, limits.heartbeat, &metrics).await;
+            let ended = connection::run(socket, outbox.clone(), limits.heartbeat, &metrics).await;
+            // Wakes any fan-out waiting for room in this outbox: the session is over.
+            outbox.close(ryze_core::close::INTERNAL_ERROR);
             metrics.connection_closed(ended.label());
             tracing::debug!(reason = ended.label(), "connection closed");
         }
