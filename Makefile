@@ -17,8 +17,9 @@ test: deps ## Build, lint the chart, and run every test against real redis-serve
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=$${TEST_THREADS:-2}
 	@if [ -f deploy/helm-lint.sh ]; then $(MAKE) --no-print-directory helm-lint; fi
 
-deps: ## Install redis-server and the Postgres server with apt-get when missing
+deps: ## Install redis-server, Postgres, chromium and the browser-test driver when missing
 	@bash scripts/install-test-deps.sh
+	@bash tests/browser/setup.sh
 
 bench: ## Benchmarks (see docs/benchmarks.md)
 	@if [ -x scripts/bench.sh ]; then bash scripts/bench.sh; else echo "bench: not implemented yet (issue 9)"; exit 1; fi

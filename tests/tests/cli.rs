@@ -1,5 +1,7 @@
 //! The binaries' command lines: admin commands print JSON, bad configuration exits 64.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use ryze_tests::{pg, run_cli, run_cli_json, Bin};
 
 async fn env() -> Vec<(&'static str, String)> {

@@ -1,5 +1,7 @@
 //! The Postgres store against a real server: schema, configs, tokens, NOTIFY, encryption.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use ryze_core::event::EventType;
 use ryze_core::store::{Principal, Store, StoreError, StoreOptions, WsConfig};
 use ryze_core::token::TokenCipher;
