@@ -639,3 +639,149 @@ async fn ingest_while_redis_is_down_is_503_failed_to_publish_event() {
         sys.frame("message.status", after)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_json_value_as_data_passes_through_verbatim_and_only_media_base64_keys_are_cut() {
+    let sys = System::start(
+        "sales",
+        json!({"enabled": true, "mediaBase64": false}),
+        1,
+        &[],
+    )
+    .await;
+    let mut c = sys.connect(0).await;
+    // (event, data posted, data expected) with mediaBase64=false.
+    let cases = [
+        ("message.exchange", "null", "null"),
+        ("message.exchange", r#""base64""#, r#""base64""#),
+        (
+            "message.exchange",
+            "[1,2.50,{\"base64\":1}]",
+            "[1,2.50,{\"base64\":1}]",
+        ),
+        ("message.exchange", "-12.0e-3", "-12.0e-3"),
+        ("call.update", "true", "true"),
+        (
+            "message.exchange",
+            r#"{"message":"base64 is a string here"}"#,
+            r#"{"message":"base64 is a string here"}"#,
+        ),
+        (
+            "message.exchange",
+            r#"{"message":{"media":"base64"}}"#,
+            r#"{"message":{"media":"base64"}}"#,
+        ),
+        (
+            "message.exchange",
+            r#"{"message":{"media":{"base64":null,"type":"image"}}}"#,
+            r#"{"message":{"media":{"type":"image"}}}"#,
+        ),
+        (
+            "message.exchange",
+            r#"{"message":{"media":{"type":"image","base\u0036\u0034":"QUJD"}}}"#,
+            r#"{"message":{"media":{"type":"image"}}}"#,
+        ),
+        (
+            "message.exchange",
+            r#"{"message":{"media":{"Base64":"QUJD","base64x":"QUJD"}}}"#,
+            r#"{"message":{"media":{"Base64":"QUJD","base64x":"QUJD"}}}"#,
+        ),
+    ];
+    let items: Vec<String> = cases.iter().map(|(e, d, _)| sys.item(e, d)).collect();
+    publish_expect(&sys.publisher, &batch(&items), cases.len(), 0, 0, 0).await;
+    for (event, posted, expected) in cases {
+        assert_eq!(
+            c.next_text(WAIT).await.unwrap(),
+            sys.frame(event, expected),
+            "data {posted}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_mode_applies_config_changes_to_open_connections() {
+    let db = pg().await.fresh_database().await.unwrap();
+    let env = Env::with(db.url, None, None).await;
+    let sales = env.create_instance("sales").await;
+    // No Redis, so no control channel to watch: a probe instance without clients shows when
+    // the relay has processed a later change (notifications are relayed in commit order).
+    let probe = env.create_instance("probe").await;
+    let gw = env
+        .gateway(&[
+            ("EMBEDDED_PUBLISHER", "true".into()),
+            ("PUBLISHER_API_KEY", API_KEY.into()),
+            ("PUBLIC_BASE_URL", BASE_URL.into()),
+        ])
+        .await;
+    let account = env.account_token.clone();
+    configure(&gw, "sales", &account, json!({"enabled": true})).await;
+    let mut c = connect(&gw, "sales", &sales.token).await;
+    let mut probe_enabled = false;
+    let mut change = |config: serde_json::Value| {
+        probe_enabled = !probe_enabled;
+        let probe_config = json!({ "enabled": probe_enabled });
+        let gw = &gw;
+        let account = account.clone();
+        let probe = probe.clone();
+        async move {
+            configure(gw, "sales", &account, config).await;
+            configure(gw, "probe", &account, probe_config).await;
+            // Enabled without clients = noListeners; disabled = filtered.
+            let want = if probe_enabled {
+                r#""noListeners":1"#
+            } else {
+                r#""filtered":1"#
+            };
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let (status, text) = post_events(gw, &item(&probe.id, "label.update", "{}")).await;
+                assert_eq!(status, 202, "{text}");
+                if text.contains(want) {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the relay never applied the probe's change"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    change(json!({"enabled": true, "events": ["message.status"]})).await;
+    let s1 = r#"{"sentinel":1}"#;
+    let mut items: Vec<String> = EVENTS
+        .iter()
+        .map(|e| item(&sales.id, e, golden_data(e)))
+        .collect();
+    items.push(item(&sales.id, "message.status", s1));
+    publish_expect(&gw, &batch(&items), 2, 5, 0, 0).await;
+    for (e, d) in [
+        ("message.status", golden_data("message.status")),
+        ("message.status", s1),
+    ] {
+        assert_eq!(c.next_text(WAIT).await.unwrap(), frame(e, d, &sales));
+    }
+
+    change(json!({"enabled": false})).await;
+    publish_expect(&gw, &item(&sales.id, "message.status", s1), 0, 1, 0, 0).await;
+    change(json!({"enabled": true, "events": ["call.update"]})).await;
+    let s2 = r#"{"sentinel":2}"#;
+    publish_expect(
+        &gw,
+        &batch(&[
+            item(&sales.id, "message.status", s1),
+            item(&sales.id, "call.update", s2),
+        ]),
+        1,
+        1,
+        0,
+        0,
+    )
+    .await;
+    assert_eq!(
+        c.next_text(WAIT).await.unwrap(),
+        frame("call.update", s2, &sales),
+        "re-enabled: the sentinel is the first frame on the same socket"
+    );
+}

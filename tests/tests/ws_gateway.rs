@@ -125,10 +125,15 @@ async fn every_refusal_before_the_upgrade_has_its_exact_status_and_body_in_check
     assert_eq!(raw.body, "");
     assert_eq!(raw.header("connection"), Some("close"));
     assert!(raw.closed, "the 403 must close the TCP connection");
-    assert!(gw.logs().contains(&format!(
-        "WebSocket upgrade blocked from origin https://evil.example (host {})",
-        gw.addr()
-    )));
+    gw.wait_for_log(
+        &format!(
+            "WebSocket upgrade blocked from origin https://evil.example (host {})",
+            gw.addr()
+        ),
+        WAIT,
+    )
+    .await
+    .unwrap();
     let same_origin = format!("https://{}", gw.addr());
     WsClient::connect(&url, &[("token", account), ("Origin", &same_origin)])
         .await
@@ -775,8 +780,11 @@ async fn client_that_never_answers_pings_is_dropped_while_one_that_answers_stays
         None,
     )
     .await;
+    // Text frames are no PONGs: they do not extend the deadline (D27).
+    mute.on_ping = Some("this is not a pong".to_owned());
     let end = mute.read_until_close(WAIT).await.unwrap();
     assert!(end.pings >= 1, "no ping before the drop: {end:?}");
+    assert_eq!(end.nonempty_pings, 0, "PINGs have an empty payload");
     assert!(end.texts.is_empty());
     assert_eq!(end.close, Some((1001, "pong timeout".to_owned())));
     assert!(mute.ends_within(WAIT).await, "connection not dropped");
@@ -849,7 +857,7 @@ async fn redis_restart_fails_readiness_then_delivery_resumes_on_the_same_socket(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_instance_closes_its_clients_1008_instance_deleted() {
-    let mut sys = System::start("doomed", json!({"enabled": true}), 1, &[]).await;
+    let mut sys = System::start("doomed", json!({"enabled": true}), 2, &[]).await;
     let keep = sys.env.create_instance("keep").await;
     configure(
         sys.gw(),
@@ -860,7 +868,7 @@ async fn deleting_the_instance_closes_its_clients_1008_instance_deleted() {
     .await;
     sys.watcher.wait("config_changed", &keep.id).await;
     let mut doomed_a = sys.connect(0).await;
-    let mut doomed_b = connect(sys.gw(), "doomed", &sys.inst.token).await;
+    let mut doomed_b = connect(&sys.gateways[1], "doomed", &sys.inst.token).await;
     let mut kept = connect(sys.gw(), "keep", &keep.token).await;
 
     let out = sys.env.delete_instance("doomed").await;
@@ -959,4 +967,358 @@ async fn subscription_is_dropped_unsubscribe_delay_after_the_last_client_leaves(
     assert_eq!(env.numsub(&sales.id).await, 1);
     c.close().await.unwrap();
     wait_numsub(shared, &env.prefix, &sales.id, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_close_is_echoed() {
+    let sys = System::start("sales", json!({"enabled": true}), 1, &[]).await;
+    let path = format!("/ws/{}", segment(&sys.inst.name));
+    let mut closing = RawWs::connect(sys.gw().addr(), &path, &sys.inst.token, None).await;
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    closing.send_frame(0x8, &payload, true).await;
+    let end = closing.read_until_close(WAIT).await.unwrap();
+    assert_eq!(
+        end.close.as_ref().map(|(code, _)| *code),
+        Some(1000),
+        "{end:?}"
+    );
+    assert!(closing.ends_within(WAIT).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_protocol_violation_closes_1002_and_invalid_utf8_text_closes_1007() {
+    let sys = System::start("sales", json!({"enabled": true}), 1, &[]).await;
+    let path = format!("/ws/{}", segment(&sys.inst.name));
+    let open = || RawWs::connect(sys.gw().addr(), &path, &sys.inst.token, None);
+
+    let mut bad_utf8 = open().await;
+    bad_utf8.send_frame(0x1, &[0x61, 0xff, 0xfe], true).await;
+    let end = bad_utf8.read_until_close(WAIT).await.unwrap();
+    assert_eq!(
+        end.close.as_ref().map(|(code, _)| *code),
+        Some(1007),
+        "{end:?}"
+    );
+
+    let mut unmasked = open().await;
+    unmasked.send_frame(0x1, b"unmasked", false).await;
+    let end = unmasked.read_until_close(WAIT).await.unwrap();
+    assert_eq!(
+        end.close.as_ref().map(|(code, _)| *code),
+        Some(1002),
+        "{end:?}"
+    );
+
+    let mut reserved = open().await;
+    reserved.send_frame(0x3, b"reserved opcode", true).await;
+    let end = reserved.read_until_close(WAIT).await.unwrap();
+    assert_eq!(
+        end.close.as_ref().map(|(code, _)| *code),
+        Some(1002),
+        "{end:?}"
+    );
+
+    // None of that disturbed the instance's other clients.
+    let mut c = sys.connect(0).await;
+    let data = r#"{"after":"violations"}"#;
+    publish_expect(&sys.publisher, &sys.item("call.update", data), 1, 0, 0, 0).await;
+    assert_eq!(
+        c.next_text(WAIT).await.unwrap(),
+        sys.frame("call.update", data)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_allowlist_accepts_listed_and_same_origins_and_rejects_the_rest() {
+    let env = Env::new().await;
+    env.create_instance("sales").await;
+    let listed = env
+        .gateway(&[(
+            "ALLOWED_WS_ORIGINS",
+            " https://App.example.com/ , ,https://dash.example.com:8443".into(),
+        )])
+        .await;
+    let any = env.gateway(&[("ALLOWED_WS_ORIGINS", "*".into())]).await;
+    let same_only = env.gateway(&[]).await;
+    configure(
+        &listed,
+        "sales",
+        &env.account_token,
+        json!({"enabled": true}),
+    )
+    .await;
+    let token = env.account_token.as_str();
+    // (gateway, Host or None for the real one, Origin, accepted)
+    let cases: Vec<(&ryze_tests::Service, Option<&str>, &str, bool)> = vec![
+        (&listed, None, "https://app.example.com", true),
+        (&listed, None, "HTTPS://APP.EXAMPLE.COM", true),
+        (&listed, None, "https://app.example.com/", true),
+        (&listed, None, "https://dash.example.com:8443", true),
+        (&listed, None, "https://dash.example.com", false),
+        (&listed, None, "http://app.example.com", false),
+        (&listed, None, "https://app.example.com.evil.test", false),
+        (&listed, None, "null", false),
+        (&any, None, "null", true),
+        (&any, None, "https://anything.test", true),
+        (&same_only, None, "https://app.example.com", false),
+        // Same-origin: host and port against Host, default ports, scheme ignored (D9, D24).
+        (&same_only, Some("example.com"), "http://example.com", true),
+        (&same_only, Some("example.com"), "https://example.com", true),
+        (
+            &same_only,
+            Some("Example.COM:443"),
+            "https://example.com",
+            true,
+        ),
+        (
+            &same_only,
+            Some("example.com:80"),
+            "http://EXAMPLE.com:80",
+            true,
+        ),
+        (
+            &same_only,
+            Some("example.com:8080"),
+            "https://example.com:8080",
+            true,
+        ),
+        (
+            &same_only,
+            Some("example.com:80"),
+            "https://example.com",
+            false,
+        ),
+        (
+            &same_only,
+            Some("example.com"),
+            "https://other.example.com",
+            false,
+        ),
+        (&listed, Some("example.com"), "https://example.com", true),
+    ];
+    for (gw, host, origin, accepted) in cases {
+        let host = host.map_or_else(|| gw.addr().to_string(), str::to_owned);
+        let head = format!(
+            "GET /ws/sales HTTP/1.1\nHost: {host}\nUpgrade: websocket\nConnection: Upgrade\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\n\
+             token: {token}\nOrigin: {origin}"
+        );
+        let resp = raw_http(gw.addr(), &head).await;
+        if accepted {
+            assert_eq!(
+                resp.status, 101,
+                "Origin {origin} with Host {host}: {resp:?}"
+            );
+        } else {
+            assert_eq!(
+                (resp.status, resp.body.as_str()),
+                (403, ""),
+                "Origin {origin} with Host {host}"
+            );
+        }
+    }
+    // X-Forwarded-Host is never used (D24).
+    let resp = raw_http(
+        same_only.addr(),
+        &format!(
+            "GET /ws/sales HTTP/1.1\nHost: {}\nX-Forwarded-Host: app.example.com\n\
+             Upgrade: websocket\nConnection: Upgrade\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\
+             Sec-WebSocket-Version: 13\ntoken: {token}\nOrigin: https://app.example.com",
+            same_only.addr()
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_path_is_percent_decoded_once_and_matched_exactly() {
+    let env = Env::new().await;
+    let plus = env.create_instance("a+b").await;
+    let accent = env.create_instance("café").await;
+    let percent = env.create_instance("50%").await;
+    let long = env.create_instance(&"n".repeat(129)).await;
+    let gw = env.gateway(&[]).await;
+    for name in ["a+b", "café", "50%"] {
+        configure(&gw, name, &env.account_token, json!({"enabled": true})).await;
+    }
+    let account = env.account_token.as_str();
+    let base = gw.ws_url("/ws/");
+    for (path, token) in [
+        ("a+b", account),
+        ("a%2Bb", account),
+        ("a%2bb", plus.token.as_str()),
+        ("caf%C3%A9", account),
+        ("caf%c3%a9", accent.token.as_str()),
+        ("50%25", percent.token.as_str()),
+    ] {
+        WsClient::connect(&format!("{base}{path}"), &[("token", token)])
+            .await
+            .unwrap_or_else(|e| panic!("/ws/{path}: {e}"))
+            .close()
+            .await
+            .unwrap();
+    }
+    for (path, token, status, message) in [
+        ("a%20b", account, 404, "Instance not found"),
+        ("a%20b", plus.token.as_str(), 401, "Invalid token"),
+        ("50%2525", account, 404, "Instance not found"),
+        ("CAF%C3%A9", account, 404, "Instance not found"),
+        ("caf%E9", account, 404, "Instance not found"),
+        ("caf%E9", accent.token.as_str(), 401, "Invalid token"),
+    ] {
+        let e = refused(&format!("{base}{path}"), &[("token", token)]).await;
+        assert_refusal(&e, status, message);
+    }
+    // A name over 128 characters names no instance, even one that exists (D18).
+    let long_path = format!("{base}{}", "n".repeat(129));
+    let e = refused(&long_path, &[("token", account)]).await;
+    assert_refusal(&e, 404, "Instance not found");
+    let e = refused(&long_path, &[("token", &long.token)]).await;
+    assert_refusal(&e, 401, "Invalid token");
+    // 128 characters is still a name: it gets as far as the config check.
+    env.create_instance(&"m".repeat(128)).await;
+    let e = refused(&format!("{base}{}", "m".repeat(128)), &[("token", account)]).await;
+    assert_refusal(&e, 400, &not_enabled(&"m".repeat(128)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_instance_name_in_two_accounts_never_shares_events() {
+    let mut sys = System::start("sales", json!({"enabled": true}), 1, &[]).await;
+    let (_, other_account) = sys.env.create_account().await;
+    let (acct2_id, acct2_token) = sys.env.create_account().await;
+    let twin = sys.env.create_instance_in(&acct2_id, "sales").await;
+    configure(sys.gw(), "sales", &acct2_token, json!({"enabled": true})).await;
+    sys.watcher.wait("config_changed", &twin.id).await;
+    // The same name under each account's token reaches that account's instance.
+    let mut mine = sys.connect(0).await;
+    let mut theirs = connect(sys.gw(), "sales", &acct2_token).await;
+    // An account without such an instance never sees the others'.
+    let e = refused(&ws_url(sys.gw(), "sales"), &[("token", &other_account)]).await;
+    assert_refusal(&e, 404, "Instance not found");
+
+    let data = r#"{"for":"the twin"}"#;
+    publish_expect(
+        &sys.publisher,
+        &common::item(&twin.id, "call.update", data),
+        1,
+        0,
+        0,
+        0,
+    )
+    .await;
+    assert_eq!(
+        theirs.next_text(WAIT).await.unwrap(),
+        common::frame("call.update", data, &twin)
+    );
+    let sentinel = r#"{"for":"mine"}"#;
+    publish_expect(
+        &sys.publisher,
+        &sys.item("call.update", sentinel),
+        1,
+        0,
+        0,
+        0,
+    )
+    .await;
+    assert_eq!(
+        mine.next_text(WAIT).await.unwrap(),
+        sys.frame("call.update", sentinel),
+        "the twin's event leaked to a client of the same name in another account"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_bucket_is_shared_by_every_pod_and_with_the_rest_api() {
+    const LIMIT: usize = 4;
+    let env = Env::new().await;
+    env.create_instance("sales").await;
+    let limit = [("RATE_LIMIT_PER_MINUTE", LIMIT.to_string())];
+    let a = env.gateway(&limit).await;
+    let b = env.gateway(&limit).await;
+    let mut proven = false;
+    for _ in 0..3 {
+        let token = format!("bogus-{}", uuid::Uuid::new_v4());
+        let mut statuses = Vec::new();
+        let mut resets = Vec::new();
+        for (i, gw) in [&a, &b, &a, &b, &b].into_iter().enumerate() {
+            // Alternate REST and /ws on the same token.
+            let (status, reset) = if i % 2 == 0 {
+                let e = refused(&ws_url(gw, "sales"), &[("token", &token)]).await;
+                (
+                    e.status().unwrap(),
+                    e.header("x-ratelimit-reset").map(str::to_owned),
+                )
+            } else {
+                let resp = ryze_tests::http()
+                    .get(gw.url("/api/events/getWebsocket/sales"))
+                    .header("token", &token)
+                    .send()
+                    .await
+                    .unwrap();
+                let reset = resp
+                    .headers()
+                    .get("x-ratelimit-reset")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (resp.status().as_u16(), reset)
+            };
+            statuses.push(status);
+            resets.push(reset);
+        }
+        if resets.iter().any(|r| r != &resets[0]) {
+            continue;
+        }
+        assert_eq!(statuses, vec![401, 401, 401, 401, 429]);
+        proven = true;
+        break;
+    }
+    assert!(proven, "every attempt straddled a window boundary");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_larger_than_the_byte_cap_reach_a_reader_one_at_a_time() {
+    // D28: a frame is accepted whenever the queue is empty, whatever its size.
+    let sys = System::start(
+        "sales",
+        json!({"enabled": true}),
+        1,
+        &[("WS_SEND_QUEUE_BYTES", "64KiB".into())],
+    )
+    .await;
+    let mut c = sys.connect(0).await;
+    let pad = "b".repeat(300 * 1024);
+    let data = |i: usize| format!(r#"{{"seq":{i},"pad":"{pad}"}}"#);
+    let items: Vec<String> = (0..5)
+        .map(|i| sys.item("message.exchange", &data(i)))
+        .collect();
+    publish_expect(&sys.publisher, &batch(&items), 5, 0, 0, 0).await;
+    for i in 0..5 {
+        let got = c.next_text(WAIT).await.unwrap();
+        assert!(
+            got == sys.frame("message.exchange", &data(i)),
+            "frame {i} differs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_is_bounded_by_shutdown_timeout_when_a_client_never_answers_the_close() {
+    let env = Env::new().await;
+    let sales = env.create_instance("sales").await;
+    let mut gw = env.gateway(&[("SHUTDOWN_TIMEOUT", "1s".into())]).await;
+    configure(&gw, "sales", &env.account_token, json!({"enabled": true})).await;
+    let mut polite = connect(&gw, "sales", &env.account_token).await;
+    // Never reads, so never answers the Close: only SHUTDOWN_TIMEOUT ends its session early.
+    let _mute = RawWs::connect(gw.addr(), "/ws/sales", &sales.token, None).await;
+
+    gw.sigterm();
+    assert_eq!(
+        polite.expect_close(WAIT).await.unwrap(),
+        Some((1001, "server shutting down".to_owned()))
+    );
+    // 1 s of SHUTDOWN_TIMEOUT plus 1 s of slack, well under the 3 s the mute client's close
+    // handshake could otherwise take.
+    let status = gw.wait_exit(Duration::from_secs(2)).await.unwrap();
+    assert!(status.success(), "{}", ryze_tests::describe(status));
 }

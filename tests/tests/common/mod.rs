@@ -108,6 +108,37 @@ impl Env {
         self.create_instance_with_token(name, None).await
     }
 
+    /// `account create`: (id, token) of another account in the same database.
+    pub async fn create_account(&self) -> (String, String) {
+        let out = run_cli_json(Bin::Publisher, &["account", "create"], &self.cli_env())
+            .await
+            .expect("account create");
+        (str_field(&out, "id"), str_field(&out, "token"))
+    }
+
+    /// `instance create` in another account.
+    pub async fn create_instance_in(&self, account_id: &str, name: &str) -> Instance {
+        let out = run_cli_json(
+            Bin::Publisher,
+            &[
+                "instance",
+                "create",
+                "--account",
+                account_id,
+                "--name",
+                name,
+            ],
+            &self.cli_env(),
+        )
+        .await
+        .expect("instance create");
+        Instance {
+            id: str_field(&out, "id"),
+            name: str_field(&out, "name"),
+            token: str_field(&out, "token"),
+        }
+    }
+
     /// `instance create --token T` in this account.
     pub async fn create_instance_with_token(&self, name: &str, token: Option<&str>) -> Instance {
         let mut args = vec![
@@ -597,10 +628,12 @@ async fn raw_http_inner(addr: SocketAddr, head: &str) -> anyhow::Result<RawRespo
         body.extend_from_slice(&chunk[..n]);
     }
     let mut rest = [0u8; 64];
-    let closed = matches!(
-        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    );
+    // After a 101 the connection is a WebSocket: it stays open.
+    let closed = status != 101
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
     Ok(RawResponse {
         status,
         headers,
@@ -614,6 +647,8 @@ async fn raw_http_inner(addr: SocketAddr, head: &str) -> anyhow::Result<RawRespo
 pub struct RawWs {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// While reading, answer each ping with this text frame (never with a PONG).
+    pub on_ping: Option<String>,
 }
 
 /// One frame as received.
@@ -659,7 +694,11 @@ impl RawWs {
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
         let buf = buf[end + 4..].to_vec();
-        RawWs { stream, buf }
+        RawWs {
+            stream,
+            buf,
+            on_ping: None,
+        }
     }
 
     /// The next frame, or `None` at EOF (or a reset). Errors at `timeout`.
@@ -723,6 +762,8 @@ pub struct RawEnd {
     pub texts: Vec<String>,
     /// Pings before the end (never answered).
     pub pings: usize,
+    /// Pings that carried a payload (D27: PINGs have an empty payload).
+    pub nonempty_pings: usize,
 }
 
 impl RawWs {
@@ -749,10 +790,44 @@ impl RawWs {
                     });
                     return Ok(end);
                 }
-                0x9 => end.pings += 1,
+                0x9 => {
+                    end.pings += 1;
+                    if !frame.payload.is_empty() {
+                        end.nonempty_pings += 1;
+                    }
+                    if let Some(reply) = &self.on_ping {
+                        let reply = reply.clone();
+                        self.send_frame(0x1, reply.as_bytes(), true).await;
+                    }
+                }
                 _ => {}
             }
         }
+    }
+
+    /// Sends one frame with FIN set, masked as a client must (or unmasked, a protocol error).
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        let mut out = vec![0x80 | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let key = [0x37u8, 0xfa, 0x21, 0x3d];
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        self.stream.write_all(&out).await.expect("send frame");
     }
 
     /// Whether the server ends the TCP connection within `timeout` (frames are skipped).
