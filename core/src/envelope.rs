@@ -7,8 +7,7 @@
 use crate::event::EventType;
 use crate::wire;
 use serde::de::{MapAccess, Visitor};
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
 
@@ -71,37 +70,72 @@ pub fn encode_message(
     Ok(buf)
 }
 
-/// Removes `message.media.base64` from `data`, keeping every other key, its order and its
-/// raw value. Returns `None` when there is nothing to remove (the common case costs a scan).
+/// Removes `message.media.base64` from `data` by cutting its bytes out of the original text:
+/// every other byte (keys, their escapes, spacing, order, number spellings) stays as the
+/// source wrote it. Returns `None` when there is nothing to remove (the common case costs a
+/// scan).
 pub fn strip_media_base64(data: &RawValue) -> Result<Option<Box<RawValue>>, serde_json::Error> {
     let text = data.get();
     // Keys may be written with escapes; only then can a literal search miss one.
     if !text.contains("base64") && !text.contains("\\u") {
         return Ok(None);
     }
-    let Ok(mut top) = serde_json::from_str::<RawMap<'_>>(text) else {
+    let Some(media) = object(text)
+        .and_then(|top| top.get("message"))
+        .and_then(|m| object(m.get()))
+        .and_then(|m| m.get("media"))
+    else {
         return Ok(None);
     };
-    let Some(message) = top.get("message") else {
+    let Some(members) = object(media.get()) else {
         return Ok(None);
     };
-    let Ok(mut message) = serde_json::from_str::<RawMap<'_>>(message.get()) else {
-        return Ok(None);
-    };
-    let Some(media) = message.get("media") else {
-        return Ok(None);
-    };
-    let Ok(mut media) = serde_json::from_str::<RawMap<'_>>(media.get()) else {
-        return Ok(None);
-    };
-    if !media.remove("base64") {
+    // Byte offsets within `text`: every raw value borrows from it.
+    let offset = |v: &RawValue| v.get().as_ptr() as usize - text.as_ptr() as usize;
+    let media_start = offset(media);
+    let mut cuts = Vec::new();
+    let mut last_kept: Option<&RawValue> = None;
+    for (key, value) in &members.0 {
+        if key != "base64" {
+            last_kept = Some(value);
+            continue;
+        }
+        let value_end = offset(value) + value.get().len();
+        let cut = match last_kept {
+            // `, "base64": ...` after the previous kept member's value.
+            Some(prev) => (offset(prev) + prev.get().len(), value_end),
+            // No kept member before it: from after `{` through the comma that follows, if any.
+            None => {
+                let rest = &text[value_end..];
+                let after_ws = value_end + (rest.len() - rest.trim_start().len());
+                let end = if text[after_ws..].starts_with(',') {
+                    after_ws + 1
+                } else {
+                    value_end
+                };
+                (media_start + 1, end)
+            }
+        };
+        cuts.push(cut);
+    }
+    if cuts.is_empty() {
         return Ok(None);
     }
-    let media = serde_json::value::to_raw_value(&media)?;
-    message.replace("media", &media);
-    let message = serde_json::value::to_raw_value(&message)?;
-    top.replace("message", &message);
-    serde_json::value::to_raw_value(&top).map(Some)
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (from, to) in cuts {
+        // A first-member cut may overlap the next member's own cut start; never go back.
+        let from = from.max(at);
+        out.push_str(&text[at..from]);
+        at = to.max(from);
+    }
+    out.push_str(&text[at..]);
+    RawValue::from_string(out).map(Some)
+}
+
+/// Parses an object's members without re-parsing any value; `None` if `text` is no object.
+fn object(text: &str) -> Option<RawMap<'_>> {
+    serde_json::from_str::<RawMap<'_>>(text).ok()
 }
 
 /// A JSON object as an ordered list of (key, raw value) pairs: no value is re-parsed.
@@ -111,30 +145,6 @@ impl<'a> RawMap<'a> {
     fn get(&self, key: &str) -> Option<&'a RawValue> {
         // The last duplicate wins, as in serde_json's own maps.
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-
-    fn remove(&mut self, key: &str) -> bool {
-        let before = self.0.len();
-        self.0.retain(|(k, _)| k != key);
-        self.0.len() != before
-    }
-
-    fn replace(&mut self, key: &str, value: &'a RawValue) {
-        for (k, v) in self.0.iter_mut() {
-            if k == key {
-                *v = value;
-            }
-        }
-    }
-}
-
-impl Serialize for RawMap<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
-        }
-        map.end()
     }
 }
 
@@ -227,6 +237,34 @@ mod tests {
             error_json("Invalid \"x\""),
             r#"{"success":false,"error":{"message":"Invalid \"x\""}}"#
         );
+    }
+
+    #[test]
+    fn strip_keeps_every_other_byte_including_escapes_and_spacing() {
+        let cases = [
+            (
+                r#"{"k\u00e9y":"a\/b", "message" : { "media": {"type":"image", "base64" : "QQ==" ,"url":"x"} }}"#,
+                r#"{"k\u00e9y":"a\/b", "message" : { "media": {"type":"image" ,"url":"x"} }}"#,
+            ),
+            (
+                r#"{"message":{"media":{"base64":"QQ==", "type":"image"}}}"#,
+                r#"{"message":{"media":{ "type":"image"}}}"#,
+            ),
+            (
+                r#"{"message":{"media":{"base64":"QQ=="}}}"#,
+                r#"{"message":{"media":{}}}"#,
+            ),
+            (
+                r#"{"message":{"media":{"base64":"A","base64":"B","t":1}}}"#,
+                r#"{"message":{"media":{"t":1}}}"#,
+            ),
+        ];
+        for (input, expected) in cases {
+            let out = strip_media_base64(&raw(input))
+                .unwrap_or_else(|e| panic!("{input}: {e}"))
+                .unwrap();
+            assert_eq!(out.get(), expected, "{input}");
+        }
     }
 
     #[test]
