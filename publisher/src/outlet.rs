@@ -29,6 +29,9 @@ pub enum OutletError {
     /// Redis did not answer in time.
     #[error("redis timed out")]
     Timeout,
+    /// The Redis URL does not parse (configuration validation normally catches it first).
+    #[error("invalid Redis URL: {0}")]
+    BadUrl(String),
     /// The in-process bus is not wired yet.
     #[error("event bus unavailable")]
     Unavailable,
@@ -58,8 +61,8 @@ pub struct RedisOutlet {
 
 impl RedisOutlet {
     /// Creates the client and starts connecting (readiness reports when it is connected).
-    pub fn connect(url: &str, names: Names) -> Result<RedisOutlet, anyhow::Error> {
-        let target = RedisTarget::parse(url).map_err(anyhow::Error::msg)?;
+    pub fn connect(url: &str, names: Names) -> Result<RedisOutlet, OutletError> {
+        let target = RedisTarget::parse(url).map_err(OutletError::BadUrl)?;
         let client = target.client(32)?;
         client.connect();
         Ok(RedisOutlet {

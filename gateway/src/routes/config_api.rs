@@ -92,22 +92,22 @@ pub async fn read(
 
 /// The POST body's fields as sent; `null` counts as omitted (D21).
 #[derive(Default)]
-struct Body_ {
+struct PostBody {
     enabled: Option<bool>,
     events: Option<Vec<String>>,
     media_base64: Option<bool>,
 }
 
-impl<'de> Deserialize<'de> for Body_ {
+impl<'de> Deserialize<'de> for PostBody {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Body_;
+            type Value = PostBody;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Body_, M::Error> {
-                let mut body = Body_::default();
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<PostBody, M::Error> {
+                let mut body = PostBody::default();
                 let mut seen = std::collections::HashSet::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if !seen.insert(key.clone()) {
@@ -132,7 +132,7 @@ impl<'de> Deserialize<'de> for Body_ {
 /// D4/D21: an object; `enabled` a required boolean; `events` strings among the six, duplicates
 /// removed keeping the first; `mediaBase64` a boolean; unknown fields ignored.
 pub fn parse_body(bytes: &[u8]) -> Option<WsConfig> {
-    let body: Body_ = serde_json::from_slice(bytes).ok()?;
+    let body: PostBody = serde_json::from_slice(bytes).ok()?;
     let enabled = body.enabled?;
     let mut events: Vec<EventType> = Vec::new();
     for name in body.events.unwrap_or_default() {

@@ -90,7 +90,7 @@ impl RegionsOutlet {
         metrics: Metrics,
         tasks: &TaskTracker,
         stop: CancellationToken,
-    ) -> Result<RegionsOutlet, anyhow::Error> {
+    ) -> Result<RegionsOutlet, OutletError> {
         let mut out = Vec::new();
         for (name, url) in regions {
             let outlet = Arc::new(RedisOutlet::connect(url, names.clone())?);
