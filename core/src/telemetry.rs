@@ -1,8 +1,8 @@
 //! Logs and traces, set up the same way by both binaries.
 //!
 //! [`init`] installs one global `tracing` subscriber made of:
-//! - an `EnvFilter` from `RUST_LOG` (default `info`), plus a floor that keeps the WebSocket
-//!   library's frame dumps out of every output (they would carry `instanceData.token`);
+//! - an `EnvFilter` from `RUST_LOG` (default `info`), plus a cap that keeps the WebSocket
+//!   library's TRACE frame dumps out of every output (they would carry `instanceData.token`);
 //! - a fmt layer writing one line per event to stderr (stdout stays free for the admin
 //!   commands' JSON), as text or JSON (`LOG_FORMAT`), fields
 //!   first and the message last;
@@ -24,7 +24,7 @@ use std::fmt::{self, Write as _};
 use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Span, Subscriber};
-use tracing_subscriber::filter::{filter_fn, Directive};
+use tracing_subscriber::filter::{filter_fn, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -45,9 +45,10 @@ pub enum LogFormat {
 /// Longest wait for the last spans to reach the collector at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Directives added after `RUST_LOG`'s: tungstenite logs every frame, payload included, at
-/// TRACE, and a frame carries `instanceData.token`. Nothing else is lost at TRACE.
-const FLOOR: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+/// The most verbose level of these targets, whatever `RUST_LOG` says: tungstenite logs every
+/// frame at TRACE, payload included, and a frame carries `instanceData.token` (and a client
+/// message whatever the client typed). Its DEBUG lines are only handshakes and Close frames.
+const CAPPED: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 /// Keeps the trace exporter alive; dropping it flushes and stops it.
 ///
@@ -122,12 +123,12 @@ pub fn init(
     otlp_endpoint: Option<&str>,
     service_name: &'static str,
 ) -> TelemetryGuard {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    for floor in FLOOR {
-        if let Ok(d) = floor.parse::<Directive>() {
-            filter = filter.add_directive(d);
-        }
-    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A second global filter: an event must pass both, so this only ever removes.
+    let cap = CAPPED.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, target| t.with_target(*target, LevelFilter::DEBUG),
+    );
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -159,6 +160,7 @@ pub fn init(
     });
     let installed = tracing_subscriber::registry()
         .with(filter)
+        .with(cap)
         .with(fmt)
         .with(otel)
         .try_init()
