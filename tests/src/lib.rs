@@ -16,6 +16,7 @@
 //! Tests await conditions (`/readyz`, a frame, a log line, a close code), each under a timeout
 //! as upper bound; none sleeps.
 
+pub mod bench;
 pub mod client;
 pub mod postgres;
 pub mod process;

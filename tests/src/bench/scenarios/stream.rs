@@ -1,0 +1,679 @@
+//! Streams: clients connect over both gateways, the publisher is driven at a fixed rate, and
+//! every frame is counted and timed by the clients. Fan-out, hot instance, many instances and
+//! media differ only in who subscribes to what and how large the events are.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{bytes, count, reasons, settle, Cpu, Outcome, Params};
+use crate::bench::fleet::{Fleet, FleetSpec, Merged};
+use crate::bench::procfs;
+use crate::bench::publish::{event, media_event, Published, Publisher};
+use crate::bench::system::{metric, metrics, wait_connections, System, API_KEY};
+
+/// Most requests in flight from the publishing loop.
+const IN_FLIGHT: usize = 64;
+/// The issue's targets.
+const TARGET_P99_US: u64 = 5_000;
+const TARGET_PER_CPU_SECOND: f64 = 400_000.0;
+
+/// What to stream.
+struct Spec {
+    /// Instance name template (`{i}` = instance index).
+    name: String,
+    instances: usize,
+    clients: usize,
+    per_worker: usize,
+    read_buffer: usize,
+    /// Requests per second.
+    rate: f64,
+    requests: u64,
+    /// Builds request `n` with its send stamp.
+    body: Arc<dyn Fn(u64, u64) -> String + Send + Sync>,
+}
+
+/// Everything measured while streaming.
+struct Streamed {
+    connect: Merged,
+    /// Gateway RSS before the clients connected, and once they had.
+    rss_before: Vec<f64>,
+    rss_connected: Vec<f64>,
+    /// Highest RSS sampled while publishing (every 100 ms), and at the end.
+    rss_peak: Vec<f64>,
+    rss_end: Vec<f64>,
+    /// Clients per gateway, from its `ryze_gateway_connections`.
+    conns: Vec<f64>,
+    /// Warm-up excluded.
+    delivered: Merged,
+    published: Published,
+    expected: u64,
+    cpu: Cpu,
+    /// Gateway `/metrics` before and after publishing.
+    metrics_before: Vec<String>,
+    metrics_after: Vec<String>,
+}
+
+impl Streamed {
+    fn delta(&self, name: &str, label: &str) -> Vec<f64> {
+        self.metrics_after
+            .iter()
+            .zip(&self.metrics_before)
+            .map(|(a, b)| metric(a, name, label) - metric(b, name, label))
+            .collect()
+    }
+
+    /// Publish of the first event → last frame received.
+    fn window_secs(&self) -> f64 {
+        self.delivered
+            .last_frame
+            .saturating_sub(self.published.first_send) as f64
+            / 1e6
+    }
+}
+
+async fn stream(sys: &System, s: &Spec) -> anyhow::Result<Streamed> {
+    let urls = vec![sys.ws_url(0, &s.name), sys.ws_url(1, &s.name)];
+    let rss = |sys: &System| -> Vec<f64> {
+        sys.gateways
+            .iter()
+            .map(|g| procfs::rss_bytes(g.pid()) as f64)
+            .collect()
+    };
+    let rss_before = rss(sys);
+    let mut spec = FleetSpec::new(urls, s.clients);
+    spec.instances = s.instances;
+    spec.per_worker = s.per_worker;
+    spec.read_buffer = s.read_buffer;
+    let mut fleet = Fleet::spawn(&spec).await?;
+    let connect = fleet.wait("connected", Duration::from_secs(180)).await?;
+    let mut conns = Vec::new();
+    for gw in &sys.gateways {
+        conns.push(metric(&metrics(gw).await?, "ryze_gateway_connections", ""));
+    }
+    settle(Duration::from_secs(1)).await;
+    let rss_connected = rss(sys);
+    let publisher = Publisher::new(sys.ingest_url(), API_KEY)?;
+
+    // Warm-up: a few requests so connection pools, caches and allocators are in steady state.
+    let warm = (s.rate.min(20.0) as u64).max(2);
+    let warm_body = s.body.clone();
+    let warmed = publisher
+        .paced(s.rate.min(20.0), warm, IN_FLIGHT, move |n, t| {
+            warm_body(n, t)
+        })
+        .await;
+    let warm_expected = expected(&connect, s, warmed.published);
+    wait_for_frames(&mut fleet, warm_expected, Duration::from_secs(20)).await?;
+    fleet.reset().await?;
+
+    let mut metrics_before = Vec::new();
+    for gw in &sys.gateways {
+        metrics_before.push(metrics(gw).await?);
+    }
+    let pids: Vec<u32> = fleet.pids();
+    let cpu0 = Cpu::now(sys, &pids);
+    // Sample gateway RSS while publishing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peaks: Arc<Vec<AtomicU64>> =
+        Arc::new(sys.gateways.iter().map(|_| AtomicU64::new(0)).collect());
+    let sampler = {
+        let (stop, peaks) = (stop.clone(), peaks.clone());
+        let gw_pids: Vec<u32> = sys.gateways.iter().map(|g| g.pid()).collect();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for (i, pid) in gw_pids.iter().enumerate() {
+                    peaks[i].fetch_max(procfs::rss_bytes(*pid), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let body = s.body.clone();
+    let published = publisher
+        .paced(s.rate, s.requests, IN_FLIGHT, move |n, t| {
+            body(n + 1_000_000, t)
+        })
+        .await;
+    let expected = expected(&connect, s, published.published);
+    let delivered = wait_for_frames(&mut fleet, expected, Duration::from_secs(30)).await?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    let cpu1 = Cpu::now(sys, &pids);
+    let mut metrics_after = Vec::new();
+    for gw in &sys.gateways {
+        metrics_after.push(metrics(gw).await?);
+    }
+    let rss_peak = peaks
+        .iter()
+        .map(|p| p.load(Ordering::Relaxed) as f64)
+        .collect();
+    let rss_end = rss(sys);
+    fleet.stop().await?;
+    for gw in &sys.gateways {
+        wait_connections(gw, 0.0, Duration::from_secs(60)).await?;
+    }
+    Ok(Streamed {
+        connect,
+        rss_before,
+        rss_connected,
+        rss_peak,
+        rss_end,
+        conns,
+        delivered,
+        published,
+        expected,
+        cpu: cpu0.until(&cpu1),
+        metrics_before,
+        metrics_after,
+    })
+}
+
+/// Frames the clients should receive for `published` events.
+fn expected(connect: &Merged, s: &Spec, published: u64) -> u64 {
+    if s.instances == 1 {
+        published * connect.connect_ok
+    } else {
+        // One client per instance.
+        published
+    }
+}
+
+/// Polls the workers until `expected` frames arrived, or nothing arrives for 3 s, or
+/// `timeout`.
+async fn wait_for_frames(
+    fleet: &mut Fleet,
+    expected: u64,
+    timeout: Duration,
+) -> anyhow::Result<Merged> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = (0, tokio::time::Instant::now());
+    loop {
+        let m = fleet.report().await?;
+        let now = tokio::time::Instant::now();
+        if m.frames >= expected || now >= deadline {
+            return Ok(m);
+        }
+        if m.frames != last.0 {
+            last = (m.frames, now);
+        } else if now - last.1 > Duration::from_secs(3) {
+            return Ok(m);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The rows every stream reports.
+fn common(o: &mut Outcome, st: &Streamed) {
+    let d = &st.delivered;
+    let window = st.window_secs();
+    let lost = st.expected as i64 - d.frames as i64;
+    o.row(
+        "clients connected",
+        format!(
+            "{} ({} per gateway)",
+            count(st.connect.connect_ok as f64),
+            st.conns
+                .iter()
+                .map(|c| count(*c))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+        "connected",
+        st.connect.connect_ok,
+    );
+    o.row(
+        "connect rate",
+        format!(
+            "{}/s ({:.2} s)",
+            count(st.connect.connect_rate()),
+            st.connect.connect_span()
+        ),
+        "connect_rate",
+        st.connect.connect_rate(),
+    );
+    if st.connect.connect_failed > 0 {
+        o.note(format!(
+            "{} connects failed: {}",
+            st.connect.connect_failed,
+            reasons(&st.connect.failures)
+        ));
+    }
+    let p = &st.published;
+    o.row(
+        "events published",
+        format!(
+            "{} in {} requests ({} failed, {} skipped), {:.1} requests/s achieved",
+            count(p.published as f64),
+            count(p.requests as f64),
+            p.failed,
+            p.skipped,
+            p.requests as f64 / (p.last_send.saturating_sub(p.first_send) as f64 / 1e6).max(1e-9)
+        ),
+        "published",
+        serde_json::json!({"events": p.published, "requests": p.requests, "failed": p.failed,
+            "skipped": p.skipped, "first_send": p.first_send, "last_send": p.last_send}),
+    );
+    if let Some(e) = &p.first_error {
+        o.note(format!("first publish error: {e}"));
+    }
+    o.latency("ingest request round trip", "ingest_latency", &p.latency);
+    o.row(
+        "frames delivered / expected",
+        format!("{} / {}", count(d.frames as f64), count(st.expected as f64)),
+        "deliveries",
+        serde_json::json!({"delivered": d.frames, "expected": st.expected, "lost": lost,
+            "per_conn_min": d.frames_min, "per_conn_max": d.frames_max}),
+    );
+    o.row(
+        "**lost**",
+        format!(
+            "**{}** (per connection: min {} · max {} frames)",
+            count(lost as f64),
+            count(d.frames_min as f64),
+            count(d.frames_max as f64)
+        ),
+        "lost",
+        lost,
+    );
+    o.row(
+        "**deliveries/s**",
+        format!(
+            "**{}** (first publish → last frame: {:.2} s)",
+            count(d.frames as f64 / window.max(1e-9)),
+            window
+        ),
+        "deliveries_per_second",
+        d.frames as f64 / window.max(1e-9),
+    );
+    o.row(
+        "frame size",
+        format!("{:.0} bytes", d.bytes as f64 / (d.frames.max(1)) as f64),
+        "frame_bytes",
+        d.bytes as f64 / (d.frames.max(1)) as f64,
+    );
+    o.latency("**publish → receive latency**", "latency", &d.latency);
+    if d.unstamped > 0 {
+        o.note(format!("{} frames carried no stamp", d.unstamped));
+    }
+    let gw_cpu = st.cpu.gateway_total();
+    o.row(
+        "gateway CPU while publishing",
+        format!(
+            "{:.2} s ({:.2} s per million deliveries · {} deliveries per gateway CPU-second)",
+            gw_cpu,
+            gw_cpu / (d.frames as f64 / 1e6).max(1e-9),
+            count(d.frames as f64 / gw_cpu.max(1e-9))
+        ),
+        "gateway_cpu",
+        serde_json::json!({"seconds": gw_cpu,
+            "per_million": gw_cpu / (d.frames as f64 / 1e6).max(1e-9),
+            "deliveries_per_cpu_second": d.frames as f64 / gw_cpu.max(1e-9)}),
+    );
+    o.row(
+        "CPU seconds by process",
+        st.cpu.describe(),
+        "cpu",
+        st.cpu.json(),
+    );
+    let slow = st.delta("ryze_gateway_connections_closed_total", "slow_consumer");
+    let closed = st.delta("ryze_gateway_connections_closed_total", "");
+    let dropped = st.delta("ryze_gateway_frames_dropped_total", "");
+    o.row(
+        "gateway closes / slow-consumer closes / frames dropped",
+        format!(
+            "{} / {} / {}",
+            count(closed.iter().sum()),
+            count(slow.iter().sum()),
+            count(dropped.iter().sum())
+        ),
+        "gateway_drops",
+        serde_json::json!({"closed": closed, "slow_consumer": slow, "frames_dropped": dropped}),
+    );
+    if d.disconnects > 0 {
+        o.note(format!(
+            "{} client connections ended during the run: {}",
+            d.disconnects,
+            reasons(&d.ends)
+        ));
+    }
+    let per_gw: Vec<String> = st
+        .rss_before
+        .iter()
+        .zip(&st.rss_connected)
+        .zip(&st.rss_peak)
+        .zip(&st.rss_end)
+        .map(|(((b, c), p), e)| {
+            format!(
+                "{} → {} → peak {} → {}",
+                bytes(*b),
+                bytes(*c),
+                bytes(*p),
+                bytes(*e)
+            )
+        })
+        .collect();
+    o.row(
+        "gateway RSS: before → connected → peak while publishing → end (A; B)",
+        per_gw.join("; "),
+        "rss",
+        serde_json::json!({"before": st.rss_before, "connected": st.rss_connected,
+            "peak": st.rss_peak, "end": st.rss_end}),
+    );
+}
+
+fn rss_per_conn(st: &Streamed) -> Vec<f64> {
+    st.rss_before
+        .iter()
+        .zip(&st.rss_connected)
+        .zip(&st.conns)
+        .map(|((b, c), n)| (c - b) / n.max(1.0))
+        .collect()
+}
+
+/// Fan-out: many subscribers of one instance, a steady event rate, small frames.
+pub async fn fanout(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::new(
+        "fanout",
+        "Fan-out: one instance, subscribers on both gateways",
+    );
+    let id = sys.id("fanout")?;
+    // The envelope adds about 150 bytes (event, instanceData with base URL, name, token).
+    let pad = "x".repeat(p.fanout_frame_bytes.saturating_sub(175));
+    let requests = (p.fanout_rate * p.fanout_secs) as u64;
+    o.set(
+        "subscribers",
+        format!("{} (half per gateway)", count(p.fanout_clients as f64)),
+    );
+    o.set(
+        "events",
+        format!(
+            "{} events/s for {} s = {} events, one per request, ~{} B frames",
+            p.fanout_rate,
+            p.fanout_secs,
+            count(requests as f64),
+            p.fanout_frame_bytes
+        ),
+    );
+    let st = stream(
+        sys,
+        &Spec {
+            name: "fanout".to_owned(),
+            instances: 1,
+            clients: p.fanout_clients,
+            per_worker: p.fanout_clients.div_ceil(2).max(1),
+            read_buffer: 8 * 1024,
+            rate: p.fanout_rate,
+            requests,
+            body: Arc::new(move |n, t| event(&id, t, n, &pad)),
+        },
+    )
+    .await?;
+    common(&mut o, &st);
+    stream_targets(&mut o, &st, true);
+    Ok(o)
+}
+
+fn stream_targets(o: &mut Outcome, st: &Streamed, latency: bool) {
+    let d = &st.delivered;
+    let lost = st.expected as i64 - d.frames as i64;
+    o.target("loss", "0", count(lost as f64), lost == 0);
+    if latency {
+        let p99 = d.latency.quantile(0.99);
+        o.target(
+            "p99 publish → receive",
+            "< 5 ms",
+            super::us(p99),
+            p99 < TARGET_P99_US && d.latency.count() > 0,
+        );
+    }
+    let per = d.frames as f64 / st.cpu.gateway_total().max(1e-9);
+    o.target(
+        "deliveries per gateway CPU-second",
+        "≥ 400,000",
+        count(per),
+        per >= TARGET_PER_CPU_SECOND,
+    );
+}
+
+/// Hot instance: every client on one instance.
+pub async fn hot(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::new("hot", "Hot instance: every client on one instance");
+    let id = sys.id("hot")?;
+    let pad = "x".repeat(125);
+    let requests = (p.hot_rate * p.hot_secs) as u64;
+    o.set(
+        "clients",
+        format!("{} (half per gateway)", count(p.hot_clients as f64)),
+    );
+    o.set(
+        "events",
+        format!(
+            "{} events/s for {} s = {} events, ~300 B frames",
+            p.hot_rate,
+            p.hot_secs,
+            count(requests as f64)
+        ),
+    );
+    let st = stream(
+        sys,
+        &Spec {
+            name: "hot".to_owned(),
+            instances: 1,
+            clients: p.hot_clients,
+            per_worker: p.per_worker.min(p.hot_clients.div_ceil(2)).max(1),
+            read_buffer: 8 * 1024,
+            rate: p.hot_rate,
+            requests,
+            body: Arc::new(move |n, t| event(&id, t, n, &pad)),
+        },
+    )
+    .await?;
+    common(&mut o, &st);
+    let per = rss_per_conn(&st);
+    o.row(
+        "RSS per connection (A; B)",
+        per.iter().map(|v| bytes(*v)).collect::<Vec<_>>().join("; "),
+        "rss_per_conn",
+        per,
+    );
+    stream_targets(&mut o, &st, false);
+    Ok(o)
+}
+
+/// Many instances: one client per instance, one event per instance per round.
+pub async fn many(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::new("many", "Many instances: one client each");
+    let n = p.many.min(sys.many);
+    let ids: Arc<Vec<Uuid>> = Arc::new(
+        (0..n)
+            .map(|i| sys.id(&format!("m-{i}")))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let per_request = 1000usize;
+    let chunks = n.div_ceil(per_request) as u64;
+    let pad = "x".repeat(125);
+    o.set(
+        "clients",
+        format!(
+            "{} instances × 1 client; instance i on gateway i mod 2",
+            count(n as f64)
+        ),
+    );
+    o.set(
+        "events",
+        format!(
+            "{} rounds, one per second; a round is one event per instance, {} events per request",
+            p.many_rounds, per_request
+        ),
+    );
+    let redis0 = sys.redis_commands().await?;
+    sys.pg_reset().await?;
+    let body_ids = ids.clone();
+    let st = stream(
+        sys,
+        &Spec {
+            name: "m-{i}".to_owned(),
+            instances: n,
+            clients: n,
+            per_worker: p.per_worker.min(n.div_ceil(2)).max(1),
+            read_buffer: 8 * 1024,
+            rate: chunks as f64,
+            requests: chunks * p.many_rounds,
+            body: Arc::new(move |req, t| {
+                let c = (req % chunks) as usize;
+                let lo = c * per_request;
+                let hi = (lo + per_request).min(body_ids.len());
+                let items: Vec<String> = body_ids[lo..hi]
+                    .iter()
+                    .map(|id| event(id, t, req, &pad))
+                    .collect();
+                format!("[{}]", items.join(","))
+            }),
+        },
+    )
+    .await?;
+    common(&mut o, &st);
+    let per = rss_per_conn(&st);
+    o.row(
+        "RSS per connection incl. its instance's subscription (A; B)",
+        per.iter().map(|v| bytes(*v)).collect::<Vec<_>>().join("; "),
+        "rss_per_conn",
+        per,
+    );
+    let subs: Vec<f64> = st
+        .metrics_before
+        .iter()
+        .map(|m| metric(m, "ryze_gateway_redis_subscriptions", ""))
+        .collect();
+    o.row(
+        "Redis subscriptions per gateway (A; B)",
+        subs.iter()
+            .map(|v| count(*v))
+            .collect::<Vec<_>>()
+            .join("; "),
+        "subscriptions",
+        subs,
+    );
+    let sent = st.delta("ryze_gateway_frames_sent_total", "");
+    let no_clients = st.delta("ryze_gateway_frames_dropped_total", "no_clients");
+    o.row(
+        "Redis messages handled per gateway: delivered + no local client (A; B)",
+        sent.iter()
+            .zip(&no_clients)
+            .map(|(s, d)| format!("{} + {}", count(*s), count(*d)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        "redis_messages_per_gateway",
+        serde_json::json!({"sent": sent, "no_clients": no_clients}),
+    );
+    let redis1 = sys.redis_commands().await?;
+    let deltas: Vec<String> = redis1
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - redis0.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| format!("{k} {}", count(d as f64)))
+        })
+        .collect();
+    o.row(
+        "Redis commands over the whole scenario",
+        deltas.join(" · "),
+        "redis_commands",
+        redis1
+            .iter()
+            .map(|(k, v)| (k.clone(), v - redis0.get(k).copied().unwrap_or(0)))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    let statements = sys.pg_statements().await?;
+    let total: i64 = statements.iter().map(|(_, c)| c).sum();
+    o.row(
+        "Postgres statements over the whole scenario",
+        count(total as f64),
+        "pg_statements",
+        total,
+    );
+    stream_targets(&mut o, &st, false);
+    Ok(o)
+}
+
+/// Media: large frames at a steady rate; memory must stay bounded.
+pub async fn media(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::new("media", "Media: 200 KB frames");
+    let id = sys.id("media")?;
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let media: String = (0..p.media_bytes)
+        .map(|i| alphabet[(i * 7 + i / 64) % 64] as char)
+        .collect();
+    let requests = (p.media_rate * p.media_secs) as u64;
+    o.set(
+        "clients",
+        format!("{} (half per gateway)", count(p.media_clients as f64)),
+    );
+    o.set(
+        "events",
+        format!(
+            "{} events/s for {} s = {} events of {} of base64 (`mediaBase64=true`)",
+            p.media_rate,
+            p.media_secs,
+            count(requests as f64),
+            bytes(p.media_bytes as f64)
+        ),
+    );
+    o.set("client read buffer", "256 KiB");
+    let st = stream(
+        sys,
+        &Spec {
+            name: "media".to_owned(),
+            instances: 1,
+            clients: p.media_clients,
+            per_worker: p.media_clients.div_ceil(2).max(1),
+            read_buffer: 256 * 1024,
+            rate: p.media_rate,
+            requests,
+            body: Arc::new(move |n, t| media_event(&id, t, n, &media)),
+        },
+    )
+    .await?;
+    common(&mut o, &st);
+    let window = st.window_secs();
+    o.row(
+        "throughput to clients",
+        format!("{}/s", bytes(st.delivered.bytes as f64 / window.max(1e-9))),
+        "bytes_per_second",
+        st.delivered.bytes as f64 / window.max(1e-9),
+    );
+    let growth: Vec<f64> = st
+        .rss_peak
+        .iter()
+        .zip(&st.rss_connected)
+        .map(|(p, c)| p - c)
+        .collect();
+    let per_client: Vec<f64> = growth
+        .iter()
+        .zip(&st.conns)
+        .map(|(g, n)| g / n.max(1.0))
+        .collect();
+    o.row(
+        "peak RSS growth while publishing, total and per client (A; B)",
+        growth
+            .iter()
+            .zip(&per_client)
+            .map(|(g, c)| format!("{} ({} per client)", bytes(*g), bytes(*c)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        "rss_growth",
+        serde_json::json!({"total": growth, "per_client": per_client}),
+    );
+    o.note(format!(
+        "Bound by construction: a client's queue holds at most 256 frames or 8 MiB, and queued \
+         frames share one buffer per event, so a gateway holds at most the events published in \
+         the last `WS_SLOW_CONSUMER_GRACE` plus one frame being written per connection \
+         (≈ {} per client here).",
+        bytes(p.media_bytes as f64 + 400.0)
+    ));
+    let lost = st.expected as i64 - st.delivered.frames as i64;
+    o.target("loss", "0", count(lost as f64), lost == 0);
+    Ok(o)
+}

@@ -1,0 +1,381 @@
+//! The system under test: a private Postgres (with `pg_stat_statements` when it can be
+//! loaded) and Redis, two gateways and one publisher as real processes, one account and the
+//! benchmark's instances seeded by SQL, and the counters the scenarios read (gateway
+//! `/metrics`, Redis `INFO`, Postgres statement counts, `/proc`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use super::procfs;
+use crate::{http, run_cli_json, Bin, PgServer, RedisServer, Service, TestDb};
+
+/// Upper bound for a service to become ready.
+const READY: Duration = Duration::from_secs(60);
+/// The publisher's ingest key.
+pub const API_KEY: &str = "bench-publisher-key";
+/// Requests per token per minute: every benchmark client shares one account token.
+pub const RATE_LIMIT: &str = "100000000";
+
+/// Instances every run creates besides the `m-<i>` ones.
+pub const NAMED: [&str; 4] = ["idle", "fanout", "hot", "media"];
+
+/// The running system.
+pub struct System {
+    /// Postgres (private: it is restarted once to load `pg_stat_statements`).
+    pub pg: PgServer,
+    /// The benchmark database.
+    pub db: TestDb,
+    /// Redis.
+    pub redis: RedisServer,
+    /// Gateways `A` and `B`.
+    pub gateways: Vec<Service>,
+    /// The publisher.
+    pub publisher: Service,
+    /// The account token every client connects with.
+    pub account_token: String,
+    /// Instance name → id (the named ones and `m-0` … `m-<many-1>`).
+    pub ids: HashMap<String, Uuid>,
+    /// `m-<i>` instances created.
+    pub many: usize,
+    /// Whether `pg_stat_statements` is loaded (else only transaction counts are reported).
+    pub statements: bool,
+    prefix: String,
+    gateway_extra: Vec<(String, String)>,
+}
+
+impl System {
+    /// Starts everything and seeds `many` extra instances. `gateway_extra` is added to every
+    /// gateway's environment.
+    pub async fn start(many: usize, gateway_extra: &[(&str, &str)]) -> anyhow::Result<System> {
+        let pg = PgServer::start_private()
+            .await
+            .context("starting postgres")?;
+        let statements = match enable_statements(&pg).await {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("ryze-bench: pg_stat_statements unavailable ({e:#}); counting transactions only");
+                false
+            }
+        };
+        let db = pg.fresh_database().await?;
+        let redis = RedisServer::start()
+            .await
+            .context("starting redis-server")?;
+        let cli_env = vec![
+            ("DATABASE_URL", db.url.clone()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        run_cli_json(Bin::Publisher, &["migrate"], &cli_env).await?;
+        let account = run_cli_json(Bin::Publisher, &["account", "create"], &cli_env).await?;
+        let field = |k: &str| {
+            account[k]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("account create printed no {k}: {account}"))
+        };
+        let account_id = field("id")?;
+        let account_token = field("token")?;
+        let client = db.client().await?;
+        if statements {
+            client
+                .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .await
+                .context("CREATE EXTENSION pg_stat_statements")?;
+        }
+        let account_id: Uuid = account_id.parse().context("account id")?;
+        // Names and tokens are generated here (no quoting issues); tokens are stored in plain
+        // text, as without ENCRYPTION_KEY, and hashed like ryze_core::token::hash (SHA-256).
+        let named = NAMED
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO instances (id, account_id, name, token_hash, token_secret) \
+                 SELECT gen_random_uuid(), '{account_id}', n, \
+                        sha256(convert_to('bench-' || n, 'UTF8')), convert_to('bench-' || n, 'UTF8') \
+                 FROM (SELECT 'm-' || i AS n FROM generate_series(0, {many} - 1) i \
+                       UNION ALL SELECT unnest(ARRAY[{named}])) s; \
+                 INSERT INTO websocket_configs (instance_id, enabled, media_base64) \
+                 SELECT id, true, name = 'media' FROM instances WHERE account_id = '{account_id}'; \
+                 ANALYZE;"
+            ))
+            .await
+            .context("seeding instances")?;
+        let rows = client
+            .query(
+                "SELECT name, id FROM instances WHERE account_id = $1",
+                &[&account_id],
+            )
+            .await?;
+        let ids = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Uuid>(1)))
+            .collect();
+        let prefix = crate::unique_prefix();
+        let publisher = spawn_publisher(&db.url, &redis.url(), &prefix).await?;
+        let mut system = System {
+            pg,
+            db,
+            redis,
+            gateways: Vec::new(),
+            publisher,
+            account_token,
+            ids,
+            many,
+            statements,
+            prefix,
+            gateway_extra: gateway_extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        for _ in 0..2 {
+            let gw = system.spawn_gateway().await?;
+            system.gateways.push(gw);
+        }
+        Ok(system)
+    }
+
+    /// The environment every gateway gets.
+    pub fn gateway_env(&self) -> Vec<(&str, String)> {
+        let mut env = vec![
+            ("DATABASE_URL", self.db.url.clone()),
+            ("REDIS_URL", self.redis.url()),
+            ("REDIS_PREFIX", self.prefix.clone()),
+            ("RATE_LIMIT_PER_MINUTE", RATE_LIMIT.to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        for (k, v) in &self.gateway_extra {
+            env.retain(|(key, _)| key != k);
+            env.push((k.as_str(), v.clone()));
+        }
+        env
+    }
+
+    /// Starts one more gateway and waits until it is ready.
+    pub async fn spawn_gateway(&self) -> anyhow::Result<Service> {
+        let gw = Service::spawn(Bin::Gateway, &[], &self.gateway_env()).await?;
+        gw.wait_ready(READY).await?;
+        Ok(gw)
+    }
+
+    /// Replaces gateway `i` (e.g. after it was killed) with a fresh one.
+    pub async fn replace_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let gw = self.spawn_gateway().await?;
+        self.gateways[i] = gw;
+        Ok(())
+    }
+
+    /// The `/ws` URL template of gateway `gw` for instance `name` (`{i}` allowed), with the
+    /// account token in the query.
+    pub fn ws_url(&self, gw: usize, name: &str) -> String {
+        self.gateways[gw].ws_url(&format!("/ws/{name}?token={}", self.account_token))
+    }
+
+    /// The id of a seeded instance.
+    pub fn id(&self, name: &str) -> anyhow::Result<Uuid> {
+        self.ids
+            .get(name)
+            .copied()
+            .with_context(|| format!("no instance {name}"))
+    }
+
+    /// `POST /v1/events` on the publisher.
+    pub fn ingest_url(&self) -> String {
+        self.publisher.url("/v1/events")
+    }
+
+    /// Forgets Postgres statement counts (no-op without `pg_stat_statements`).
+    pub async fn pg_reset(&self) -> anyhow::Result<()> {
+        if self.statements {
+            let c = self.db.client().await?;
+            c.batch_execute("SELECT pg_stat_statements_reset()").await?;
+        }
+        Ok(())
+    }
+
+    /// Statements run in the benchmark database since [`System::pg_reset`], by text (the
+    /// benchmark's own monitoring queries excluded), most frequent first.
+    pub async fn pg_statements(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        if !self.statements {
+            return Ok(Vec::new());
+        }
+        let c = self.db.client().await?;
+        let rows = c
+            .query(
+                "SELECT query, calls FROM pg_stat_statements \
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                   AND query NOT ILIKE '%pg_stat%' \
+                 ORDER BY calls DESC",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect())
+    }
+
+    /// Committed transactions of the benchmark database (`pg_stat_database.xact_commit`;
+    /// backends report it with up to a second of delay).
+    pub async fn pg_xact_commit(&self) -> anyhow::Result<i64> {
+        let c = self.db.client().await?;
+        let row = c
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Redis `INFO commandstats` as command → calls.
+    pub async fn redis_commands(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let text = self.redis.cli(&["INFO", "commandstats"]).await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), calls))
+            })
+            .collect())
+    }
+
+    /// One numeric field of Redis `INFO` (e.g. `pubsub_channels`).
+    pub async fn redis_info(&self, field: &str) -> anyhow::Result<u64> {
+        let text = self.redis.cli(&["INFO"]).await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("INFO has no {field}"))
+    }
+
+    /// CPU seconds of Redis so far.
+    pub fn redis_cpu(&self) -> f64 {
+        self.redis.pid().map_or(0.0, procfs::cpu_seconds)
+    }
+
+    /// CPU seconds of every Postgres process so far (the postmaster's children included),
+    /// from `/proc`: the postmaster and every process whose parent it is.
+    pub fn pg_cpu(&self) -> f64 {
+        let Some(root) = self.pg.pid() else {
+            return 0.0;
+        };
+        let mut total = procfs::cpu_seconds(root);
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if parent_of(pid) == Some(root) {
+                    total += procfs::cpu_seconds(pid);
+                }
+            }
+        }
+        total
+    }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Loads `pg_stat_statements`: `ALTER SYSTEM`, then a restart of the private server.
+async fn enable_statements(pg: &PgServer) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(&pg.admin_url(), NoTls).await?;
+    let driver = tokio::spawn(conn);
+    client
+        .batch_execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        .await?;
+    drop(client);
+    let _ = driver.await;
+    pg.stop().await?;
+    pg.start().await?;
+    let (client, conn) = tokio_postgres::connect(&pg.admin_url(), NoTls).await?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one("SHOW shared_preload_libraries", &[])
+        .await?;
+    let loaded: String = row.get(0);
+    if !loaded.contains("pg_stat_statements") {
+        bail!("shared_preload_libraries is {loaded:?} after the restart");
+    }
+    Ok(())
+}
+
+async fn spawn_publisher(db_url: &str, redis_url: &str, prefix: &str) -> anyhow::Result<Service> {
+    let env = vec![
+        ("DATABASE_URL", db_url.to_owned()),
+        ("REDIS_URL", redis_url.to_owned()),
+        ("REDIS_PREFIX", prefix.to_owned()),
+        ("PUBLISHER_API_KEY", API_KEY.to_owned()),
+        ("PUBLIC_BASE_URL", "https://bench.invalid".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let p = Service::spawn(Bin::Publisher, &[], &env).await?;
+    p.wait_ready(READY).await?;
+    Ok(p)
+}
+
+/// A gateway's `/metrics` text.
+pub async fn metrics(gw: &Service) -> anyhow::Result<String> {
+    let resp = http()
+        .get(gw.admin_url("/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await?;
+    Ok(resp.text().await?)
+}
+
+/// The sum of every series of metric `name` whose labels contain `label` (`""` for all).
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            if !labels.contains(label) {
+                return None;
+            }
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Waits until the gateway reports `n` open connections (at most `timeout`).
+pub async fn wait_connections(gw: &Service, n: f64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let text = metrics(gw).await?;
+        let now = metric(&text, "ryze_gateway_connections", "");
+        if (now - n).abs() < 0.5 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("gateway still has {now} connections after {timeout:?} (waiting for {n})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
