@@ -236,13 +236,19 @@ impl<B> tower_http::trace::MakeSpan<B> for HttpSpan {
 }
 
 /// `TraceLayer::on_response` for the public routers: records `http.status` on the request
-/// span (and marks 5xx as errors in the trace). Logs nothing.
+/// span (and marks 5xx as errors in the trace), and logs `finished processing request` at
+/// DEBUG with the status and latency.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RecordStatus;
 
 impl<B> tower_http::trace::OnResponse<B> for RecordStatus {
-    fn on_response(self, resp: &http::Response<B>, _latency: Duration, span: &Span) {
+    fn on_response(self, resp: &http::Response<B>, latency: Duration, span: &Span) {
         span.record("http.status", resp.status().as_u16());
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            latency = ?latency,
+            "finished processing request"
+        );
         if resp.status().is_server_error() {
             span.record("otel.status_code", "ERROR");
         }

@@ -158,10 +158,10 @@ async fn metrics_after_a_scripted_scenario_are_exact() {
             assert!(text.contains(&format!(r#""seq":{i},"#)), "frame {i}");
         }
         if i == 2 {
-            // Event 2 found the slow client's queue full (event 0 still being written) and
-            // the hub waited out the grace before delivering anything else: event 2 reaching
-            // the readers means the 1008 is already requested. Now the slow client reads: the
-            // rest of event 0, then the Close.
+            // Event 1 found the slow client's queue full (event 0 still being written) and
+            // waited out the grace before the 1008 was requested. An instance's frames are
+            // delivered in order, so event 2 reaching the readers means the 1008 is already
+            // requested. Now the slow client reads: the rest of event 0, then the Close.
             let end = slow
                 .read_until_close(WAIT)
                 .await
