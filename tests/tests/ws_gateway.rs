@@ -170,6 +170,35 @@ async fn every_refusal_before_the_upgrade_has_its_exact_status_and_body_in_check
     )
     .await;
     assert_refusal(&e, 401, "Invalid token");
+    let e = refused(
+        &url,
+        &[("Authorization", "Bearer no-such-token"), ("token", "")],
+    )
+    .await;
+    assert_refusal(&e, 401, "Invalid token");
+    // ...and a valid first source wins over invalid later ones.
+    WsClient::connect(
+        &format!("{url}?token=no-such-token"),
+        &[
+            ("token", account),
+            ("Authorization", "Bearer no-such-token"),
+        ],
+    )
+    .await
+    .expect("the token header wins")
+    .close()
+    .await
+    .unwrap();
+    // Authorization counts only as Bearer: another scheme is ignored, not an error (D19).
+    WsClient::connect(
+        &format!("{url}?token={account}"),
+        &[("Authorization", "Basic dXNlcjpwYXNz")],
+    )
+    .await
+    .expect("Basic is ignored and the query token used")
+    .close()
+    .await
+    .unwrap();
 
     // Step 5: scope.
     let e = refused(&ws_url(&gw, "nobody"), &[("token", account)]).await;
@@ -1313,6 +1342,22 @@ async fn shutdown_is_bounded_by_shutdown_timeout_when_a_client_never_answers_the
     let _mute = RawWs::connect(gw.addr(), "/ws/sales", &sales.token, None).await;
 
     gw.sigterm();
+    // Readiness fails from the first moment of shutdown, while the admin listener still
+    // answers (CONTRACT §6).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let resp = ryze_tests::http()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .expect("the admin listener answers during the drain");
+        if resp.status() != 200 {
+            assert_eq!(resp.status(), 503);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         polite.expect_close(WAIT).await.unwrap(),
         Some((1001, "server shutting down".to_owned()))
@@ -1321,4 +1366,120 @@ async fn shutdown_is_bounded_by_shutdown_timeout_when_a_client_never_answers_the
     // handshake could otherwise take.
     let status = gw.wait_exit(Duration::from_secs(2)).await.unwrap();
     assert!(status.success(), "{}", ryze_tests::describe(status));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_client_of_one_instance_never_delays_another_instance() {
+    // A long grace keeps the stalled client's fan-out waiting; another instance's events
+    // must not queue behind it.
+    let mut sys = System::start(
+        "stalled",
+        json!({"enabled": true}),
+        1,
+        &[
+            ("WS_SLOW_CONSUMER_GRACE", "60s".into()),
+            ("WS_SEND_QUEUE", "4".into()),
+            ("WS_SEND_QUEUE_BYTES", "256KiB".into()),
+        ],
+    )
+    .await;
+    let other = sys.env.create_instance("other").await;
+    configure(
+        sys.gw(),
+        "other",
+        &sys.env.account_token,
+        json!({"enabled": true}),
+    )
+    .await;
+    sys.watcher.wait("config_changed", &other.id).await;
+    let _stalled = RawWs::connect(
+        sys.gw().addr(),
+        "/ws/stalled",
+        &sys.inst.token,
+        Some(16 * 1024),
+    )
+    .await;
+    let mut c = connect(sys.gw(), "other", &other.token).await;
+
+    let pad = "s".repeat(64 * 1024);
+    for chunk in 0..4 {
+        let items: Vec<String> = (0..50)
+            .map(|i| {
+                sys.item(
+                    "message.exchange",
+                    &format!(r#"{{"seq":{},"pad":"{pad}"}}"#, chunk * 50 + i),
+                )
+            })
+            .collect();
+        publish_expect(&sys.publisher, &batch(&items), 50, 0, 0, 0).await;
+    }
+    let data = r#"{"unaffected":true}"#;
+    publish_expect(
+        &sys.publisher,
+        &common::item(&other.id, "call.update", data),
+        1,
+        0,
+        0,
+        0,
+    )
+    .await;
+    assert_eq!(
+        c.next_text(WAIT).await.unwrap(),
+        common::frame("call.update", data, &other),
+        "an event of another instance waited behind a stalled client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_instance_token_is_refused_at_once_and_frames_carry_the_new_one() {
+    let mut sys = System::start("sales", json!({"enabled": true}), 1, &[]).await;
+    let url = ws_url(sys.gw(), "sales");
+    let old = sys.inst.token.clone();
+    // Connecting caches the token's lookup (D30).
+    let mut open = connect(sys.gw(), "sales", &old).await;
+
+    // The platform rotates the token (the update fires the config notification).
+    let new = format!("rotated-{}", uuid::Uuid::new_v4());
+    let db = tokio_postgres::connect(&sys.env.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(db.1);
+    let updated =
+        db.0.execute(
+            "UPDATE instances SET token_hash = sha256(convert_to($1::text, 'UTF8')), \
+             token_secret = convert_to($1::text, 'UTF8') WHERE id = $2::text::uuid",
+            &[&new, &sys.inst.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    sys.watcher.wait("config_changed", &sys.inst.id).await;
+
+    // The gateway drops the cached lookup on the same control message.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match WsClient::connect(&url, &[("token", &old)]).await {
+            Err(e) => {
+                assert_refusal(&e, 401, "Invalid token");
+                break;
+            }
+            Ok(c) => {
+                c.close().await.unwrap();
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the old token still opens connections"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let mut fresh = connect(sys.gw(), "sales", &new).await;
+    sys.inst.token = new.clone();
+    let data = r#"{"after":"rotation"}"#;
+    publish_expect(&sys.publisher, &sys.item("label.update", data), 1, 0, 0, 0).await;
+    let want = sys.frame("label.update", data);
+    assert!(want.contains(&new));
+    // No re-authentication after the upgrade: the open socket keeps receiving.
+    assert_eq!(open.next_text(WAIT).await.unwrap(), want);
+    assert_eq!(fresh.next_text(WAIT).await.unwrap(), want);
 }
