@@ -558,21 +558,23 @@ async fn serve_otlp(
 /// spans an operator needs to find a failing upgrade and follow a publish: `ws.upgrade` for
 /// the accepted and the refused upgrade (peer, instance, status; never the token),
 /// `ws.connection` once the client left, `ingest` with its counts, `publish`, and
-/// `http.request` with the matched route only.
+/// `http.request` with the matched route only. The export interval is longer than the test:
+/// the spans arrive because the telemetry guard flushes them at shutdown.
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrades_and_publishes_are_exported_as_otlp_spans() {
     let collector = Collector::start().await;
     let db = pg().await.fresh_database().await.expect("fresh database");
     let env = Env::with(db.url.clone(), None, None).await;
     let inst = env.create_instance("traced").await;
-    let gw = env
+    let mut gw = env
         .gateway(&[
             ("EMBEDDED_PUBLISHER", "true".into()),
             ("PUBLISHER_API_KEY", API_KEY.into()),
             ("PUBLIC_BASE_URL", BASE_URL.into()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
-            // Export every 100 ms instead of every 5 s.
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            // No periodic export during the test: the spans must come from the flush at
+            // shutdown.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
         ])
         .await;
     configure(&gw, "traced", &env.account_token, json!({"enabled": true})).await;
@@ -587,6 +589,9 @@ async fn upgrades_and_publishes_are_exported_as_otlp_spans() {
     publish_expect(&gw, &item(&inst.id, "call.update", data), 1, 0, 0, 0).await;
     client.next_text(WAIT).await.expect("the published frame");
     client.close().await.expect("close");
+    gw.sigterm();
+    let status = gw.wait_exit(WAIT).await.expect("gateway exit");
+    assert!(status.success(), "gateway exited with {status:?}");
 
     let upgrade_with = |status: i64| {
         move |s: &RecvSpan| s.name == "ws.upgrade" && s.int("http.status") == Some(status)
