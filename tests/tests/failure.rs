@@ -1,0 +1,401 @@
+//! Failure, abuse and isolation suite (issue 10): the gateway keeps working and leaks nothing
+//! when Redis or Postgres go away, when a pod is killed, under a reconnect storm, with hostile
+//! clients and malformed requests, across tenants, and through connection churn.
+//!
+//! Real processes on loopback only. Every loop is bounded and every wait polls a condition
+//! under a timeout. What `ws_gateway.rs` already proves in isolation (a slow client's 1008,
+//! 1009, the pong timeout, one Redis restart, deletion, SIGTERM) is not repeated: here the
+//! same failures happen under traffic, together, or at scale.
+//!
+//! Modules: `redis_outage` (items 1–2), `postgres_outage` (3), `kill9` (4), `storm` (5),
+//! `hostile` (6), `fuzz` (7, the HTTP half; the property half is `properties.rs`),
+//! `isolation` (8), `churn` (9; `scripts/soak.sh` runs its long form).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+#[path = "failure/hostile.rs"]
+mod hostile;
+#[path = "failure/kill9.rs"]
+mod kill9;
+#[path = "failure/postgres_outage.rs"]
+mod postgres_outage;
+#[path = "failure/redis_outage.rs"]
+mod redis_outage;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{item, Env, Instance, API_KEY, WAIT};
+use ryze_core::store::{Store, StoreOptions, WsConfig};
+use ryze_core::token::TokenCipher;
+use ryze_tests::{Service, WsClient};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often polled conditions are checked.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Polls `check` until it returns `Ok`, and panics with its last `Err` at `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not true within {timeout:?}; last: {last}"
+                );
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The gateway's `/metrics` text.
+pub async fn scrape(gw: &Service) -> String {
+    ryze_tests::http()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of every sample of `name` (any labels) in a metrics text; 0 when absent.
+pub fn metric_in(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?.1,
+                None => rest,
+            };
+            rest.strip_prefix(' ')?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// One gauge or counter of a running gateway.
+pub async fn metric(gw: &Service, name: &str) -> f64 {
+    metric_in(&scrape(gw).await, name)
+}
+
+/// `GET <url>`'s status, or 0 if the request failed.
+pub async fn status_of(url: &str) -> u16 {
+    match ryze_tests::http()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// A store on the environment's database, for creating many instances without one CLI
+/// process (and one REST request) each.
+pub fn store_of(env: &Env) -> Store {
+    Store::new(&env.db_url, &StoreOptions::default(), TokenCipher::plain()).unwrap()
+}
+
+/// Creates `n` instances named `<prefix>-<i>` in the environment's account, each with an
+/// enabled config (all six types), straight through the store.
+pub async fn bulk_instances(env: &Env, prefix: &str, n: usize) -> Vec<Instance> {
+    let store = store_of(env);
+    let account: uuid::Uuid = env.account_id.parse().unwrap();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let created = store
+            .create_instance(account, &format!("{prefix}-{i}"), None)
+            .await
+            .unwrap();
+        store
+            .upsert_config(
+                created.id,
+                WsConfig {
+                    enabled: true,
+                    events: Vec::new(),
+                    media_base64: false,
+                },
+            )
+            .await
+            .unwrap();
+        out.push(Instance {
+            id: created.id.to_string(),
+            name: created.name,
+            token: created.token,
+        });
+    }
+    out
+}
+
+/// What became of one round of a [`Feed`].
+#[derive(Debug, Clone)]
+pub struct Round {
+    /// The sequence number every instance's event of the round carries.
+    pub seq: u64,
+    /// When the round's request was sent.
+    pub sent: Instant,
+    /// 202 and `published` equal to the number of instances; anything else is a refusal
+    /// (a 503 while Redis is down).
+    pub accepted: bool,
+    /// Status and body when not accepted.
+    pub refusal: Option<(u16, String)>,
+}
+
+/// Steady traffic: every `period`, one ingest request with one `message.status` event
+/// `{"seq":n}` per instance, until stopped. Records each round's outcome.
+pub struct Feed {
+    stop: CancellationToken,
+    accepted: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    handle: JoinHandle<Vec<Round>>,
+}
+
+impl Feed {
+    /// Starts publishing to `ingest_url` (a publisher's `/v1/events`).
+    pub fn start(ingest_url: String, instance_ids: Vec<String>, period: Duration) -> Feed {
+        let stop = CancellationToken::new();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            let accepted = accepted.clone();
+            let refused = refused.clone();
+            async move {
+                let mut rounds = Vec::new();
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let want = format!(r#""published":{}"#, instance_ids.len());
+                for seq in 0.. {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let data = format!(r#"{{"seq":{seq}}}"#);
+                    let items: Vec<String> = instance_ids
+                        .iter()
+                        .map(|id| item(id, "message.status", &data))
+                        .collect();
+                    let sent = Instant::now();
+                    let resp = ryze_tests::http()
+                        .post(&ingest_url)
+                        .header("authorization", format!("Bearer {API_KEY}"))
+                        .header("content-type", "application/json")
+                        .body(common::batch(&items))
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await;
+                    let (status, body) = match resp {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            (status, r.text().await.unwrap_or_default())
+                        }
+                        Err(e) => (0, e.to_string()),
+                    };
+                    let ok = status == 202 && body.contains(&want);
+                    if ok {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                    rounds.push(Round {
+                        seq,
+                        sent,
+                        accepted: ok,
+                        refusal: (!ok).then_some((status, body)),
+                    });
+                }
+                rounds
+            }
+        });
+        Feed {
+            stop,
+            accepted,
+            refused,
+            handle,
+        }
+    }
+
+    /// Rounds accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` rounds in all have been refused (the outage reached the publisher).
+    pub async fn wait_refused(&self, n: u64, timeout: Duration) {
+        eventually("feed rounds refused", timeout, || async {
+            let now = self.refused.load(Ordering::SeqCst);
+            if now >= n {
+                Ok(())
+            } else {
+                Err(format!("{now} of {n}"))
+            }
+        })
+        .await;
+    }
+
+    /// Waits until `n` more rounds than now have been accepted (traffic is flowing).
+    pub async fn wait_accepted(&self, n: u64, timeout: Duration) {
+        let target = self.accepted() + n;
+        eventually("feed rounds accepted", timeout, || async {
+            let now = self.accepted();
+            if now >= target {
+                Ok(())
+            } else {
+                Err(format!("{now} of {target}"))
+            }
+        })
+        .await;
+    }
+
+    /// Stops after the round in flight and returns every round.
+    pub async fn stop(self) -> Vec<Round> {
+        self.stop.cancel();
+        self.handle.await.unwrap()
+    }
+}
+
+/// The `data` of the frame that ends a [`collect`].
+pub const END: &str = r#"{"end":true}"#;
+
+/// One frame as a collector saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub instance: String,
+    pub token: String,
+    pub seq: u64,
+}
+
+/// Reads a client's frames until an `{"end":true}` frame, keeping each frame's instance,
+/// token and `data.seq`. Every frame must be JSON with those fields. Errors (closes, timeouts)
+/// end the collection and are returned with what was seen so far.
+pub fn collect(
+    mut c: WsClient,
+    per_frame: Duration,
+) -> JoinHandle<(WsClient, Vec<Seen>, Option<String>)> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let v = match c.next_json(per_frame).await {
+                Ok(v) => v,
+                Err(e) => return (c, seen, Some(format!("{e:#}"))),
+            };
+            if v["data"]["end"] == true {
+                return (c, seen, None);
+            }
+            let seq = v["data"]["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("frame without data.seq: {v}"));
+            seen.push(Seen {
+                instance: v["instanceData"]["instance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                token: v["instanceData"]["token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                seq,
+            });
+        }
+    })
+}
+
+/// Publishes `seqs` as `message.status` `{"seq":n}` events to every instance, `per_request`
+/// sequence numbers per request, asserting each request publishes everything.
+pub async fn publish_seqs(
+    publisher: &Service,
+    instances: &[Instance],
+    seqs: std::ops::Range<u64>,
+    per_request: usize,
+) {
+    let all: Vec<u64> = seqs.collect();
+    for chunk in all.chunks(per_request) {
+        let mut items = Vec::new();
+        for seq in chunk {
+            for inst in instances {
+                items.push(item(
+                    &inst.id,
+                    "message.status",
+                    &format!(r#"{{"seq":{seq}}}"#),
+                ));
+            }
+        }
+        common::publish_expect(publisher, &common::batch(&items), items.len(), 0, 0, 0).await;
+    }
+}
+
+/// Publishes the end frame to every instance.
+pub async fn publish_end(publisher: &Service, instances: &[Instance]) {
+    let items: Vec<String> = instances
+        .iter()
+        .map(|i| item(&i.id, "message.status", END))
+        .collect();
+    common::publish_expect(publisher, &common::batch(&items), items.len(), 0, 0, 0).await;
+}
+
+/// Connects with a token from one of the three sources: 0 header `token`, 1
+/// `Authorization: Bearer`, 2 `?token=`.
+pub async fn connect_via(
+    gw: &Service,
+    name: &str,
+    token: &str,
+    source: usize,
+) -> Result<WsClient, ryze_tests::WsConnectError> {
+    let url = common::ws_url(gw, name);
+    match source % 3 {
+        0 => WsClient::connect(&url, &[("token", token)]).await,
+        1 => {
+            let bearer = format!("Bearer {token}");
+            WsClient::connect(&url, &[("Authorization", bearer.as_str())]).await
+        }
+        _ => WsClient::connect(&format!("{url}?token={}", common::segment(token)), &[]).await,
+    }
+}
+
+/// Resident memory of a process, in MiB, for messages.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Waits until the gateway's RSS is at most `limit` bytes (allocators return memory lazily).
+pub async fn wait_rss_below(gw: &Service, limit: u64, timeout: Duration) -> u64 {
+    eventually("gateway RSS back near its baseline", timeout, || async {
+        let rss = gw.rss_bytes();
+        if rss > 0 && rss <= limit {
+            Ok(rss)
+        } else {
+            Err(format!(
+                "RSS {:.1} MiB, limit {:.1} MiB",
+                mib(rss),
+                mib(limit)
+            ))
+        }
+    })
+    .await
+}
+
+/// A shared list, for tasks that record outcomes.
+pub type Shared<T> = Arc<Mutex<Vec<T>>>;
+
+/// The default per-frame timeout of collectors.
+pub const FRAME_WAIT: Duration = WAIT;
