@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    batch, configure, connect, envelope, numsub, post_events, publish_expect, raw_http, segment,
-    wait_numsub, ws_url, Env, RawWs, System, READY, WAIT,
+    batch, configure, connect, envelope, numsub, post_events, publish_expect, raw_http,
+    raw_http_then_eof, segment, wait_numsub, ws_url, Env, RawWs, System, READY, WAIT,
 };
 use futures_util::SinkExt;
 use ryze_tests::{pg, redis, PgServer, RedisServer, WsClient, WsConnectError};
@@ -102,6 +102,18 @@ async fn every_refusal_before_the_upgrade_has_its_exact_status_and_body_in_check
     assert_eq!(resp.headers()["allow"], "GET");
     assert!(resp.headers().get("x-ratelimit-limit").is_none());
     assert_eq!(resp.text().await.unwrap(), envelope("Method not allowed"));
+    for method in ["OPTIONS", "HEAD"] {
+        let resp = raw_http(
+            gw.addr(),
+            &format!(
+                "{method} /ws/sales HTTP/1.1\nHost: {}\ntoken: {account}",
+                gw.addr()
+            ),
+        )
+        .await;
+        assert_eq!(resp.status, 405, "{method}");
+        assert_eq!(resp.header("allow"), Some("GET"), "{method}");
+    }
 
     // Step 2: a foreign Origin gets 403 with an empty body and the connection closed, even
     // with a valid token; a same-origin Origin (scheme ignored, D9) passes.
@@ -112,7 +124,7 @@ async fn every_refusal_before_the_upgrade_has_its_exact_status_and_body_in_check
     .await;
     assert_eq!(e.status(), Some(403), "{e}");
     assert_eq!(e.body(), Some(""));
-    let raw = raw_http(
+    let raw = raw_http_then_eof(
         gw.addr(),
         &upgrade_head(
             gw.addr(),
@@ -246,6 +258,48 @@ async fn every_refusal_before_the_upgrade_has_its_exact_status_and_body_in_check
         (short_key.status, short_key.body.as_str()),
         (400, envelope("Invalid WebSocket handshake").as_str())
     );
+    for (label, head) in [
+        (
+            "no version",
+            upgrade_head(gw.addr(), "/ws/sales", &format!("token: {account}")),
+        ),
+        (
+            "HTTP/1.0",
+            upgrade_head(
+                gw.addr(),
+                "/ws/sales",
+                &format!("Sec-WebSocket-Version: 13\ntoken: {account}"),
+            )
+            .replacen("HTTP/1.1", "HTTP/1.0", 1),
+        ),
+        (
+            "Upgrade: h2c",
+            upgrade_head(
+                gw.addr(),
+                "/ws/sales",
+                &format!("Sec-WebSocket-Version: 13\ntoken: {account}"),
+            )
+            .replace("Upgrade: websocket", "Upgrade: h2c"),
+        ),
+    ] {
+        let resp = raw_http(gw.addr(), &head).await;
+        assert_eq!(
+            (resp.status, resp.body.as_str()),
+            (400, envelope("Invalid WebSocket handshake").as_str()),
+            "{label}"
+        );
+    }
+    // Header tokens are case-insensitive (D23).
+    let mixed = raw_http(
+        gw.addr(),
+        &format!(
+            "GET /ws/sales HTTP/1.1\nHost: {}\nUpgrade: WebSocket\nConnection: keep-alive, upgrade\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\ntoken: {account}",
+            gw.addr()
+        ),
+    )
+    .await;
+    assert_eq!(mixed.status, 101, "{mixed:?}");
     let v8 = raw_http(
         gw.addr(),
         &upgrade_head(
@@ -1482,4 +1536,25 @@ async fn rotated_instance_token_is_refused_at_once_and_frames_carry_the_new_one(
     // No re-authentication after the upgrade: the open socket keeps receiving.
     assert_eq!(open.next_text(WAIT).await.unwrap(), want);
     assert_eq!(fresh.next_text(WAIT).await.unwrap(), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_receives_nothing_published_before_its_101() {
+    let sys = System::start("sales", json!({"enabled": true}), 1, &[]).await;
+    let mut first = sys.connect(0).await;
+    let before = r#"{"n":"before the second 101"}"#;
+    publish_expect(&sys.publisher, &sys.item("call.update", before), 1, 0, 0, 0).await;
+    // Delivered to the first client: the pod has dispatched it.
+    assert_eq!(
+        first.next_text(WAIT).await.unwrap(),
+        sys.frame("call.update", before)
+    );
+    let mut second = sys.connect(0).await;
+    let after = r#"{"n":"after"}"#;
+    publish_expect(&sys.publisher, &sys.item("call.update", after), 1, 0, 0, 0).await;
+    assert_eq!(
+        second.next_text(WAIT).await.unwrap(),
+        sys.frame("call.update", after),
+        "no replay: the first frame of a new connection is the first event after its 101"
+    );
 }

@@ -563,7 +563,8 @@ pub struct RawResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
-    /// Whether the server closed the connection after the response (read EOF within 5 s).
+    /// Whether the server closed the connection after the response (read EOF within 5 s);
+    /// only checked by [`raw_http_then_eof`].
     pub closed: bool,
 }
 
@@ -577,15 +578,27 @@ impl RawResponse {
 }
 
 /// Sends `head` (request line and headers, without the final blank line) and reads one
-/// response with a `Content-Length` body, then whether the server closes the connection.
+/// response with a `Content-Length` body (`closed` is left false).
 pub async fn raw_http(addr: SocketAddr, head: &str) -> RawResponse {
-    tokio::time::timeout(WAIT, raw_http_inner(addr, head))
+    tokio::time::timeout(WAIT, raw_http_inner(addr, head, false))
         .await
         .expect("raw HTTP timed out")
         .expect("raw HTTP")
 }
 
-async fn raw_http_inner(addr: SocketAddr, head: &str) -> anyhow::Result<RawResponse> {
+/// Like [`raw_http`], then waits up to 5 s for the server to close the connection.
+pub async fn raw_http_then_eof(addr: SocketAddr, head: &str) -> RawResponse {
+    tokio::time::timeout(WAIT, raw_http_inner(addr, head, true))
+        .await
+        .expect("raw HTTP timed out")
+        .expect("raw HTTP")
+}
+
+async fn raw_http_inner(
+    addr: SocketAddr,
+    head: &str,
+    check_eof: bool,
+) -> anyhow::Result<RawResponse> {
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!("{}\r\n\r\n", head.trim_end().replace('\n', "\r\n"));
     stream.write_all(request.as_bytes()).await?;
@@ -629,7 +642,8 @@ async fn raw_http_inner(addr: SocketAddr, head: &str) -> anyhow::Result<RawRespo
     }
     let mut rest = [0u8; 64];
     // After a 101 the connection is a WebSocket: it stays open.
-    let closed = status != 101
+    let closed = check_eof
+        && status != 101
         && matches!(
             tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest)).await,
             Ok(Ok(0)) | Ok(Err(_))
