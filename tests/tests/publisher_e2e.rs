@@ -800,3 +800,63 @@ async fn embedded_mode_applies_config_changes_to_open_connections() {
         "re-enabled: the sentinel is the first frame on the same socket"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_changes_still_reach_the_publisher_after_a_postgres_restart() {
+    let server = ryze_tests::PgServer::start_private().await.unwrap();
+    let db = server.fresh_database().await.unwrap();
+    let env = Env::with(db.url, Some(ryze_tests::redis().await.url()), None).await;
+    let mut sys = System::start_in(env, "sales", json!({"enabled": true}), 1, &[], &[]).await;
+    let mut c = sys.connect(0).await;
+
+    server.stop().await.unwrap();
+    sys.publisher
+        .wait_for_log("config LISTEN connection lost", WAIT)
+        .await
+        .unwrap();
+    server.start().await.unwrap();
+    // The relay listens again (its second "listening" line).
+    let deadline = tokio::time::Instant::now() + READY;
+    while sys
+        .publisher
+        .logs()
+        .matches("listening for config changes")
+        .count()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay did not reconnect:\n{}",
+            sys.publisher.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+
+    // The gateway's pool may need a moment to reconnect: retry the POST (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let config = json!({"enabled": true, "events": ["label.update"]});
+    loop {
+        let (status, text) =
+            common::post_config(sys.gw(), "sales", &sys.env.account_token, &config).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "config POST kept failing after the restart: {status} {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sys.watcher.wait("config_changed", &sys.inst.id).await;
+    let sentinel = r#"{"sentinel":"after the restart"}"#;
+    publish_expect(
+        &sys.publisher,
+        &six_then_sentinel(&sys, "label.update", sentinel),
+        2,
+        5,
+        0,
+        0,
+    )
+    .await;
+    expect_then_sentinel(&sys, &mut c, &["label.update"], "label.update", sentinel).await;
+}
