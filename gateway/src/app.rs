@@ -93,6 +93,9 @@ impl App {
             metrics.clone(),
         );
         let write_buffer = 8 * 1024;
+        let publisher_metrics = config
+            .embedded_publisher
+            .then(ryze_publisher::metrics::Metrics::new);
         let state: AppState = Arc::new(Shared {
             store: store.clone(),
             cache: cache.clone(),
@@ -100,6 +103,7 @@ impl App {
             limiter,
             origins: OriginPolicy::parse(config.allowed_ws_origins.as_deref()),
             metrics,
+            publisher_metrics: publisher_metrics.clone(),
             connections: Arc::new(Semaphore::new(
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
@@ -156,7 +160,12 @@ impl App {
                 max_ingest_bytes: config.max_ingest_bytes,
                 cache_ttl: config.config_cache_ttl,
             };
-            let publisher = ryze_publisher::Publisher::new(store.clone(), outlet, settings);
+            let publisher = ryze_publisher::Publisher::with_metrics(
+                store.clone(),
+                outlet,
+                settings,
+                publisher_metrics.unwrap_or_default(),
+            );
             extras.ingest = Some(ryze_publisher::routes::ingest(publisher.clone()));
             tasks.spawn(ryze_publisher::relay::run(publisher, background.clone()));
         }

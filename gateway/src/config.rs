@@ -161,6 +161,13 @@ impl Config {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
+        if let Some(e) = &self.otel_exporter_otlp_endpoint {
+            if !e.trim().is_empty() && !e.trim().starts_with("http://") {
+                problems.push(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// OTLP/HTTP endpoint (no TLS in this build)".into(),
+                );
+            }
+        }
         if self.drain_rate == 0 {
             problems.push("DRAIN_RATE must be greater than 0".into());
         }

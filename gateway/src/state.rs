@@ -47,6 +47,8 @@ pub struct Shared {
     pub origins: OriginPolicy,
     /// Metrics.
     pub metrics: Metrics,
+    /// The embedded publisher's metrics, rendered after the gateway's on `/metrics`.
+    pub publisher_metrics: Option<ryze_publisher::metrics::Metrics>,
     /// `MAX_CONNECTIONS` permits (D26).
     pub connections: Arc<Semaphore>,
     /// WebSocket sizes and heartbeat.

@@ -32,10 +32,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(
+    let mut body = state.metrics.render(
         state.hub.broker().subscription_counts(),
         state.hub.client_counts(),
     );
+    if let Some(p) = &state.publisher_metrics {
+        // One exposition: drop the first one's terminator so the second's families follow.
+        if let Some(stripped) = body.strip_suffix("# EOF\n") {
+            body = stripped.to_owned();
+        }
+        body.push_str(&p.render());
+    }
     (
         [(
             header::CONTENT_TYPE,
