@@ -10,11 +10,12 @@ use super::BrokerError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use fred::prelude::*;
+use fred::types::cluster::ClusterRouting;
 use fred::types::Message;
 use ryze_core::channel::{ControlMessage, Names};
 use ryze_core::redis::RedisTarget;
 use ryze_core::wire;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,9 @@ pub const LIVE_TTL: Duration = Duration::from_secs(30);
 const BROADCAST_CAPACITY: usize = 16_384;
 /// Channels per SUBSCRIBE command when resubscribing after a reconnect.
 const RESUBSCRIBE_CHUNK: usize = 500;
+/// Cluster only: how often the slot map is re-read to catch slots that moved to another
+/// master (see `check_slot_owners`).
+const SLOT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct SubState {
@@ -37,6 +41,8 @@ struct SubState {
     /// When the live keys were last written successfully (the publisher's fast path relies on
     /// them: a pod whose heartbeat fails is not ready).
     live_ok_at: Option<std::time::Instant>,
+    /// Cluster only: the master each confirmed sharded subscription was made on.
+    shard_owner: HashMap<Uuid, Server>,
 }
 
 /// The pod's Redis connections and its subscription bookkeeping.
@@ -94,7 +100,23 @@ impl RedisBroker {
             self.clone()
                 .watch(reconnects, errors, hub, shutdown.clone()),
         );
+        if self.clustered {
+            tasks.spawn(self.clone().watch_slots(shutdown.clone()));
+        }
         tasks.spawn(self.clone().heartbeat(shutdown));
+    }
+
+    /// Cluster only: `check_slot_owners` every `SLOT_CHECK_INTERVAL`, in its own task so a
+    /// slow `CLUSTER SLOTS` (a node down) never holds up reconnect handling.
+    async fn watch_slots(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SLOT_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.check_slot_owners().await,
+            }
+        }
     }
 
     async fn read(
@@ -227,15 +249,70 @@ impl RedisBroker {
     }
 
     fn confirm(&self, ids: &[Uuid]) {
+        // fred routed each SSUBSCRIBE by its cached slot map (following a MOVED, which also
+        // refreshes that map), so the map now names the master that holds the subscription.
+        let routing = if self.clustered {
+            self.subscriber.cached_cluster_state()
+        } else {
+            None
+        };
         {
             let mut s = self.lock();
             for id in ids {
                 if s.wanted.contains(id) {
                     s.confirmed.insert(*id);
+                    if let Some(owner) = routing.as_ref().and_then(|r| self.slot_owner(r, *id)) {
+                        s.shard_owner.insert(*id, owner);
+                    }
                 }
             }
         }
         self.confirmations.send_modify(|v| *v += 1);
+    }
+
+    fn slot_owner(&self, routing: &ClusterRouting, id: Uuid) -> Option<Server> {
+        let slot = fred::util::redis_keyslot(self.names.instance_channel(id).as_bytes());
+        routing.get_server(slot).cloned()
+    }
+
+    /// Cluster only, every `SLOT_CHECK_INTERVAL`: re-reads the slot map (`CLUSTER SLOTS`) and
+    /// unconfirms every sharded subscription whose slot is now served by another master, so
+    /// the repair tick subscribes again on the new owner (and `/readyz` fails meanwhile).
+    ///
+    /// Needed because a master that loses a slot (resharding, a failover seen late) drops its
+    /// subscribers of that slot's channels with a server-side `sunsubscribe`, which fred
+    /// discards silently: the connection stays up, so no reconnect would ever resubscribe.
+    async fn check_slot_owners(&self) {
+        if !self.subscriber.is_connected() {
+            return;
+        }
+        if let Err(e) = self.subscriber.sync_cluster().await {
+            tracing::debug!(error = %e, "reading the cluster slot map failed");
+            return;
+        }
+        let Some(routing) = self.subscriber.cached_cluster_state() else {
+            return;
+        };
+        let moved = {
+            let mut s = self.lock();
+            let moved: Vec<Uuid> = s
+                .confirmed
+                .iter()
+                .filter(|id| self.slot_owner(&routing, **id).as_ref() != s.shard_owner.get(id))
+                .copied()
+                .collect();
+            for id in &moved {
+                s.confirmed.remove(id);
+                s.shard_owner.remove(id);
+            }
+            moved.len()
+        };
+        if moved > 0 {
+            tracing::info!(
+                subscriptions = moved,
+                "cluster slots moved to another master; resubscribing there"
+            );
+        }
     }
 
     /// Every second: resubscribe whatever is wanted but not confirmed (a resubscribe that
@@ -361,6 +438,7 @@ impl RedisBroker {
             let mut s = self.lock();
             s.wanted.remove(&id);
             s.confirmed.remove(&id);
+            s.shard_owner.remove(&id);
         }
         let channel = self.names.instance_channel(id);
         let result = if self.clustered {
