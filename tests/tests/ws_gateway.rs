@@ -1558,3 +1558,71 @@ async fn connection_receives_nothing_published_before_its_101() {
         "no replay: the first frame of a new connection is the first event after its 101"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_answers_101_with_accept_and_rate_limit_headers_and_negotiates_nothing() {
+    let env = Env::new().await;
+    env.create_instance("sales").await;
+    let gw = env.gateway(&[]).await;
+    configure(&gw, "sales", &env.account_token, json!({"enabled": true})).await;
+    let resp = raw_http(
+        gw.addr(),
+        &upgrade_head(
+            gw.addr(),
+            "/ws/sales",
+            &format!(
+                "Sec-WebSocket-Version: 13\ntoken: {}\nSec-WebSocket-Protocol: chat, superchat\n\
+                 Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+                env.account_token
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    // RFC 6455's example key and its accept value.
+    assert_eq!(
+        resp.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    assert!(resp
+        .header("upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket")));
+    assert!(resp
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
+    assert_eq!(resp.header("x-ratelimit-limit"), Some("100"));
+    assert!(resp.header("x-ratelimit-remaining").is_some());
+    assert!(resp.header("x-ratelimit-reset").is_some());
+    assert_eq!(resp.header("sec-websocket-protocol"), None);
+    assert_eq!(resp.header("sec-websocket-extensions"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_drain_rate_still_closes_every_client_1001_within_shutdown_timeout() {
+    // DRAIN_RATE=1 alone would need 6 s for 6 clients; the drain must fit SHUTDOWN_TIMEOUT.
+    let env = Env::new().await;
+    env.create_instance("sales").await;
+    let mut gw = env
+        .gateway(&[
+            ("SHUTDOWN_TIMEOUT", "3s".into()),
+            ("DRAIN_RATE", "1".into()),
+        ])
+        .await;
+    configure(&gw, "sales", &env.account_token, json!({"enabled": true})).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&gw, "sales", &env.account_token).await);
+    }
+    gw.sigterm();
+    let closes = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| async move { c.expect_close(WAIT).await.unwrap() }),
+    )
+    .await;
+    for close in closes {
+        assert_eq!(close, Some((1001, "server shutting down".to_owned())));
+    }
+    let status = gw.wait_exit(WAIT).await.unwrap();
+    assert!(status.success(), "{}", ryze_tests::describe(status));
+}
