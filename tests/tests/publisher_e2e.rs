@@ -860,3 +860,36 @@ async fn config_changes_still_reach_the_publisher_after_a_postgres_restart() {
     .await;
     expect_then_sentinel(&sys, &mut c, &["label.update"], "label.update", sentinel).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_publishers_with_redis_fan_out_to_clients_on_every_pod() {
+    let env = Env::new().await;
+    let sales = env.create_instance("sales").await;
+    let embedded = [
+        ("EMBEDDED_PUBLISHER", "true".to_owned()),
+        ("PUBLISHER_API_KEY", API_KEY.to_owned()),
+        ("PUBLIC_BASE_URL", BASE_URL.to_owned()),
+    ];
+    let a = env.gateway(&embedded).await;
+    let b = env.gateway(&embedded).await;
+    configure(&a, "sales", &env.account_token, json!({"enabled": true})).await;
+    let mut on_a = connect(&a, "sales", &sales.token).await;
+    let mut on_b = connect(&b, "sales", &env.account_token).await;
+    assert_eq!(env.numsub(&sales.id).await, 2);
+
+    let items: Vec<String> = EVENTS
+        .iter()
+        .map(|e| item(&sales.id, e, golden_data(e)))
+        .collect();
+    // Ingested on A, delivered on both pods; then ingested on B.
+    publish_expect(&a, &batch(&items), 6, 0, 0, 0).await;
+    publish_expect(&b, &batch(&items[..1]), 1, 0, 0, 0).await;
+    for c in [&mut on_a, &mut on_b] {
+        for e in EVENTS.iter().chain(&EVENTS[..1]) {
+            assert_eq!(
+                c.next_text(WAIT).await.unwrap(),
+                frame(e, golden_data(e), &sales)
+            );
+        }
+    }
+}
