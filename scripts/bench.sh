@@ -36,6 +36,10 @@ out=$CARGO_TARGET_DIR/bench
 mkdir -p "$out"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 export RYZE_BIN_DIR=$bin
+# CPU profiles of the gateways while they publish, when perf works here (Debian: linux-perf).
+if perf stat -e cpu-clock true >/dev/null 2>&1; then
+  extra+=(--perf "$out/perf-$stamp")
+fi
 case $mode in
   full)
     "$bin/ryze-bench" --command "make bench" --doc docs/benchmarks.md \

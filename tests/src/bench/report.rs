@@ -223,6 +223,14 @@ pub fn markdown(info: &RunInfo, outcomes: &[Outcome], command: &str) -> String {
                 line(&format!("- {n}"));
             }
         }
+        for (title, text) in &o.blocks {
+            line("");
+            line(&format!("{title}:"));
+            line("");
+            line("```text");
+            line(text.trim_end());
+            line("```");
+        }
     }
     line("");
     line(END);

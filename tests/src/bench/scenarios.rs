@@ -57,6 +57,8 @@ pub struct Params {
     pub storm_clients: usize,
     /// Connections per `ryze-load` worker.
     pub per_worker: usize,
+    /// Where `perf record` data goes; `None`: no profiles.
+    pub perf_dir: Option<String>,
 }
 
 impl Params {
@@ -81,6 +83,7 @@ impl Params {
             media_bytes: 200_000,
             storm_clients: 10_000,
             per_worker: 5_000,
+            perf_dir: None,
         }
     }
 
@@ -105,6 +108,7 @@ impl Params {
             media_bytes: 200_000,
             storm_clients: 2_000,
             per_worker: 2_500,
+            perf_dir: None,
         }
     }
 }
@@ -148,6 +152,8 @@ pub struct Outcome {
     pub targets: Vec<TargetCheck>,
     /// Observations worth a sentence (failures, closes, limits hit).
     pub notes: Vec<String>,
+    /// Preformatted blocks (profiles): (title, text).
+    pub blocks: Vec<(String, String)>,
     /// The same numbers unformatted, for the JSON file.
     pub raw: serde_json::Map<String, serde_json::Value>,
 }

@@ -165,10 +165,23 @@ impl System {
         Ok(gw)
     }
 
+    /// Replaces both gateways with fresh processes, so a scenario's RSS, CPU and caches do
+    /// not carry what an earlier one left (the allocator keeps freed memory).
+    pub async fn restart_gateways(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.gateways.len() {
+            self.replace_gateway(i).await?;
+        }
+        Ok(())
+    }
+
     /// Replaces gateway `i` (e.g. after it was killed) with a fresh one.
     pub async fn replace_gateway(&mut self, i: usize) -> anyhow::Result<()> {
         let gw = self.spawn_gateway().await?;
-        self.gateways[i] = gw;
+        // Dropping the old service kills it (if it still runs) before the new one takes its
+        // place; its clients have left or are gone.
+        let mut old = std::mem::replace(&mut self.gateways[i], gw);
+        old.kill9();
+        let _ = old.wait_exit(Duration::from_secs(10)).await;
         Ok(())
     }
 
@@ -362,6 +375,45 @@ pub fn metric(text: &str, name: &str, label: &str) -> f64 {
             value.split_whitespace().next()?.parse::<f64>().ok()
         })
         .sum()
+}
+
+/// Quantiles of the gateway's own `ryze_publish_to_send_seconds` (publisher stamp → write
+/// done) between two scrapes of every gateway: (share of frames within each bucket bound in
+/// ms, count). The buckets are coarse (…, 1, 2.5, 5, 10 ms, …).
+pub fn send_latency_buckets(before: &[String], after: &[String]) -> (Vec<(f64, f64)>, f64) {
+    let name = "ryze_publish_to_send_seconds_bucket{le=\"";
+    let mut bounds: Vec<(f64, f64)> = Vec::new();
+    for (b, a) in before.iter().zip(after) {
+        for (text, sign) in [(a, 1.0), (b, -1.0)] {
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix(name) else {
+                    continue;
+                };
+                let Some((le, value)) = rest.split_once("\"}") else {
+                    continue;
+                };
+                let Ok(v) = value.trim().parse::<f64>() else {
+                    continue;
+                };
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse::<f64>().unwrap_or(f64::INFINITY)
+                };
+                match bounds.iter_mut().find(|(l, _)| *l == le) {
+                    Some((_, n)) => *n += sign * v,
+                    None => bounds.push((le, sign * v)),
+                }
+            }
+        }
+    }
+    bounds.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = bounds.last().map_or(0.0, |(_, n)| *n);
+    let shares = bounds
+        .iter()
+        .map(|(le, n)| (le * 1000.0, if total > 0.0 { n / total } else { 0.0 }))
+        .collect();
+    (shares, total)
 }
 
 /// Waits until the gateway reports `n` open connections (at most `timeout`).

@@ -8,18 +8,19 @@
 //!
 //! ```text
 //! ryze-bench [--quick | --tiny] [--only idle,fanout,hot,many,media,storm_hot,storm_many]
-//!            [--doc docs/benchmarks.md] [--json target/bench.json] [--command "make bench"]
+//!            [--doc docs/benchmarks.md] [--json target/bench.json] [--perf DIR]
+//!            [--command "make bench"]
 //! ```
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ryze_tests::bench::procfs;
 use ryze_tests::bench::report::{self, RunInfo};
 use ryze_tests::bench::scenarios::storm::Population;
 use ryze_tests::bench::scenarios::{idle, storm, stream, Outcome, Params};
 use ryze_tests::bench::system::{System, RATE_LIMIT};
+use ryze_tests::bench::{procfs, profile};
 
 const SCENARIOS: [&str; 7] = [
     "idle",
@@ -37,6 +38,7 @@ struct Args {
     only: Vec<String>,
     doc: Option<PathBuf>,
     json: Option<PathBuf>,
+    perf: Option<String>,
     command: String,
 }
 
@@ -47,6 +49,7 @@ fn parse_args() -> anyhow::Result<Args> {
         only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
         doc: None,
         json: None,
+        perf: None,
         command: "ryze-bench".to_owned(),
     };
     let mut it = std::env::args().skip(1);
@@ -63,10 +66,11 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--doc" => args.doc = Some(it.next().context("--doc needs a path")?.into()),
             "--json" => args.json = Some(it.next().context("--json needs a path")?.into()),
+            "--perf" => args.perf = Some(it.next().context("--perf needs a directory")?),
             "--command" => args.command = it.next().context("--command needs text")?,
             "-h" | "--help" => {
                 println!(
-                    "ryze-bench [--quick | --tiny] [--only {}] [--doc PATH] [--json PATH] [--command TEXT]",
+                    "ryze-bench [--quick | --tiny] [--only {}] [--doc PATH] [--json PATH] [--perf DIR] [--command TEXT]",
                     SCENARIOS.join(",")
                 );
                 std::process::exit(0);
@@ -80,13 +84,20 @@ fn parse_args() -> anyhow::Result<Args> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let p = if args.tiny {
+    let mut p = if args.tiny {
         Params::tiny()
     } else if args.quick {
         Params::quick()
     } else {
         Params::full()
     };
+    if let Some(dir) = &args.perf {
+        if profile::available() {
+            p.perf_dir = Some(dir.clone());
+        } else {
+            eprintln!("ryze-bench: perf cannot sample here; running without profiles");
+        }
+    }
     let settings = [("RATE_LIMIT_PER_MINUTE", RATE_LIMIT), ("RUST_LOG", "warn")];
     let mut info = RunInfo::collect(p.mode, &settings);
     if let Some((soft, hard)) = procfs::open_files_limit("self") {
@@ -110,10 +121,16 @@ async fn main() -> anyhow::Result<()> {
     log("system ready");
 
     let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut first = true;
     for name in SCENARIOS {
         if !args.only.iter().any(|s| s == name) {
             continue;
         }
+        if !first {
+            // Fresh gateways: no scenario inherits another's RSS, CPU or caches.
+            sys.restart_gateways().await?;
+        }
+        first = false;
         log(&format!("scenario {name}"));
         let result = match name {
             "idle" => idle::run(&sys, &p).await,

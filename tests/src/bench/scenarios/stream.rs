@@ -2,6 +2,7 @@
 //! every frame is counted and timed by the clients. Fan-out, hot instance, many instances and
 //! media differ only in who subscribes to what and how large the events are.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,11 @@ use uuid::Uuid;
 use super::{bytes, count, reasons, settle, Cpu, Outcome, Params};
 use crate::bench::fleet::{Fleet, FleetSpec, Merged};
 use crate::bench::procfs;
+use crate::bench::profile::{self, Profile};
 use crate::bench::publish::{event, media_event, Published, Publisher};
-use crate::bench::system::{metric, metrics, wait_connections, System, API_KEY};
+use crate::bench::system::{
+    metric, metrics, send_latency_buckets, wait_connections, System, API_KEY,
+};
 
 /// Most requests in flight from the publishing loop.
 const IN_FLIGHT: usize = 64;
@@ -33,6 +37,8 @@ struct Spec {
     requests: u64,
     /// Builds request `n` with its send stamp.
     body: Arc<dyn Fn(u64, u64) -> String + Send + Sync>,
+    /// Profile the gateways while publishing (when `--perf` is given).
+    profile: bool,
 }
 
 /// Everything measured while streaming.
@@ -44,6 +50,8 @@ struct Streamed {
     /// Highest RSS sampled while publishing (every 100 ms), and at the end.
     rss_peak: Vec<f64>,
     rss_end: Vec<f64>,
+    /// Once every client had left.
+    rss_after: Vec<f64>,
     /// Clients per gateway, from its `ryze_gateway_connections`.
     conns: Vec<f64>,
     /// Warm-up excluded.
@@ -54,6 +62,7 @@ struct Streamed {
     /// Gateway `/metrics` before and after publishing.
     metrics_before: Vec<String>,
     metrics_after: Vec<String>,
+    profiles: Vec<Profile>,
 }
 
 impl Streamed {
@@ -74,7 +83,21 @@ impl Streamed {
     }
 }
 
-async fn stream(sys: &System, s: &Spec) -> anyhow::Result<Streamed> {
+/// Connects and drops 200 clients on each gateway, so one-time allocations (runtime, pools,
+/// hub) are not charged to the scenario's connections.
+pub async fn warm_up(sys: &System) -> anyhow::Result<()> {
+    let urls = vec![sys.ws_url(0, "idle"), sys.ws_url(1, "idle")];
+    let mut warm = Fleet::spawn(&FleetSpec::new(urls, 400)).await?;
+    warm.wait("connected", Duration::from_secs(60)).await?;
+    warm.stop().await?;
+    for gw in &sys.gateways {
+        wait_connections(gw, 0.0, Duration::from_secs(30)).await?;
+    }
+    settle(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+async fn stream(sys: &System, p: &Params, key: &str, s: &Spec) -> anyhow::Result<Streamed> {
     let urls = vec![sys.ws_url(0, &s.name), sys.ws_url(1, &s.name)];
     let rss = |sys: &System| -> Vec<f64> {
         sys.gateways
@@ -82,6 +105,7 @@ async fn stream(sys: &System, s: &Spec) -> anyhow::Result<Streamed> {
             .map(|g| procfs::rss_bytes(g.pid()) as f64)
             .collect()
     };
+    warm_up(sys).await?;
     let rss_before = rss(sys);
     let mut spec = FleetSpec::new(urls, s.clients);
     spec.instances = s.instances;
@@ -131,6 +155,19 @@ async fn stream(sys: &System, s: &Spec) -> anyhow::Result<Streamed> {
             }
         })
     };
+    let recording = match (&p.perf_dir, s.profile) {
+        (Some(dir), true) => {
+            let targets: Vec<(String, u32)> = sys
+                .gateways
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (["A", "B"][i.min(1)].to_owned(), g.pid()))
+                .collect();
+            let secs = s.requests as f64 / s.rate.max(0.001);
+            Some(profile::start(Path::new(dir), key, &targets, secs).await?)
+        }
+        _ => None,
+    };
     let body = s.body.clone();
     let published = publisher
         .paced(s.rate, s.requests, IN_FLIGHT, move |n, t| {
@@ -151,16 +188,23 @@ async fn stream(sys: &System, s: &Spec) -> anyhow::Result<Streamed> {
         .map(|p| p.load(Ordering::Relaxed) as f64)
         .collect();
     let rss_end = rss(sys);
+    let profiles = match recording {
+        Some(r) => r.finish().await,
+        None => Vec::new(),
+    };
     fleet.stop().await?;
     for gw in &sys.gateways {
         wait_connections(gw, 0.0, Duration::from_secs(60)).await?;
     }
+    settle(Duration::from_secs(1)).await;
+    let rss_after = rss(sys);
     Ok(Streamed {
         connect,
         rss_before,
         rss_connected,
         rss_peak,
         rss_end,
+        rss_after,
         conns,
         delivered,
         published,
@@ -168,6 +212,7 @@ async fn stream(sys: &System, s: &Spec) -> anyhow::Result<Streamed> {
         cpu: cpu0.until(&cpu1),
         metrics_before,
         metrics_after,
+        profiles,
     })
 }
 
@@ -295,6 +340,32 @@ fn common(o: &mut Outcome, st: &Streamed) {
         d.bytes as f64 / (d.frames.max(1)) as f64,
     );
     o.latency("**publish → receive latency**", "latency", &d.latency);
+    let (shares, n) = send_latency_buckets(&st.metrics_before, &st.metrics_after);
+    let within = |ms: f64| {
+        shares
+            .iter()
+            .find(|(le, _)| (*le - ms).abs() < 1e-9)
+            .map_or(0.0, |(_, f)| *f)
+    };
+    let bound = |q: f64| {
+        shares
+            .iter()
+            .find(|(_, f)| *f >= q)
+            .map_or("?".to_owned(), |(le, _)| format!("≤ {le} ms"))
+    };
+    o.row(
+        "gateway side only: publisher stamp → write done (`ryze_publish_to_send_seconds`)",
+        format!(
+            "p50 {} · p99 {} · within 1 ms {:.1} % · within 5 ms {:.1} % (n = {})",
+            bound(0.5),
+            bound(0.99),
+            within(1.0) * 100.0,
+            within(5.0) * 100.0,
+            count(n)
+        ),
+        "gateway_send_latency_shares",
+        &shares,
+    );
     if d.unstamped > 0 {
         o.note(format!("{} frames carried no stamp", d.unstamped));
     }
@@ -345,23 +416,42 @@ fn common(o: &mut Outcome, st: &Streamed) {
         .zip(&st.rss_connected)
         .zip(&st.rss_peak)
         .zip(&st.rss_end)
-        .map(|(((b, c), p), e)| {
+        .zip(&st.rss_after)
+        .map(|((((b, c), p), e), a)| {
             format!(
-                "{} → {} → peak {} → {}",
+                "{} → {} → peak {} → {} → {}",
                 bytes(*b),
                 bytes(*c),
                 bytes(*p),
-                bytes(*e)
+                bytes(*e),
+                bytes(*a)
             )
         })
         .collect();
     o.row(
-        "gateway RSS: before → connected → peak while publishing → end (A; B)",
+        "gateway RSS: before → connected → peak while publishing → end → clients gone (A; B)",
         per_gw.join("; "),
         "rss",
         serde_json::json!({"before": st.rss_before, "connected": st.rss_connected,
-            "peak": st.rss_peak, "end": st.rss_end}),
+            "peak": st.rss_peak, "end": st.rss_end, "after": st.rss_after}),
     );
+    for pr in &st.profiles {
+        let mut text = format!(
+            "{} samples, {:.1} % in the kernel; hottest symbols:\n",
+            pr.samples, pr.kernel_share
+        );
+        for (pct, dso, sym) in &pr.top {
+            text.push_str(&format!("{pct:6.2} %  {dso:<18} {sym}\n"));
+        }
+        o.blocks.push((
+            format!(
+                "CPU profile of gateway {} while publishing (`perf record -F 499`, `{}`)",
+                pr.label, pr.file
+            ),
+            text,
+        ));
+        o.raw(&format!("profile_{}", pr.label), pr);
+    }
 }
 
 fn rss_per_conn(st: &Streamed) -> Vec<f64> {
@@ -399,6 +489,8 @@ pub async fn fanout(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     );
     let st = stream(
         sys,
+        p,
+        "fanout",
         &Spec {
             name: "fanout".to_owned(),
             instances: 1,
@@ -408,6 +500,7 @@ pub async fn fanout(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
             rate: p.fanout_rate,
             requests,
             body: Arc::new(move |n, t| event(&id, t, n, &pad)),
+            profile: true,
         },
     )
     .await?;
@@ -459,6 +552,8 @@ pub async fn hot(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     );
     let st = stream(
         sys,
+        p,
+        "hot",
         &Spec {
             name: "hot".to_owned(),
             instances: 1,
@@ -468,6 +563,7 @@ pub async fn hot(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
             rate: p.hot_rate,
             requests,
             body: Arc::new(move |n, t| event(&id, t, n, &pad)),
+            profile: true,
         },
     )
     .await?;
@@ -514,6 +610,8 @@ pub async fn many(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     let body_ids = ids.clone();
     let st = stream(
         sys,
+        p,
+        "many",
         &Spec {
             name: "m-{i}".to_owned(),
             instances: n,
@@ -532,6 +630,7 @@ pub async fn many(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
                     .collect();
                 format!("[{}]", items.join(","))
             }),
+            profile: false,
         },
     )
     .await?;
@@ -624,6 +723,8 @@ pub async fn media(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     o.set("client read buffer", "256 KiB");
     let st = stream(
         sys,
+        p,
+        "media",
         &Spec {
             name: "media".to_owned(),
             instances: 1,
@@ -633,6 +734,7 @@ pub async fn media(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
             rate: p.media_rate,
             requests,
             body: Arc::new(move |n, t| media_event(&id, t, n, &media)),
+            profile: true,
         },
     )
     .await?;

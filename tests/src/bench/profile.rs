@@ -1,0 +1,150 @@
+//! Optional CPU profiles of the gateways while a scenario publishes: `perf record` (sampling
+//! at 499 Hz, no call graphs: release builds have no frame pointers) attached to each gateway
+//! for the publishing window, then `perf report` reduced to the kernel's share and the hottest
+//! symbols. Used when `ryze-bench --perf DIR` is given (scripts/bench.sh does when `perf`
+//! works here).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+/// Symbols shown per profile.
+const TOP: usize = 14;
+
+/// `perf` runs here (installed, and allowed to sample).
+pub fn available() -> bool {
+    std::process::Command::new("perf")
+        .args(["stat", "-e", "cpu-clock", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Recordings in progress.
+pub struct Recording {
+    runs: Vec<(String, Child, PathBuf)>,
+}
+
+/// One gateway's profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// Which gateway.
+    pub label: String,
+    /// Where the data is (`perf report -i <file>` for more).
+    pub file: String,
+    /// Samples taken.
+    pub samples: String,
+    /// Share of samples in the kernel (syscalls, TCP, scheduling).
+    pub kernel_share: f64,
+    /// (share, where, symbol), hottest first.
+    pub top: Vec<(f64, String, String)>,
+}
+
+/// Starts `perf record` on each `(label, pid)` for `secs`, writing `<dir>/<name>-<label>.data`.
+pub async fn start(
+    dir: &Path,
+    name: &str,
+    targets: &[(String, u32)],
+    secs: f64,
+) -> anyhow::Result<Recording> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut runs = Vec::new();
+    for (label, pid) in targets {
+        let file = dir.join(format!("{name}-{label}.data"));
+        let child = Command::new("perf")
+            .args(["record", "-F", "499", "-q", "-p", &pid.to_string(), "-o"])
+            .arg(&file)
+            .args(["--", "sleep", &format!("{secs:.1}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning perf record")?;
+        runs.push((label.clone(), child, file));
+    }
+    Ok(Recording { runs })
+}
+
+impl Recording {
+    /// Waits for every recording (bounded) and summarises it.
+    pub async fn finish(self) -> Vec<Profile> {
+        let mut out = Vec::new();
+        for (label, mut child, file) in self.runs {
+            let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
+            match summarise(&label, &file).await {
+                Ok(p) => out.push(p),
+                Err(e) => eprintln!("ryze-bench: no profile for {label}: {e:#}"),
+            }
+        }
+        out
+    }
+}
+
+async fn report(file: &Path, sort: &str) -> anyhow::Result<String> {
+    let out = Command::new("perf")
+        .args(["report", "--stdio", "--no-children", "--sort", sort, "-i"])
+        .arg(file)
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .context("running perf report")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `  12.34%  dso  [k] symbol` → (12.34, rest words).
+fn parse_line(line: &str) -> Option<(f64, Vec<&str>)> {
+    let mut words = line.split_whitespace();
+    let pct = words.next()?.strip_suffix('%')?.parse().ok()?;
+    Some((pct, words.collect()))
+}
+
+async fn summarise(label: &str, file: &Path) -> anyhow::Result<Profile> {
+    let by_dso = report(file, "dso").await?;
+    let samples = by_dso
+        .lines()
+        .find_map(|l| l.strip_prefix("# Samples: "))
+        .map(|s| s.split(" of").next().unwrap_or(s).to_owned())
+        .unwrap_or_else(|| "?".to_owned());
+    let kernel_share = by_dso
+        .lines()
+        .filter_map(parse_line)
+        .filter(|(_, w)| w.first().is_some_and(|d| d.starts_with("[kernel")))
+        .map(|(p, _)| p)
+        .sum();
+    let by_symbol = report(file, "dso,symbol").await?;
+    let top = by_symbol
+        .lines()
+        .filter_map(parse_line)
+        .take(TOP)
+        .map(|(pct, w)| {
+            let dso = w.first().copied().unwrap_or("").to_owned();
+            // Skip the `[k]`/`[.]` marker; the symbol may contain spaces.
+            // perf pads unused sort columns with `-`.
+            let symbol: String = w
+                .iter()
+                .skip(2)
+                .copied()
+                .filter(|x| *x != "-")
+                .collect::<Vec<_>>()
+                .join(" ");
+            let symbol = if symbol.chars().count() > 110 {
+                format!("{}…", symbol.chars().take(110).collect::<String>())
+            } else {
+                symbol
+            };
+            (pct, dso, symbol)
+        })
+        .collect();
+    Ok(Profile {
+        label: label.to_owned(),
+        file: file.display().to_string(),
+        samples,
+        kernel_share,
+        top,
+    })
+}
