@@ -88,9 +88,16 @@ pub async fn authorize(
     let principal = match cache.and_then(|c| c.principal(token)) {
         Some(p) => p,
         None => {
-            let p = store
-                .resolve_token(token.expose())
-                .await
+            let lookup = || store.resolve_token(token.expose());
+            let found = match cache {
+                Some(c) => {
+                    c.tokens
+                        .run(ryze_core::token::hash(token.expose()), lookup)
+                        .await
+                }
+                None => lookup().await,
+            };
+            let p = found
                 .map_err(ApiError::InstanceLookup)?
                 .ok_or(ApiError::InvalidToken)?;
             if let Some(c) = cache {
@@ -110,9 +117,12 @@ pub async fn authorize(
             if let Some(found) = cache.and_then(|c| c.instance(account_id, name)) {
                 return Ok(found);
             }
-            let found = store
-                .find_instance(account_id, name)
-                .await
+            let lookup = || store.find_instance(account_id, name);
+            let found = match cache {
+                Some(c) => c.instances.run((account_id, name.to_owned()), lookup).await,
+                None => lookup().await,
+            };
+            let found = found
                 .map_err(ApiError::InstanceLookup)?
                 .ok_or(ApiError::InstanceNotFound)?;
             if let Some(c) = cache {

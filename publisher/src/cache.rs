@@ -85,7 +85,18 @@ impl ConfigCache {
             instance.id = %id,
             found = tracing::field::Empty,
         );
-        let found = store.instance_delivery(id).instrument(span.clone()).await?;
+        let found = match store.instance_delivery(id).instrument(span.clone()).await {
+            Ok(found) => found,
+            Err(e) => {
+                // Postgres is down: an expired entry is still the best knowledge we have, and
+                // open streams must keep flowing (a NOTIFY still removes a changed entry).
+                if let Some((d, _)) = self.lock().get(&id) {
+                    tracing::debug!(instance.id = %id, error = %e, "serving a stale config while the database is unavailable");
+                    return Ok(Some(d.clone()));
+                }
+                return Err(e);
+            }
+        };
         span.record("found", found.is_some());
         let Some(found) = found else {
             self.lock().remove(&id);

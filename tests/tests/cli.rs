@@ -117,7 +117,7 @@ async fn publisher_without_required_settings_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
-        "REDIS_URL is required",
+        "REDIS_URL (or REGION_REDIS_URLS) is required",
         "PUBLISHER_API_KEY is required",
         "PUBLIC_BASE_URL is required",
     ] {

@@ -4,7 +4,9 @@
 use super::Token;
 use ryze_core::store::{InstanceRef, Principal};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -17,9 +19,71 @@ struct Maps {
 
 /// Token → principal, (account, name) → instance, instance → "enabled", each for at most
 /// `ttl`, and dropped at once when the control channel reports a change to the instance.
+/// Concurrent misses of one key share one database query ([`SingleFlight`]), so a reconnect
+/// storm onto a cold pod costs one query per distinct token, not one per connection.
 pub struct AuthCache {
     ttl: Duration,
     maps: Mutex<Maps>,
+    /// In-flight token lookups, by token hash.
+    pub tokens: SingleFlight<[u8; 32], Option<Principal>>,
+    /// In-flight instance lookups, by (account, name).
+    pub instances: SingleFlight<(Uuid, String), Option<InstanceRef>>,
+    /// In-flight "is it enabled" lookups, by instance id.
+    pub configs: SingleFlight<Uuid, bool>,
+}
+
+/// Coalesces concurrent lookups of one key: the first caller queries, the others await its
+/// answer. Only answers are shared (found or not found); if the query fails, each waiter
+/// queries on its own, so an error is never fanned out or cached.
+pub struct SingleFlight<K, V> {
+    inflight: Mutex<HashMap<K, Arc<tokio::sync::OnceCell<Option<V>>>>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Default for SingleFlight<K, V> {
+    fn default() -> Self {
+        SingleFlight {
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
+    /// Runs `query` unless a lookup of `key` is already in flight, in which case its answer
+    /// is shared. `query` may run again for a waiter whose leader failed.
+    pub async fn run<E, Fut>(&self, key: K, query: impl Fn() -> Fut) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let cell = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.entry(key.clone()).or_default().clone()
+        };
+        let mut own_error = None;
+        let shared = cell
+            .get_or_init(|| async {
+                match query().await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        own_error = Some(e);
+                        None
+                    }
+                }
+            })
+            .await
+            .clone();
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(&key);
+            }
+        }
+        match (shared, own_error) {
+            (Some(v), _) => Ok(v),
+            (None, Some(e)) => Err(e),
+            // The leader failed: ask for ourselves rather than share its error.
+            (None, None) => query().await,
+        }
+    }
 }
 
 impl AuthCache {
@@ -28,6 +92,9 @@ impl AuthCache {
         AuthCache {
             ttl,
             maps: Mutex::new(Maps::default()),
+            tokens: SingleFlight::default(),
+            instances: SingleFlight::default(),
+            configs: SingleFlight::default(),
         }
     }
 
@@ -140,6 +207,34 @@ mod tests {
         assert!(c.principal(&t).is_none());
         assert!(c.instance(inst.account_id, "a").is_none());
         assert!(!c.is_enabled(inst.id));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_query_and_errors_are_not_shared() {
+        let flight: SingleFlight<u8, u32> = SingleFlight::default();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let gate = tokio::sync::Notify::new();
+        let query = || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            gate.notified().await;
+            Ok::<u32, ()>(7)
+        };
+        let both = futures_util::future::join(flight.run(1, query), async {
+            tokio::task::yield_now().await;
+            let second = flight.run(1, query);
+            gate.notify_waiters();
+            second.await
+        });
+        let (a, b) = tokio::time::timeout(Duration::from_secs(5), both)
+            .await
+            .unwrap();
+        assert_eq!((a, b), (Ok(7), Ok(7)));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let failing: SingleFlight<u8, u32> = SingleFlight::default();
+        assert_eq!(
+            failing.run(1, || async { Err::<u32, &str>("down") }).await,
+            Err("down")
+        );
     }
 
     #[test]

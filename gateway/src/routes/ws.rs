@@ -87,15 +87,19 @@ async fn accept(
         auth::authorize(&state.store, Some(&state.cache), &token, name.as_deref()).await?;
     // Step 6: the config is enabled (only positive answers are cached, D30).
     if !state.cache.is_enabled(instance.id) {
-        let config = state
-            .store
-            .get_config(instance.id)
+        let id = instance.id;
+        let enabled = state
+            .cache
+            .configs
+            .run(id, || async move {
+                Ok(state.store.get_config(id).await?.is_some_and(|c| c.enabled))
+            })
             .await
             .map_err(ApiError::ConfigLookup)?;
-        match config {
-            Some(c) if c.enabled => state.cache.put_enabled(instance.id),
-            _ => return Err(ApiError::WebSocketNotEnabled(instance.name.clone())),
+        if !enabled {
+            return Err(ApiError::WebSocketNotEnabled(instance.name.clone()));
         }
+        state.cache.put_enabled(instance.id);
     }
     // Step 7: a valid handshake (D23).
     check_handshake(version, headers)?;

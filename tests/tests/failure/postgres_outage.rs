@@ -197,9 +197,6 @@ async fn postgres_outage_keeps_open_streams_refuses_new_upgrades_and_recovers_wi
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "product bug: the publisher stops publishing for every instance once a Postgres \
-            outage outlasts CONFIG_CACHE_TTL (expired entries are not served while the \
-            refresh fails)"]
 async fn open_streams_keep_flowing_through_a_postgres_outage_longer_than_config_cache_ttl() {
     // No config can change while Postgres is down, so the last known delivery config stays
     // right for the whole outage; dropping it when the TTL runs out only stops every stream.
