@@ -95,6 +95,25 @@ fn sockstat_field(line: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A counter of the kernel's `TcpExt` statistics (`/proc/net/netstat`), e.g. `ListenOverflows`
+/// (a connection completed its handshake but the listener's accept queue was full, so the
+/// client must retransmit) or `ListenDrops`. Machine-wide: other processes count too.
+pub fn tcp_ext(field: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/net/netstat") else {
+        return 0;
+    };
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Machine facts for the report: (nproc, total RAM in bytes, kernel release, CPU model).
 pub fn machine() -> (usize, u64, String, String) {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{count, reasons, settle, us, Cpu, Outcome, Params};
 use crate::bench::fleet::{Fleet, FleetSpec};
+use crate::bench::procfs;
 use crate::bench::protocol::now_micros;
 use crate::bench::system::{wait_connections, System};
 
@@ -87,10 +88,14 @@ pub async fn run(sys: &mut System, p: &Params, population: Population) -> anyhow
     let pids = fleet.pids();
     let cpu0 = Cpu::now(sys, &pids);
 
+    let overflows0 = procfs::tcp_ext("ListenOverflows");
+    let drops0 = procfs::tcp_ext("ListenDrops");
     let killed_at = now_micros();
     sys.gateways[0].kill9();
     let back = fleet.wait("back", Duration::from_secs(120)).await;
     let cpu1 = Cpu::now(sys, &pids);
+    let overflows = procfs::tcp_ext("ListenOverflows") - overflows0;
+    let drops = procfs::tcp_ext("ListenDrops") - drops0;
     // pg_stat_database is flushed by backends at most once a second.
     settle(Duration::from_millis(1500)).await;
     let xact1 = sys.pg_xact_commit().await?;
@@ -152,6 +157,25 @@ pub async fn run(sys: &mut System, p: &Params, population: Population) -> anyhow
         "reconnect_attempts",
         after.reconnect_attempts,
     );
+    o.row(
+        "accept-queue overflows while reconnecting (kernel `ListenOverflows` / `ListenDrops`)",
+        format!("{} / {}", count(overflows as f64), count(drops as f64)),
+        "listen_overflows",
+        serde_json::json!({"overflows": overflows, "drops": drops}),
+    );
+    if overflows > 0 {
+        o.note(format!(
+            "{} handshakes found B's accept queue full; those clients' SYN or ACK was dropped and \
+             retransmitted after the kernel's 1 s initial timeout, which is where the slowest \
+             reconnects come from. The gateway binds with `tokio::net::TcpListener::bind`, \
+             whose backlog is mio's 128 (`net.core.somaxconn` here: {}); binding through \
+             `TcpSocket::listen(4096)` would let a storm queue instead.",
+            count(overflows as f64),
+            std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        ));
+    }
     o.row(
         "failed attempts",
         reasons(&after.failures),
