@@ -15,14 +15,22 @@
 
 mod common;
 
+#[path = "failure/churn.rs"]
+mod churn;
+#[path = "failure/fuzz.rs"]
+mod fuzz;
 #[path = "failure/hostile.rs"]
 mod hostile;
+#[path = "failure/isolation.rs"]
+mod isolation;
 #[path = "failure/kill9.rs"]
 mod kill9;
 #[path = "failure/postgres_outage.rs"]
 mod postgres_outage;
 #[path = "failure/redis_outage.rs"]
 mod redis_outage;
+#[path = "failure/storm.rs"]
+mod storm;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
