@@ -10,6 +10,7 @@ use super::{Outgoing, Outlet, OutletError, RedisOutlet};
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::{ControlMessage, Names};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -21,6 +22,8 @@ use uuid::Uuid;
 const QUEUE_JOBS: usize = 1024;
 /// How long the fast-path question may wait for a region before assuming "listening".
 const LISTENING_TIMEOUT: Duration = Duration::from_millis(250);
+/// Upper bound of one background check of a stalled region (see `Region::stalled`).
+const STALLED_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Parses `eu=redis://…,us=redis-cluster://a:1,b:2`: a piece without `name=` continues the
 /// previous URL (cluster URLs contain commas).
@@ -74,12 +77,22 @@ struct Region {
     name: String,
     outlet: Arc<RedisOutlet>,
     queue: mpsc::Sender<Job>,
+    /// Set when the region did not answer the fast-path question within `LISTENING_TIMEOUT`
+    /// while its connection looked up (a hung Redis keeps its TCP connection). Until a
+    /// background check gets an answer again, ingest does not wait for the region at all:
+    /// otherwise every ingest request, and so every other region's delivery, would pay
+    /// `LISTENING_TIMEOUT` for as long as the region hangs.
+    stalled: Arc<AtomicBool>,
+    /// A background check of the stalled region is under way (at most one per region).
+    checking: Arc<AtomicBool>,
 }
 
 /// Publishes to every region through per-region queues.
 pub struct RegionsOutlet {
     regions: Vec<Region>,
     metrics: Metrics,
+    /// Where the background checks of stalled regions run (tracked like the workers).
+    tasks: TaskTracker,
 }
 
 impl RegionsOutlet {
@@ -106,12 +119,34 @@ impl RegionsOutlet {
                 name: name.clone(),
                 outlet,
                 queue: tx,
+                stalled: Arc::new(AtomicBool::new(false)),
+                checking: Arc::new(AtomicBool::new(false)),
             });
         }
         Ok(RegionsOutlet {
             regions: out,
             metrics,
+            tasks: tasks.clone(),
         })
+    }
+
+    /// Asks a stalled region the fast-path question in the background (one check at a time)
+    /// and clears `stalled` once it answers within `STALLED_CHECK_TIMEOUT`.
+    fn check_stalled(&self, r: &Region, ids: &[Uuid]) {
+        if r.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let outlet = r.outlet.clone();
+        let (stalled, checking) = (r.stalled.clone(), r.checking.clone());
+        let (name, ids) = (r.name.clone(), ids.to_vec());
+        self.tasks.spawn(async move {
+            let answer = tokio::time::timeout(STALLED_CHECK_TIMEOUT, outlet.listening(&ids)).await;
+            if let Ok(Ok(_)) = answer {
+                stalled.store(false, Ordering::Release);
+                tracing::info!(region = %name, "region answers again; ingest waits for it again");
+            }
+            checking.store(false, Ordering::Release);
+        });
     }
 
     fn enqueue(&self, make: impl Fn() -> Job) {
@@ -164,15 +199,31 @@ async fn worker(
 impl Outlet for RegionsOutlet {
     fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
         Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
             // A region that cannot answer in time counts as listening: a wasted publish is
             // harmless, a skipped one would lose events.
             let answers = futures_util::future::join_all(self.regions.iter().map(|r| async move {
                 if !r.outlet.is_connected() {
                     return None;
                 }
+                if r.stalled.load(Ordering::Acquire) {
+                    self.check_stalled(r, ids);
+                    return None;
+                }
                 match tokio::time::timeout(LISTENING_TIMEOUT, r.outlet.listening(ids)).await {
                     Ok(Ok(v)) => Some(v),
-                    _ => None,
+                    Ok(Err(_)) => None,
+                    Err(_) => {
+                        if !r.stalled.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(
+                                region = %r.name,
+                                "region slow to answer; ingest stops waiting for it until it does"
+                            );
+                        }
+                        None
+                    }
                 }
             }))
             .await;
