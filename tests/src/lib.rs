@@ -18,12 +18,14 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod postgres;
 pub mod process;
 pub mod redis;
 mod supervisor;
 
 pub use client::{http, WsClient, WsConnectError};
+pub use cluster::{ClusterNode, RedisCluster, SlotOwner};
 pub use postgres::{pg, try_pg, PgServer, TestDb};
 pub use process::{
     describe, free_port, run_cli, run_cli_json, run_program, Bin, Listeners, Service,

@@ -1,0 +1,160 @@
+#![allow(clippy::unwrap_used)]
+//! Scale-out topologies end to end (issue 12), with real processes on loopback only:
+//!
+//! - `cluster`: a 3-master Redis Cluster (`redis-cluster://`, sharded pub/sub). Clients on two
+//!   gateways receive events of instances whose channels hash to different masters; a master
+//!   stopped and restarted on the same port and nodes.conf → readiness recovers, the
+//!   subscriptions come back, delivery resumes on the same sockets. The control channel
+//!   (deletion → 1008) and the shared rate-limit bucket work in cluster mode.
+//! - `regions`: three plain Redis servers as three regions, a gateway in each, one publisher
+//!   with `REGION_REDIS_URLS`. An event reaches every region; a stopped region neither slows
+//!   ingest nor the other regions, its drops are counted, and it resumes by itself; deletions
+//!   and config changes reach every region through the relayed control channel.
+//!
+//! Every wait is bounded; where recovery timing is not specified (after a restart) the tests
+//! publish until the event arrives, within a bound.
+
+mod common;
+
+#[path = "scale_out/cluster.rs"]
+mod cluster;
+#[path = "scale_out/regions.rs"]
+mod regions;
+
+use std::time::Duration;
+
+use common::{frame, item, post_events, Instance, WAIT};
+use futures_util::StreamExt;
+use ryze_tests::{Service, WsClient};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Upper bound for delivery to resume after a Redis node or server came back.
+const RECOVERY: Duration = Duration::from_secs(60);
+/// How long one round of [`publish_until_delivered`] waits for a frame per client.
+const ROUND_WAIT: Duration = Duration::from_millis(400);
+
+/// `{"probe":"<tag>","seq":<n>}`: the data of a probe event.
+fn probe(tag: &str, seq: u64) -> String {
+    format!(r#"{{"probe":"{tag}","seq":{seq}}}"#)
+}
+
+/// The (tag, seq) of a probe frame of `inst`, checking that the frame is exactly what the
+/// publisher builds for that event. Panics on anything else.
+fn parse_probe(text: &str, event: &str, inst: &Instance) -> (String, u64) {
+    let v: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"));
+    let tag = v["data"]["probe"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a probe frame of {}: {text}", inst.name))
+        .to_owned();
+    let seq = v["data"]["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("probe frame without seq: {text}"));
+    assert_eq!(
+        text,
+        frame(event, &probe(&tag, seq), inst),
+        "frame of {} is not the exact published frame",
+        inst.name
+    );
+    (tag, seq)
+}
+
+/// The next text frame within `timeout`: `Ok(None)` when none came; panics on a close or an
+/// ended stream (these tests keep their sockets open through every outage).
+async fn next_text_or_none(client: &mut WsClient, timeout: Duration, who: &str) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, client.stream().next()).await {
+            Err(_) => return None,
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.as_str().to_owned()),
+            Ok(Some(Ok(Message::Close(f)))) => panic!("{who}: socket closed: {f:?}"),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => panic!("{who}: socket failed: {e}"),
+            Ok(None) => panic!("{who}: socket ended"),
+        }
+    }
+}
+
+/// Publishes probe events `tag`/0, 1, 2, … for `inst` until every client in `clients` has
+/// received one of them (bounded by [`RECOVERY`]). Ingest errors while Redis recovers are
+/// tolerated (the bound still applies). Frames of earlier probes that are still queued are
+/// skipped; anything else fails. Returns the number of events published.
+async fn publish_until_delivered(
+    publisher: &Service,
+    inst: &Instance,
+    clients: &mut [(&str, &mut WsClient)],
+    tag: &str,
+) -> u64 {
+    const EVENT: &str = "message.exchange";
+    let deadline = tokio::time::Instant::now() + RECOVERY;
+    let mut done = vec![false; clients.len()];
+    let mut seq = 0;
+    let mut last_ingest = String::new();
+    while done.iter().any(|d| !d) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{tag}: no probe of {} reached {:?} within {RECOVERY:?} ({seq} published; last \
+             ingest answer {last_ingest})",
+            inst.name,
+            clients
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|((who, _), _)| *who)
+                .collect::<Vec<_>>(),
+        );
+        let (status, body) = post_events(publisher, &item(&inst.id, EVENT, &probe(tag, seq))).await;
+        last_ingest = format!("{status} {body}");
+        seq += 1;
+        for ((who, client), done) in clients.iter_mut().zip(done.iter_mut()) {
+            // Read everything that arrived; stop early once a current probe was seen.
+            while !*done {
+                let Some(text) = next_text_or_none(client, ROUND_WAIT, who).await else {
+                    break;
+                };
+                let (got_tag, got_seq) = parse_probe(&text, EVENT, inst);
+                if got_tag == tag {
+                    assert!(got_seq < seq, "{who}: probe {got_seq} was never published");
+                    *done = true;
+                } else {
+                    eprintln!("{who}: skipping a late frame of probe {got_tag}/{got_seq}");
+                }
+            }
+        }
+    }
+    seq
+}
+
+/// Reads frames until `expected` arrives (exact text), skipping frames of earlier probes of
+/// `inst` (left over from [`publish_until_delivered`]). Fails on any other frame or at `WAIT`.
+async fn next_probe(client: &mut WsClient, expected: &str, inst: &Instance, who: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(text) = next_text_or_none(client, left, who).await else {
+            panic!("{who}: {expected} did not arrive within {WAIT:?}");
+        };
+        if text == expected {
+            return;
+        }
+        // Must be an earlier probe (parse_probe panics on anything else).
+        parse_probe(&text, "message.exchange", inst);
+    }
+}
+
+/// The value of one sample in Prometheus text (`name{labels}` exactly as exposed), if any.
+async fn metric(url: &str, sample: &str) -> Option<f64> {
+    let text = ryze_tests::http()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
