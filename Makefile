@@ -21,6 +21,9 @@ deps: ## Install redis-server, Postgres, chromium and the browser-test driver wh
 	@bash scripts/install-test-deps.sh
 	@bash tests/browser/setup.sh
 
+soak: ## Long connection-churn soak: SOAK_SECONDS (600), SOAK_WORKERS (24), SOAK_INSTANCES (40)
+	@bash scripts/soak.sh
+
 bench: ## Benchmarks (see docs/benchmarks.md)
 	@if [ -x scripts/bench.sh ]; then bash scripts/bench.sh; else echo "bench: not implemented yet (issue 9)"; exit 1; fi
 
@@ -40,4 +43,4 @@ helm-lint: ## Lint, render and validate the Helm chart offline
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: run test deps bench lint fmt helm-lint help
+.PHONY: run test deps soak bench lint fmt helm-lint help

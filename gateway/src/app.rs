@@ -130,6 +130,7 @@ impl App {
             tasks: tasks.clone(),
             draining: CancellationToken::new(),
             started: Instant::now(),
+            body_timeout: config.http_header_timeout,
             trust_proxy_headers: config.trust_proxy_headers,
         });
 

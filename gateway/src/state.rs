@@ -59,6 +59,9 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Process start, for `/health` uptime.
     pub started: Instant,
+    /// Longest wait for a request body once its head arrived (`HTTP_HEADER_TIMEOUT`): a body
+    /// that trickles or stalls is cut off like a slow head.
+    pub body_timeout: std::time::Duration,
     /// `TRUST_PROXY_HEADERS`.
     pub trust_proxy_headers: bool,
 }

@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tracing::Instrument;
 
+/// Longest wait for a whole ingest body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The ingest router, mounted by the publisher and by the gateway in embedded mode.
 pub fn ingest(publisher: Arc<Publisher>) -> Router {
     Router::new()
@@ -60,8 +63,11 @@ async fn run(
     if !authorized(headers, p.settings.api_key.expose_secret()) {
         return Err(IngestError::InvalidToken);
     }
-    let bytes = axum::body::to_bytes(body, p.settings.max_ingest_bytes)
+    // A body that stalls is cut off rather than holding the connection forever.
+    let read = axum::body::to_bytes(body, p.settings.max_ingest_bytes);
+    let bytes = tokio::time::timeout(BODY_TIMEOUT, read)
         .await
+        .map_err(|_| IngestError::InvalidBody)?
         .map_err(|e| {
             if is_length_limit(&e) {
                 IngestError::PayloadTooLarge

@@ -60,9 +60,13 @@ pub async fn configure(
     let name = decode_instance_name(raw_instance(uri.path(), "/api/events/websocket/"));
     let instance = auth::authorize(&state.store, None, &token, name.as_deref()).await?;
     // Read only after authorisation: unauthenticated bodies are never parsed.
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::InvalidBody)?;
+    let bytes = tokio::time::timeout(
+        state.body_timeout,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    .map_err(|_| ApiError::InvalidBody)?
+    .map_err(|_| ApiError::InvalidBody)?;
     let config = parse_body(&bytes).ok_or(ApiError::InvalidBody)?;
     let saved = state
         .store
