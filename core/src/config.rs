@@ -2,6 +2,44 @@
 
 use std::time::Duration;
 
+/// Exit status for bad configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Parses flags and environment once, then `validate`s; any problem is printed to stderr, all
+/// of them in one message, and the process exits 64 before anything listens. `--help` and
+/// `--version` print and exit 0.
+pub fn parse_or_exit<C: clap::Parser>(
+    name: &str,
+    validate: impl FnOnce(&C) -> Result<(), Vec<String>>,
+) -> C {
+    let config = match C::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    if let Err(problems) = validate(&config) {
+        eprintln!(
+            "{name}: invalid configuration:\n  - {}",
+            problems.join("\n  - ")
+        );
+        std::process::exit(EXIT_CONFIG);
+    }
+    config
+}
+
+/// The problem with `OTEL_EXPORTER_OTLP_ENDPOINT`, if any: this build exports OTLP/HTTP
+/// without TLS, so only `http://` endpoints work.
+pub fn otlp_endpoint_problem(endpoint: Option<&str>) -> Option<String> {
+    let e = endpoint.map(str::trim).filter(|e| !e.is_empty())?;
+    (!e.starts_with("http://")).then(|| {
+        "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// OTLP/HTTP endpoint (no TLS in this build)"
+            .to_owned()
+    })
+}
+
 /// Parses a duration such as `54s`, `500ms` or `2m` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))

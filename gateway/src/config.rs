@@ -161,13 +161,9 @@ impl Config {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
-        if let Some(e) = &self.otel_exporter_otlp_endpoint {
-            if !e.trim().is_empty() && !e.trim().starts_with("http://") {
-                problems.push(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// OTLP/HTTP endpoint (no TLS in this build)".into(),
-                );
-            }
-        }
+        problems.extend(ryze_core::config::otlp_endpoint_problem(
+            self.otel_exporter_otlp_endpoint.as_deref(),
+        ));
         if self.drain_rate == 0 {
             problems.push("DRAIN_RATE must be greater than 0".into());
         }

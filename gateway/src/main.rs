@@ -1,29 +1,11 @@
 //! `ryze-gateway`: parse the config once, then build and run the app until SIGTERM/SIGINT.
 
-use clap::Parser;
 use ryze_gateway::app::App;
 use ryze_gateway::config::Config;
 
-/// Exit status for bad configuration (EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
-
 #[tokio::main]
 async fn main() {
-    let config = match Config::try_parse() {
-        Ok(c) => c,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
-    if let Err(problems) = config.validate() {
-        eprintln!(
-            "ryze-gateway: invalid configuration:\n  - {}",
-            problems.join("\n  - ")
-        );
-        std::process::exit(EXIT_CONFIG);
-    }
+    let config = ryze_core::config::parse_or_exit("ryze-gateway", Config::validate);
     // Dropped at the end of main, which flushes the spans still queued; `exit` skips drops,
     // so the error paths shut it down first.
     let telemetry = ryze_core::telemetry::init(

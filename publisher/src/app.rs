@@ -76,18 +76,12 @@ impl App {
                 Arc::new(RedisOutlet::connect(url.expose_secret(), names)?)
             }
         };
-        let settings = Settings {
-            base_url: config
-                .public_base_url
-                .clone()
-                .context("PUBLIC_BASE_URL is required")?,
-            api_key: config
-                .publisher_api_key
-                .clone()
-                .context("PUBLISHER_API_KEY is required")?,
-            max_ingest_bytes: config.max_ingest_bytes,
-            cache_ttl: config.config_cache_ttl,
-        };
+        let settings = Settings::from_parts(
+            config.public_base_url.as_ref(),
+            config.publisher_api_key.as_ref(),
+            config.max_ingest_bytes,
+            config.config_cache_ttl,
+        )?;
         let publisher = Publisher::with_metrics(store, outlet, settings, publisher_metrics);
         let draining = CancellationToken::new();
         tasks.spawn(crate::relay::run(publisher.clone(), stop.clone()));

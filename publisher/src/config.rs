@@ -134,13 +134,9 @@ impl Config {
         if let Err(e) = self.cipher() {
             problems.push(e.to_string());
         }
-        if let Some(e) = &self.otel_exporter_otlp_endpoint {
-            if !e.trim().is_empty() && !e.trim().starts_with("http://") {
-                problems.push(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// OTLP/HTTP endpoint (no TLS in this build)".to_owned(),
-                );
-            }
-        }
+        problems.extend(ryze_core::config::otlp_endpoint_problem(
+            self.otel_exporter_otlp_endpoint.as_deref(),
+        ));
 
         if self.command.is_none() {
             match (&self.redis_url, &self.region_redis_urls) {

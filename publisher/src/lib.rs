@@ -42,6 +42,29 @@ pub struct Settings {
     pub cache_ttl: Duration,
 }
 
+impl Settings {
+    /// From the configuration values both binaries share; validation already reported a
+    /// missing key or base URL, so their absence here is a programming error.
+    pub fn from_parts(
+        base_url: Option<&String>,
+        api_key: Option<&SecretString>,
+        max_ingest_bytes: usize,
+        cache_ttl: Duration,
+    ) -> Result<Settings, SettingsError> {
+        Ok(Settings {
+            base_url: base_url.cloned().ok_or(SettingsError("PUBLIC_BASE_URL"))?,
+            api_key: api_key.cloned().ok_or(SettingsError("PUBLISHER_API_KEY"))?,
+            max_ingest_bytes,
+            cache_ttl,
+        })
+    }
+}
+
+/// A required publisher setting is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is required")]
+pub struct SettingsError(&'static str);
+
 /// Everything a request or the relay needs.
 pub struct Publisher {
     /// Postgres.

@@ -1,29 +1,11 @@
 //! `ryze-publisher`: the ingest service, or one admin command.
 
-use clap::Parser;
 use ryze_publisher::app::App;
 use ryze_publisher::config::Config;
 
-/// Exit status for bad configuration (EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
-
 #[tokio::main]
 async fn main() {
-    let config = match Config::try_parse() {
-        Ok(c) => c,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
-    if let Err(problems) = config.validate() {
-        eprintln!(
-            "ryze-publisher: invalid configuration:\n  - {}",
-            problems.join("\n  - ")
-        );
-        std::process::exit(EXIT_CONFIG);
-    }
+    let config = ryze_core::config::parse_or_exit("ryze-publisher", Config::validate);
     // Logs go to stderr, so an admin command's stdout is its JSON alone. Dropped at the end of
     // main, which flushes the spans still queued; `exit` skips drops, so the error paths shut
     // it down first.
