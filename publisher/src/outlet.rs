@@ -95,6 +95,9 @@ impl Outlet for RedisOutlet {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
+            if !self.client.is_connected() {
+                return Err(OutletError::Unavailable);
+            }
             bounded(async {
                 let pipeline = self.client.pipeline();
                 for id in ids {
@@ -111,6 +114,11 @@ impl Outlet for RedisOutlet {
         Box::pin(async move {
             if messages.is_empty() {
                 return Ok(());
+            }
+            // Fail fast while disconnected: the client would hold the commands for the
+            // reconnect, and a caller told 503 could still see them published later.
+            if !self.client.is_connected() {
+                return Err(OutletError::Unavailable);
             }
             bounded(async {
                 let pipeline = self.client.pipeline();

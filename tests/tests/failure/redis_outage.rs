@@ -91,6 +91,11 @@ async fn redis_restart_under_steady_traffic_keeps_clients_and_loses_nothing_once
         .map(|r| r.seq)
         .collect();
     let refused = rounds.len() - accepted.len();
+    let refused_503: Vec<u64> = rounds
+        .iter()
+        .filter(|r| r.refusal.as_ref().is_some_and(|(status, _)| *status == 503))
+        .map(|r| r.seq)
+        .collect();
     // Rounds sent once the pod was ready again (and accepted) must all arrive too.
     let after_ready: Vec<u64> = rounds
         .iter()
@@ -135,10 +140,13 @@ async fn redis_restart_under_steady_traffic_keeps_clients_and_loses_nothing_once
             "{}: the numbered run after readiness is incomplete",
             inst.name
         );
+        // A round answered 503 may still have been published: the request timed out while
+        // the client held it for the reconnect (docs/decisions.md: retry the request). Frames
+        // of rounds that got any other answer, or none, must never appear.
         for seq in &feed_seqs {
             assert!(
-                accepted.contains(seq),
-                "{}: seq {seq} was never accepted",
+                accepted.contains(seq) || refused_503.contains(seq),
+                "{}: seq {seq} was neither accepted nor refused with 503",
                 inst.name
             );
         }
