@@ -25,10 +25,15 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Recordings in progress.
+/// Recordings in progress: a `perf record` and a `perf stat` of write syscalls per gateway.
 pub struct Recording {
     runs: Vec<(String, Child, PathBuf)>,
+    stats: Vec<(Child, PathBuf)>,
 }
+
+/// Syscalls that put bytes on a socket.
+const WRITE_SYSCALLS: &str = "syscalls:sys_enter_sendto,syscalls:sys_enter_write,\
+syscalls:sys_enter_writev,syscalls:sys_enter_sendmsg";
 
 /// One gateway's profile.
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +46,9 @@ pub struct Profile {
     pub samples: String,
     /// Share of samples in the kernel (syscalls, TCP, scheduling).
     pub kernel_share: f64,
+    /// Write-like syscalls (`sendto`, `write`, `writev`, `sendmsg`) over the same window, if
+    /// the tracepoints could be counted.
+    pub writes: Option<u64>,
     /// (share, where, symbol), hottest first.
     pub top: Vec<(f64, String, String)>,
 }
@@ -54,7 +62,28 @@ pub async fn start(
 ) -> anyhow::Result<Recording> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut runs = Vec::new();
+    let mut stats = Vec::new();
     for (label, pid) in targets {
+        let counts = dir.join(format!("{name}-{label}.writes.csv"));
+        let stat = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                WRITE_SYSCALLS,
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(&counts)
+            .args(["--", "sleep", &format!("{secs:.1}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning perf stat")?;
+        stats.push((stat, counts));
         let file = dir.join(format!("{name}-{label}.data"));
         let child = Command::new("perf")
             .args(["record", "-F", "499", "-q", "-p", &pid.to_string(), "-o"])
@@ -67,17 +96,36 @@ pub async fn start(
             .context("spawning perf record")?;
         runs.push((label.clone(), child, file));
     }
-    Ok(Recording { runs })
+    Ok(Recording { runs, stats })
+}
+
+/// The sum of the counts in a `perf stat -x ,` file; `None` if nothing was counted.
+fn write_count(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("syscalls:"))
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
 }
 
 impl Recording {
     /// Waits for every recording (bounded) and summarises it.
     pub async fn finish(self) -> Vec<Profile> {
         let mut out = Vec::new();
-        for (label, mut child, file) in self.runs {
+        let mut writes = Vec::new();
+        for (mut child, file) in self.stats {
+            let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
+            writes.push(write_count(&file));
+        }
+        for (i, (label, mut child, file)) in self.runs.into_iter().enumerate() {
             let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
             match summarise(&label, &file).await {
-                Ok(p) => out.push(p),
+                Ok(mut p) => {
+                    p.writes = writes.get(i).copied().flatten();
+                    out.push(p);
+                }
                 Err(e) => eprintln!("ryze-bench: no profile for {label}: {e:#}"),
             }
         }
@@ -145,6 +193,7 @@ async fn summarise(label: &str, file: &Path) -> anyhow::Result<Profile> {
         file: file.display().to_string(),
         samples,
         kernel_share,
+        writes: None,
         top,
     })
 }

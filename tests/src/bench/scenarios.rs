@@ -2,8 +2,8 @@
 //! result shape ([`Outcome`]: settings, raw numbers, targets), CPU snapshots and formatting.
 //!
 //! - [`idle`]: RSS per idle connection at 10k and the largest count one gateway can hold.
-//! - [`stream`]: fan-out, hot instance, many instances and media (connect, publish paced,
-//!   count every frame, latency from the stamp).
+//! - [`stream`]: fan-out (and its latency at lower rates), hot instance, many instances and
+//!   media (connect, publish paced, count every frame, latency from the stamp).
 //! - [`storm`]: a gateway killed under 10k clients that fail over to the other one.
 
 pub mod idle;
@@ -35,6 +35,10 @@ pub struct Params {
     pub fanout_secs: f64,
     /// Fan-out: approximate frame size in bytes.
     pub fanout_frame_bytes: usize,
+    /// Fan-out sweep: lower event rates, same subscribers.
+    pub sweep_rates: Vec<f64>,
+    /// Fan-out sweep: seconds at each rate.
+    pub sweep_secs: f64,
     /// Hot instance: clients of one instance over both gateways.
     pub hot_clients: usize,
     /// Hot instance: events per second.
@@ -72,6 +76,8 @@ impl Params {
             fanout_rate: 200.0,
             fanout_secs: 30.0,
             fanout_frame_bytes: 300,
+            sweep_rates: vec![10.0, 25.0, 50.0, 100.0],
+            sweep_secs: 8.0,
             hot_clients: 10_000,
             hot_rate: 10.0,
             hot_secs: 10.0,
@@ -97,6 +103,8 @@ impl Params {
             fanout_rate: 200.0,
             fanout_secs: 8.0,
             fanout_frame_bytes: 300,
+            sweep_rates: vec![50.0],
+            sweep_secs: 4.0,
             hot_clients: 2_000,
             hot_rate: 10.0,
             hot_secs: 4.0,
@@ -123,6 +131,8 @@ impl Params {
             fanout_clients: 40,
             fanout_rate: 50.0,
             fanout_secs: 2.0,
+            sweep_rates: vec![20.0],
+            sweep_secs: 1.0,
             hot_clients: 100,
             hot_secs: 2.0,
             many: 100,

@@ -7,7 +7,8 @@
 //! Everything runs on this machine over loopback, each phase bounded in time and count.
 //!
 //! ```text
-//! ryze-bench [--quick | --tiny] [--only idle,fanout,hot,many,media,storm_hot,storm_many]
+//! ryze-bench [--quick | --tiny]
+//!            [--only idle,fanout,fanout_sweep,hot,many,media,storm_hot,storm_many]
 //!            [--doc docs/benchmarks.md] [--json target/bench.json] [--perf DIR]
 //!            [--command "make bench"]
 //! ```
@@ -22,9 +23,10 @@ use ryze_tests::bench::scenarios::{idle, storm, stream, Outcome, Params};
 use ryze_tests::bench::system::{System, RATE_LIMIT};
 use ryze_tests::bench::{procfs, profile};
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "idle",
     "fanout",
+    "fanout_sweep",
     "hot",
     "many",
     "media",
@@ -135,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         let result = match name {
             "idle" => idle::run(&sys, &p).await,
             "fanout" => stream::fanout(&sys, &p).await,
+            "fanout_sweep" => stream::fanout_sweep(&sys, &p).await,
             "hot" => stream::hot(&sys, &p).await,
             "many" => stream::many(&sys, &p).await,
             "media" => stream::media(&sys, &p).await,

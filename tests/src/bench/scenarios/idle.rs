@@ -61,10 +61,12 @@ pub async fn run(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     let tcp0 = procfs::tcp_mem_pages() as f64;
     o.row("gateway RSS before", bytes(rss0), "rss_before", rss0);
 
+    let overflows0 = procfs::tcp_ext("ListenOverflows");
     let mut spec = FleetSpec::new(vec![url.clone()], p.idle_first);
     spec.per_worker = p.per_worker;
     let mut first = Fleet::spawn(&spec).await?;
     let m1 = first.wait("connected", Duration::from_secs(180)).await?;
+    let overflows1 = procfs::tcp_ext("ListenOverflows") - overflows0;
     wait_connections(gw, m1.connect_ok as f64, Duration::from_secs(30)).await?;
     settle(Duration::from_secs(2)).await;
     let rss1 = procfs::rss_bytes(gw.pid()) as f64;
@@ -93,6 +95,19 @@ pub async fn run(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         "connect_latency",
         &m1.connect_latency,
     );
+    o.row(
+        "accept-queue overflows while connecting (kernel `ListenOverflows`)",
+        count(overflows1 as f64),
+        "listen_overflows_step1",
+        overflows1,
+    );
+    if overflows1 > 0 {
+        o.note(format!(
+            "{} handshakes of step 1 found the gateway's accept queue (backlog 128) full and \
+             were retransmitted after 1 s: that is the slow tail of the connect latency.",
+            count(overflows1 as f64)
+        ));
+    }
     o.row("gateway RSS at step 1", bytes(rss1), "rss_step1", rss1);
     o.row(
         "**RSS per idle connection, step 1**",

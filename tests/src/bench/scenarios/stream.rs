@@ -435,6 +435,19 @@ fn common(o: &mut Outcome, st: &Streamed) {
         serde_json::json!({"before": st.rss_before, "connected": st.rss_connected,
             "peak": st.rss_peak, "end": st.rss_end, "after": st.rss_after}),
     );
+    if let Some(writes) = writes(st) {
+        o.row(
+            "gateway socket writes while publishing (`perf stat`, write-like syscalls)",
+            format!(
+                "{} for {} frames: {:.2} frames per write",
+                count(writes as f64),
+                count(d.frames as f64),
+                d.frames as f64 / (writes.max(1)) as f64
+            ),
+            "gateway_writes",
+            writes,
+        );
+    }
     for pr in &st.profiles {
         let mut text = format!(
             "{} samples, {:.1} % in the kernel; hottest symbols:\n",
@@ -452,6 +465,14 @@ fn common(o: &mut Outcome, st: &Streamed) {
         ));
         o.raw(&format!("profile_{}", pr.label), pr);
     }
+}
+
+/// Write syscalls of both gateways over the publishing window, when profiled.
+fn writes(st: &Streamed) -> Option<u64> {
+    if st.profiles.is_empty() {
+        return None;
+    }
+    st.profiles.iter().map(|p| p.writes).sum()
 }
 
 fn rss_per_conn(st: &Streamed) -> Vec<f64> {
@@ -506,6 +527,82 @@ pub async fn fanout(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     .await?;
     common(&mut o, &st);
     stream_targets(&mut o, &st, true);
+    Ok(o)
+}
+
+/// Fan-out latency against load: the fan-out scenario's subscribers at lower event rates, so
+/// the latency of a gateway that keeps up can be told from that of a saturated machine.
+pub async fn fanout_sweep(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::new(
+        "fanout_sweep",
+        "Fan-out latency against event rate (same subscribers, lower rates)",
+    );
+    let id = sys.id("fanout")?;
+    o.set(
+        "subscribers",
+        format!("{} (half per gateway)", count(p.fanout_clients as f64)),
+    );
+    o.set(
+        "events",
+        format!(
+            "{} s at each rate, ~{} B frames; each rate is a fresh connect of every subscriber",
+            p.sweep_secs, p.fanout_frame_bytes
+        ),
+    );
+    for &rate in &p.sweep_rates {
+        let pad = "x".repeat(p.fanout_frame_bytes.saturating_sub(175));
+        let requests = (rate * p.sweep_secs) as u64;
+        let key = format!("fanout_{rate}");
+        let st = stream(
+            sys,
+            p,
+            &key,
+            &Spec {
+                name: "fanout".to_owned(),
+                instances: 1,
+                clients: p.fanout_clients,
+                per_worker: p.fanout_clients.div_ceil(2).max(1),
+                read_buffer: 8 * 1024,
+                rate,
+                requests,
+                body: Arc::new(move |n, t| event(&id, t, n, &pad)),
+                profile: true,
+            },
+        )
+        .await?;
+        let d = &st.delivered;
+        let lost = st.expected as i64 - d.frames as i64;
+        let cpu = st.cpu.gateway_total();
+        let h = &d.latency;
+        let per_write = writes(&st)
+            .map(|w| {
+                format!(
+                    " · {:.2} frames per write",
+                    d.frames as f64 / w.max(1) as f64
+                )
+            })
+            .unwrap_or_default();
+        o.row(
+            &format!("{rate} events/s"),
+            format!(
+                "{} deliveries/s · latency p50 {} · p99 {} · max {} · {} deliveries per gateway \
+                 CPU-second{per_write} · lost {}",
+                count(d.frames as f64 / st.window_secs().max(1e-9)),
+                super::us(h.quantile(0.5)),
+                super::us(h.quantile(0.99)),
+                super::us(h.max()),
+                count(d.frames as f64 / cpu.max(1e-9)),
+                count(lost as f64)
+            ),
+            &key,
+            serde_json::json!({
+                "rate": rate, "deliveries": d.frames, "lost": lost,
+                "window_s": st.window_secs(), "gateway_cpu_s": cpu,
+                "p50_us": h.quantile(0.5), "p99_us": h.quantile(0.99), "max_us": h.max(),
+                "writes": writes(&st), "cpu": st.cpu.json(),
+            }),
+        );
+    }
     Ok(o)
 }
 
