@@ -24,8 +24,11 @@ deps: ## Install redis-server, Postgres, chromium and the browser-test driver wh
 soak: ## Long connection-churn soak: SOAK_SECONDS (600), SOAK_WORKERS (24), SOAK_INSTANCES (40)
 	@bash scripts/soak.sh
 
-bench: ## Benchmarks (see docs/benchmarks.md)
-	@if [ -x scripts/bench.sh ]; then bash scripts/bench.sh; else echo "bench: not implemented yet (issue 9)"; exit 1; fi
+bench: ## Every benchmark scenario (release build, ~10 min); rewrites docs/benchmarks.md
+	@bash scripts/bench.sh
+
+bench-quick: ## Smaller benchmark run (< 2 min) for before/after checks of a hot-path change
+	@bash scripts/bench.sh --quick
 
 ##@ Quality
 
@@ -43,4 +46,4 @@ helm-lint: ## Lint, render and validate the Helm chart offline
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: run test deps soak bench lint fmt helm-lint help
+.PHONY: run test deps soak bench bench-quick lint fmt helm-lint help
