@@ -51,6 +51,121 @@ pub struct Profile {
     pub writes: Option<u64>,
     /// (share, where, symbol), hottest first.
     pub top: Vec<(f64, String, String)>,
+    /// Samples grouped by area of the hot path (see [`AREAS`]), largest first.
+    pub areas: Vec<(String, f64)>,
+}
+
+/// Areas of the hot path, matched in order on `<dso> <symbol>` by substring; the first match
+/// wins. Coarse by design: it tells where a delivery's CPU goes, not which line.
+pub const AREAS: [(&str, bool, &[&str]); 9] = [
+    (
+        "kernel: the loopback peer's receive path and its wakeup",
+        true,
+        &[
+            "tcp_v4_rcv",
+            "tcp_rcv",
+            "inet_lookup",
+            "tcp_data_queue",
+            "sock_def_readable",
+            "ip_rcv",
+            "netif_receive",
+            "net_rx",
+            "softirq",
+            "process_backlog",
+            "tcp_queue_rcv",
+            "tcp_event_data_recv",
+            "try_to_wake_up",
+            "ttwu",
+            "select_task_rq",
+            "enqueue",
+            "_raw_spin_unlock_irqrestore",
+            "skb_defer",
+            "tcp_ack",
+            "kfree_skb",
+            "skb_release",
+            "ip_local_deliver",
+            "tcp_v4_do_rcv",
+            "tcp_add_backlog",
+            "tcp_check_space",
+            "tcp_clean_rtx",
+        ],
+    ),
+    (
+        "kernel: this process's scheduling and epoll",
+        true,
+        &[
+            "finish_task_switch",
+            "schedule",
+            "futex",
+            "__switch_to",
+            "pick_next",
+            "dequeue",
+            "update_curr",
+            "ep_poll",
+            "do_epoll",
+            "_raw_spin_unlock_irq",
+        ],
+    ),
+    ("kernel: send path, copies, syscall entry", true, &[""]),
+    (
+        "tracing spans and the log bridge",
+        false,
+        &[
+            "tracing",
+            "log::",
+            "LogTracer",
+            "loglevel",
+            "DirectiveSet",
+            "dispatcher",
+            "Instrumented",
+        ],
+    ),
+    (
+        "timers (pong deadline, ping interval)",
+        false,
+        &[
+            "tokio::time::",
+            "runtime::time::",
+            "Sleep",
+            "Interval",
+            "clear_entry",
+            "TimerEntry",
+        ],
+    ),
+    ("outbox, hub, notify", false, &["outbox", "hub::", "otify"]),
+    (
+        "WebSocket framing and copies",
+        false,
+        &["tungstenite", "memmove", "memcpy", "mask"],
+    ),
+    (
+        "malloc and free",
+        false,
+        &[
+            "malloc",
+            "_int_free",
+            "cfree",
+            "unlink_chunk",
+            "realloc",
+            "free",
+        ],
+    ),
+    (
+        "tokio scheduler, wakers, I/O readiness",
+        false,
+        &["tokio::", "waker", "Waker", "PollFn", "mio::", "poll_fn"],
+    ),
+];
+
+fn area_of(dso: &str, symbol: &str) -> &'static str {
+    let kernel = dso.starts_with("[kernel");
+    let key = format!("{dso} {symbol}");
+    AREAS
+        .iter()
+        .find(|(_, in_kernel, needles)| {
+            *in_kernel == kernel && needles.iter().any(|n| key.contains(n))
+        })
+        .map_or("other", |(name, _, _)| name)
 }
 
 /// Starts `perf record` on each `(label, pid)` for `secs`, writing `<dir>/<name>-<label>.data`.
@@ -165,6 +280,17 @@ async fn summarise(label: &str, file: &Path) -> anyhow::Result<Profile> {
         .map(|(p, _)| p)
         .sum();
     let by_symbol = report(file, "dso,symbol").await?;
+    let mut areas: Vec<(String, f64)> = Vec::new();
+    for (pct, w) in by_symbol.lines().filter_map(parse_line) {
+        let dso = w.first().copied().unwrap_or("");
+        let symbol = w.get(2..).map(|s| s.join(" ")).unwrap_or_default();
+        let area = area_of(dso, &symbol);
+        match areas.iter_mut().find(|(a, _)| a == area) {
+            Some((_, total)) => *total += pct,
+            None => areas.push((area.to_owned(), pct)),
+        }
+    }
+    areas.sort_by(|a, b| b.1.total_cmp(&a.1));
     let top = by_symbol
         .lines()
         .filter_map(parse_line)
@@ -195,5 +321,6 @@ async fn summarise(label: &str, file: &Path) -> anyhow::Result<Profile> {
         kernel_share,
         writes: None,
         top,
+        areas,
     })
 }

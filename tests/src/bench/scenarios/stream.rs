@@ -456,6 +456,10 @@ fn common(o: &mut Outcome, st: &Streamed) {
         for (pct, dso, sym) in &pr.top {
             text.push_str(&format!("{pct:6.2} %  {dso:<18} {sym}\n"));
         }
+        text.push_str("by area (symbols grouped by name):\n");
+        for (area, pct) in &pr.areas {
+            text.push_str(&format!("{pct:6.1} %  {area}\n"));
+        }
         o.blocks.push((
             format!(
                 "CPU profile of gateway {} while publishing (`perf record -F 499`, `{}`)",
