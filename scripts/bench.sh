@@ -3,7 +3,7 @@
 # processes on this machine (private Postgres and Redis, two gateways, one publisher, the
 # `ryze-load` workers as clients, all over loopback). Method and results: docs/benchmarks.md.
 #
-#   scripts/bench.sh            full run (about 6 minutes); rewrites the generated block of
+#   scripts/bench.sh            full run (about 4 minutes); rewrites the generated block of
 #                               docs/benchmarks.md and keeps the raw numbers as JSON
 #   scripts/bench.sh --quick    smaller counts (under 2 minutes) for before/after checks of a
 #                               hot-path change; prints the results, leaves the docs alone

@@ -66,7 +66,7 @@ pub struct Params {
 }
 
 impl Params {
-    /// The sizes of the issue (`make bench`, about 6 minutes).
+    /// The sizes of the issue (`make bench`, about 3.5 minutes of scenarios).
     pub fn full() -> Params {
         Params {
             mode: "full",
