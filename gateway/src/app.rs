@@ -180,11 +180,9 @@ impl App {
             });
         }
 
-        let public = TcpListener::bind(config.listen_addr)
-            .await
+        let public = crate::server::bind(config.listen_addr)
             .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
-        let admin = TcpListener::bind(config.admin_listen_addr)
-            .await
+        let admin = crate::server::bind(config.admin_listen_addr)
             .with_context(|| format!("binding ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
         Ok(App {
             public_router: routes::router(state.clone(), extras),

@@ -99,12 +99,14 @@ impl RateLimiter {
         }
         let redis_key = self.names.rate_limit_key(key, window);
         let update = async {
-            let pipeline = client.pipeline();
-            let _: () = pipeline.incr(&redis_key).await?;
-            let _: () = pipeline
-                .expire(&redis_key, (WINDOW_SECS * 2) as i64, None)
-                .await?;
-            let (count, _): (u64, i64) = pipeline.all().await?;
+            let count: u64 = client.incr(&redis_key).await?;
+            // Only the request that created the counter sets its expiry: one round trip for
+            // every other request of the window.
+            if count == 1 {
+                let _: i64 = client
+                    .expire(&redis_key, (WINDOW_SECS * 2) as i64, None)
+                    .await?;
+            }
             Ok::<u64, fred::error::Error>(count)
         };
         match tokio::time::timeout(REDIS_TIMEOUT, update).await {

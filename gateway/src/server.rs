@@ -12,6 +12,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+/// Pending connections the kernel may queue before accepting (capped by `somaxconn`). The
+/// library default of 128 overflowed in reconnect storms, and each overflow costs the client
+/// a one-second SYN retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with a backlog sized for reconnect storms.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restarted pod can rebind while old sockets linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Largest request head accepted (hyper answers 431 beyond it).
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 
