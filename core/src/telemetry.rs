@@ -124,11 +124,17 @@ pub fn init(
     service_name: &'static str,
 ) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // A second global filter: an event must pass both, so this only ever removes.
-    let cap = CAPPED.iter().fold(
-        Targets::new().with_default(LevelFilter::TRACE),
-        |t, target| t.with_target(*target, LevelFilter::DEBUG),
-    );
+    // A second global filter: an event must pass both, so this only ever removes. Its default
+    // is RUST_LOG's own ceiling, not TRACE: the subscriber's level hint (which also sets the
+    // `log` crate's max level) must stay at RUST_LOG's, or every per-frame `trace!` of the
+    // WebSocket library would be built and bridged before being filtered out (6-8 % of the
+    // gateway's CPU in docs/benchmarks.md).
+    let ceiling = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let cap = CAPPED
+        .iter()
+        .fold(Targets::new().with_default(ceiling), |t, target| {
+            t.with_target(*target, ceiling.min(LevelFilter::DEBUG))
+        });
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

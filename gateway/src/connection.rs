@@ -10,7 +10,7 @@ use ryze_core::close::{self, CloseCode};
 use ryze_core::wire::now_micros;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 /// How long to try to deliver a Close frame, and then to wait for the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -73,7 +73,10 @@ where
     let start = Instant::now();
     let mut ping = tokio::time::interval_at(start + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pong_deadline = start + limits.pong_timeout;
+    // One timer for the session, moved on each PONG: rebuilding it in every `select!` cost a
+    // timer registration per batch (docs/benchmarks.md).
+    let pong_deadline = tokio::time::sleep_until(start + limits.pong_timeout);
+    tokio::pin!(pong_deadline);
     loop {
         tokio::select! {
             batch = outbox.next_batch(BATCH_FRAMES, BATCH_BYTES) => match batch {
@@ -93,7 +96,7 @@ where
                     let outcome = tokio::select! {
                         r = write => Some(r),
                         _ = outbox.closed() => None,
-                        _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+                        _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
                     };
                     match outcome {
                         Some(Ok(())) => {
@@ -111,7 +114,7 @@ where
             },
             msg = socket.next() => match msg {
                 None => return Ended::Gone,
-                Some(Ok(Message::Pong(_))) => pong_deadline = Instant::now() + limits.pong_timeout,
+                Some(Ok(Message::Pong(_))) => pong_deadline.as_mut().reset(Instant::now() + limits.pong_timeout),
                 Some(Ok(Message::Close(_))) => {
                     // The library queued the echo of the client's Close; send it.
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
@@ -123,7 +126,7 @@ where
                     tokio::select! {
                         r = socket.flush() => if r.is_err() { return Ended::Gone },
                         _ = outbox.closed() => {}
-                        _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+                        _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
                     }
                 }
                 // The server consumes only PONG and Close; anything else has no effect, unless
@@ -146,10 +149,10 @@ where
                 tokio::select! {
                     r = socket.send(Message::Ping(Default::default())) => if r.is_err() { return Ended::Gone },
                     _ = outbox.closed() => {}
-                    _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+                    _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
                 }
             }
-            _ = sleep_until(pong_deadline) => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+            _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
         }
     }
 }
