@@ -30,6 +30,15 @@ pub fn parse_or_exit<C: clap::Parser>(
     config
 }
 
+/// `Ok` when no problem was found, else all of them (the shape `parse_or_exit` reports).
+pub fn into_result(problems: Vec<String>) -> Result<(), Vec<String>> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
 /// The problem with `OTEL_EXPORTER_OTLP_ENDPOINT`, if any: this build exports OTLP/HTTP
 /// without TLS, so only `http://` endpoints work.
 pub fn otlp_endpoint_problem(endpoint: Option<&str>) -> Option<String> {

@@ -73,6 +73,12 @@ impl TokenCipher {
         key.map_or(Ok(TokenCipher::plain()), TokenCipher::from_base64_key)
     }
 
+    /// From the `ENCRYPTION_KEY` setting of either binary: unset means plain.
+    pub fn from_setting(key: Option<&secrecy::SecretString>) -> Result<TokenCipher, TokenError> {
+        use secrecy::ExposeSecret;
+        TokenCipher::from_optional_key(key.map(|k| k.expose_secret()))
+    }
+
     /// Whether secrets are encrypted.
     pub fn is_encrypted(&self) -> bool {
         self.key.is_some()

@@ -170,15 +170,11 @@ impl Config {
         if self.rate_limit_per_minute == 0 {
             problems.push("RATE_LIMIT_PER_MINUTE must be greater than 0".into());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        ryze_core::config::into_result(problems)
     }
 
     /// The token cipher from `ENCRYPTION_KEY`.
     pub fn cipher(&self) -> Result<TokenCipher, ryze_core::token::TokenError> {
-        TokenCipher::from_optional_key(self.encryption_key.as_ref().map(|k| k.expose_secret()))
+        TokenCipher::from_setting(self.encryption_key.as_ref())
     }
 }

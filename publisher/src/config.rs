@@ -166,15 +166,11 @@ impl Config {
                 problems.push("PUBLIC_BASE_URL is required".to_owned());
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        ryze_core::config::into_result(problems)
     }
 
     /// The token cipher from `ENCRYPTION_KEY`.
     pub fn cipher(&self) -> Result<TokenCipher, ryze_core::token::TokenError> {
-        TokenCipher::from_optional_key(self.encryption_key.as_ref().map(|k| k.expose_secret()))
+        TokenCipher::from_setting(self.encryption_key.as_ref())
     }
 }
