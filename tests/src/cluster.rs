@@ -324,7 +324,7 @@ impl RedisCluster {
             if tokio::time::Instant::now() >= deadline {
                 bail!("the nodes did not agree that master {to} serves slot {slot}");
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(POLL_INTERVAL).await; // poll interval of a deadline-bounded wait: nothing emits an event to await
         }
     }
 
@@ -353,7 +353,7 @@ impl RedisCluster {
             if tokio::time::Instant::now() >= deadline {
                 bail!("cluster not ok within {timeout:?}: {last:#}");
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(POLL_INTERVAL).await; // poll interval of a deadline-bounded wait: nothing emits an event to await
         }
     }
 
@@ -538,7 +538,7 @@ async fn wait_ping(node: &ClusterNode, timeout: Duration) -> anyhow::Result<()> 
                 log_tail(node.log_path(), 30)
             );
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(POLL_INTERVAL).await; // poll interval of a deadline-bounded wait: nothing emits an event to await
     }
 }
 

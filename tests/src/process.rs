@@ -308,7 +308,7 @@ impl Service {
                     self.logs()
                 );
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(POLL_INTERVAL).await; // poll interval of a deadline-bounded wait: nothing emits an event to await
         }
     }
 

@@ -204,7 +204,7 @@ impl Supervisor {
                     let _ = inner.wrapper.wait();
                     break;
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)), // poll interval of a deadline-bounded wait: nothing emits an event to await
             }
         }
         inner.pid = None;
