@@ -73,49 +73,87 @@ impl ConfigCache {
 
     /// The delivery config of an instance; `None` when it does not exist.
     pub async fn get(&self, store: &Store, id: Uuid) -> Result<Option<Arc<Delivery>>, StoreError> {
-        if let Some((d, at)) = self.lock().get(&id) {
-            if at.elapsed() < self.ttl {
-                return Ok(Some(d.clone()));
+        Ok(self.get_many(store, &[id]).await?.remove(&id).flatten())
+    }
+
+    /// The delivery configs of distinct instances (`None` for ids that name none): fresh
+    /// entries from memory, every miss in one query.
+    pub async fn get_many(
+        &self,
+        store: &Store,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Option<Arc<Delivery>>>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut misses = Vec::new();
+        {
+            let entries = self.lock();
+            for id in ids {
+                match entries.get(id) {
+                    Some((d, at)) if at.elapsed() < self.ttl => {
+                        out.insert(*id, Some(d.clone()));
+                    }
+                    _ => misses.push(*id),
+                }
             }
+        }
+        if misses.is_empty() {
+            return Ok(out);
         }
         let fetched_at = Instant::now();
         let generation = self.generation.load(Ordering::SeqCst);
         let span = tracing::info_span!(
             "config_cache.refresh",
-            instance.id = %id,
+            instances = misses.len(),
             found = tracing::field::Empty,
         );
-        let found = match store.instance_delivery(id).instrument(span.clone()).await {
+        let mut found = match store
+            .instance_deliveries(&misses)
+            .instrument(span.clone())
+            .await
+        {
             Ok(found) => found,
             Err(e) => {
                 // Postgres is down: an expired entry is still the best knowledge we have, and
                 // open streams must keep flowing (a NOTIFY still removes a changed entry).
-                if let Some((d, _)) = self.lock().get(&id) {
-                    tracing::debug!(instance.id = %id, error = %e, "serving a stale config while the database is unavailable");
-                    return Ok(Some(d.clone()));
-                }
-                return Err(e);
+                let stale: Option<Vec<(Uuid, Arc<Delivery>)>> = {
+                    let entries = self.lock();
+                    misses
+                        .iter()
+                        .map(|id| entries.get(id).map(|(d, _)| (*id, d.clone())))
+                        .collect()
+                };
+                let Some(stale) = stale else { return Err(e) };
+                tracing::debug!(instances = misses.len(), error = %e, "serving stale configs while the database is unavailable");
+                out.extend(stale.into_iter().map(|(id, d)| (id, Some(d))));
+                return Ok(out);
             }
         };
-        span.record("found", found.is_some());
-        let Some(found) = found else {
-            self.lock().remove(&id);
-            return Ok(None);
-        };
-        let d = Arc::new(Delivery::from(found));
-        if !self.ttl.is_zero() {
-            let mut entries = self.lock();
-            if self.generation.load(Ordering::SeqCst) == generation {
-                // Bounded: expired entries (and the decrypted tokens in them) are swept once
-                // the map grows.
-                if entries.len() >= SWEEP_AT {
-                    let ttl = self.ttl;
-                    entries.retain(|_, (_, at)| at.elapsed() < ttl);
+        span.record("found", found.len());
+        let mut entries = self.lock();
+        let current = self.generation.load(Ordering::SeqCst) == generation;
+        if current && !self.ttl.is_zero() && entries.len() + misses.len() >= SWEEP_AT {
+            // Bounded: expired entries (and the decrypted tokens in them) are swept once the
+            // map grows.
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        for id in misses {
+            match found.remove(&id) {
+                Some(d) => {
+                    let d = Arc::new(Delivery::from(d));
+                    // An invalidation that raced this query wins: store nothing.
+                    if current && !self.ttl.is_zero() {
+                        entries.insert(id, (d.clone(), fetched_at));
+                    }
+                    out.insert(id, Some(d));
                 }
-                entries.insert(id, (d.clone(), fetched_at));
+                None => {
+                    entries.remove(&id);
+                    out.insert(id, None);
+                }
             }
         }
-        Ok(Some(d))
+        Ok(out)
     }
 
     /// Drops an instance's entry (NOTIFY).

@@ -82,18 +82,15 @@ pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
     if items.is_empty() {
         return Ok(counts);
     }
-    // One lookup per distinct instance.
-    let mut deliveries: HashMap<Uuid, Option<Arc<Delivery>>> = HashMap::new();
-    for (id, _, _) in &items {
-        if !deliveries.contains_key(id) {
-            let d = p
-                .cache
-                .get(&p.store, *id)
-                .await
-                .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
-            deliveries.insert(*id, d);
-        }
-    }
+    // Every distinct instance at once: cached entries from memory, the misses in one query.
+    let mut distinct: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let deliveries: HashMap<Uuid, Option<Arc<Delivery>>> = p
+        .cache
+        .get_many(&p.store, &distinct)
+        .await
+        .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
     // Who is listening, asked once per request for the instances that passed the filter.
     let wanted: Vec<Uuid> = deliveries
         .iter()

@@ -264,3 +264,27 @@ async fn concurrent_upserts_of_one_instance_end_in_one_row() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_deliveries_come_back_in_one_query_and_unknown_ids_are_absent() {
+    let s = store().await;
+    let acc = s.create_account(None, None).await.unwrap();
+    let a = s.create_instance(acc.id, "a", Some("tok-a")).await.unwrap();
+    let b = s.create_instance(acc.id, "b", Some("tok-b")).await.unwrap();
+    s.upsert_config(a.id, config(true, &[EventType::CallUpdate], true))
+        .await
+        .unwrap();
+    let unknown = Uuid::new_v4();
+    let got = s.instance_deliveries(&[a.id, b.id, unknown]).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[&a.id].name.as_str(), got[&a.id].token.as_str()),
+        ("a", "tok-a")
+    );
+    assert_eq!(
+        got[&a.id].config,
+        Some(config(true, &[EventType::CallUpdate], true))
+    );
+    assert_eq!(got[&b.id].config, None, "never configured");
+    assert!(!got.contains_key(&unknown));
+}

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::event::EventType;
 use crate::token;
+use std::collections::HashMap;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -120,32 +121,50 @@ impl Store {
         &self,
         instance_id: Uuid,
     ) -> Result<Option<InstanceDelivery>, StoreError> {
+        Ok(self
+            .instance_deliveries(&[instance_id])
+            .await?
+            .remove(&instance_id))
+    }
+
+    /// [`Store::instance_delivery`] for many ids in one query; ids that name no instance are
+    /// absent from the map.
+    pub async fn instance_deliveries(
+        &self,
+        instance_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, InstanceDelivery>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT i.name, i.token_secret, c.enabled, c.events, c.media_base64 \
+                "SELECT i.id, i.name, i.token_secret, c.enabled, c.events, c.media_base64 \
                  FROM instances i LEFT JOIN websocket_configs c ON c.instance_id = i.id \
-                 WHERE i.id = $1",
+                 WHERE i.id = ANY($1)",
             )
             .await?;
-        let Some(row) = client.query_opt(&stmt, &[&instance_id]).await? else {
-            return Ok(None);
-        };
-        let secret: Vec<u8> = row.get(1);
-        let token = self.cipher.open(&secret)?;
-        let enabled: Option<bool> = row.get(2);
-        let config = enabled.map(|enabled| {
-            config_from(
-                enabled,
-                row.get::<_, Option<Vec<String>>>(3).unwrap_or_default(),
-                row.get::<_, Option<bool>>(4).unwrap_or(false),
-            )
-        });
-        Ok(Some(InstanceDelivery {
-            name: row.get(0),
-            token,
-            config,
-        }))
+        let ids: Vec<Uuid> = instance_ids.to_vec();
+        let rows = client.query(&stmt, &[&ids]).await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let secret: Vec<u8> = row.get(2);
+            let token = self.cipher.open(&secret)?;
+            let enabled: Option<bool> = row.get(3);
+            let config = enabled.map(|enabled| {
+                config_from(
+                    enabled,
+                    row.get::<_, Option<Vec<String>>>(4).unwrap_or_default(),
+                    row.get::<_, Option<bool>>(5).unwrap_or(false),
+                )
+            });
+            out.insert(
+                row.get(0),
+                InstanceDelivery {
+                    name: row.get(1),
+                    token,
+                    config,
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// Whether an instance id still exists (tells a deletion from a config change).
