@@ -21,10 +21,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = app
-        .run_until_stopped(ryze_gateway::app::shutdown_signal())
-        .await
-    {
+    if let Err(e) = app.run_until_stopped(ryze_core::shutdown::signal()).await {
         tracing::error!(error = %e, error.chain = ?e, "gateway stopped with an error");
         telemetry.shutdown();
         std::process::exit(1);

@@ -38,15 +38,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let signal = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-        }
-    };
-    if let Err(e) = app.run_until_stopped(signal).await {
+    if let Err(e) = app.run_until_stopped(ryze_core::shutdown::signal()).await {
         tracing::error!(error = %e, error.chain = ?e, "publisher stopped with an error");
         telemetry.shutdown();
         std::process::exit(1);
