@@ -542,6 +542,16 @@ impl System {
     pub fn frame(&self, event: &str, data: &str) -> String {
         frame(event, data, &self.inst)
     }
+
+    /// Publishes one event of the main instance (asserting it was published) and asserts it
+    /// is `client`'s next frame, byte for byte.
+    pub async fn deliver_one(&self, client: &mut WsClient, event: &str, data: &str) {
+        publish_expect(&self.publisher, &self.item(event, data), 1, 0, 0, 0).await;
+        assert_eq!(
+            client.next_text(WAIT).await.expect("the published frame"),
+            self.frame(event, data)
+        );
+    }
 }
 
 /// The six event types (SPEC §1).

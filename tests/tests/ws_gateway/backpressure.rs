@@ -21,19 +21,7 @@ async fn reader_at_loopback_speed_survives_1000_frames_from_one_ingest_request()
         assert_eq!(got, sys.frame("message.exchange", &data(i)), "frame {i}");
     }
     let sentinel = r#"{"sentinel":1}"#;
-    publish_expect(
-        &sys.publisher,
-        &sys.item("label.update", sentinel),
-        1,
-        0,
-        0,
-        0,
-    )
-    .await;
-    assert_eq!(
-        c.next_text(WAIT).await.unwrap(),
-        sys.frame("label.update", sentinel)
-    );
+    sys.deliver_one(&mut c, "label.update", sentinel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,19 +89,7 @@ async fn slow_client_is_closed_1008_slow_consumer_and_a_fast_client_receives_eve
     }
 
     let sentinel = r#"{"after":"slow consumer"}"#;
-    publish_expect(
-        &sys.publisher,
-        &sys.item("call.update", sentinel),
-        1,
-        0,
-        0,
-        0,
-    )
-    .await;
-    assert_eq!(
-        fast.next_text(WAIT).await.unwrap(),
-        sys.frame("call.update", sentinel)
-    );
+    sys.deliver_one(&mut fast, "call.update", sentinel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,19 +10,7 @@ async fn redis_restart_fails_readiness_then_delivery_resumes_on_the_same_socket(
     let sys = System::start_in(env, "sales", json!({"enabled": true}), 1, &[], &[]).await;
     let mut c = sys.connect(0).await;
     let before = r#"{"n":"before"}"#;
-    publish_expect(
-        &sys.publisher,
-        &sys.item("message.status", before),
-        1,
-        0,
-        0,
-        0,
-    )
-    .await;
-    assert_eq!(
-        c.next_text(WAIT).await.unwrap(),
-        sys.frame("message.status", before)
-    );
+    sys.deliver_one(&mut c, "message.status", before).await;
 
     private.stop().await.unwrap();
     sys.gw().wait_not_ready(WAIT).await.unwrap();
@@ -38,19 +26,7 @@ async fn redis_restart_fails_readiness_then_delivery_resumes_on_the_same_socket(
     sys.publisher.wait_ready(READY).await.unwrap();
     assert_eq!(numsub(&private, &sys.env.prefix, &sys.inst.id).await, 1);
     let after = r#"{"n":"after"}"#;
-    publish_expect(
-        &sys.publisher,
-        &sys.item("message.status", after),
-        1,
-        0,
-        0,
-        0,
-    )
-    .await;
-    assert_eq!(
-        c.next_text(WAIT).await.unwrap(),
-        sys.frame("message.status", after)
-    );
+    sys.deliver_one(&mut c, "message.status", after).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
