@@ -25,7 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::process::free_port;
-use crate::supervisor::{log_tail, server_dir, Launch, Supervisor};
+use crate::redis::launch_redis_server;
+use crate::supervisor::{log_tail, server_dir, Supervisor};
 
 /// Masters in the cluster.
 pub const NODES: usize = 3;
@@ -433,49 +434,17 @@ async fn launch_node() -> anyhow::Result<ClusterNode> {
     let bus_port = free_port();
     let dir = server_dir("ryze-redis-cluster-", None)?;
     let log = dir.join("redis.log");
-    let argv = [
-        "redis-server",
-        "--port",
-        &port.to_string(),
-        "--cluster-enabled",
-        "yes",
-        "--cluster-port",
-        &bus_port.to_string(),
-        "--cluster-config-file",
-        &format!("nodes-{port}.conf"),
-        "--cluster-node-timeout",
-        &NODE_TIMEOUT_MS.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--bind",
-        "127.0.0.1",
-        "--protected-mode",
-        "no",
-        "--daemonize",
-        "no",
-        "--dir",
-        &dir.to_string_lossy(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let sup = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || {
-            Supervisor::launch(Launch {
-                name: "redis-server (cluster)",
-                dir: &dir,
-                log: &log,
-                stop_signal: "TERM",
-                argv,
-                user: None,
-            })
-        }
-    })
-    .await
-    .context("joining the cluster node launch")?
-    .context("is redis-server installed? run scripts/install-test-deps.sh")?;
+    let cluster = [
+        "--cluster-enabled".to_owned(),
+        "yes".to_owned(),
+        "--cluster-port".to_owned(),
+        bus_port.to_string(),
+        "--cluster-config-file".to_owned(),
+        format!("nodes-{port}.conf"),
+        "--cluster-node-timeout".to_owned(),
+        NODE_TIMEOUT_MS.to_string(),
+    ];
+    let sup = launch_redis_server("redis-server (cluster)", &dir, &log, port, &cluster).await?;
     Ok(ClusterNode {
         port,
         bus_port,

@@ -82,41 +82,7 @@ impl RedisServer {
         let port = free_port();
         let dir = server_dir("ryze-redis-", None)?;
         let log = dir.join("redis.log");
-        let argv = [
-            "redis-server",
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            &dir.to_string_lossy(),
-        ]
-        .map(String::from)
-        .to_vec();
-        let sup = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || {
-                Supervisor::launch(Launch {
-                    name: "redis-server",
-                    dir: &dir,
-                    log: &log,
-                    stop_signal: "TERM",
-                    argv,
-                    user: None,
-                })
-            }
-        })
-        .await
-        .context("joining the redis-server launch")?
-        .context("is redis-server installed? run scripts/install-test-deps.sh")?;
+        let sup = launch_redis_server("redis-server", &dir, &log, port, &[]).await?;
         let server = RedisServer {
             port,
             dir,
@@ -258,4 +224,51 @@ async fn ping(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(1), attempt).await,
         Ok(Ok(true))
     )
+}
+
+/// Starts a private, persistence-free `redis-server` on loopback `port` under a supervisor
+/// (not waiting for it to answer); `extra` adds options (e.g. cluster mode).
+pub(crate) async fn launch_redis_server(
+    name: &'static str,
+    dir: &std::path::Path,
+    log: &std::path::Path,
+    port: u16,
+    extra: &[String],
+) -> anyhow::Result<std::sync::Arc<Supervisor>> {
+    let mut argv: Vec<String> = [
+        "redis-server",
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        &dir.to_string_lossy(),
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.extend(extra.iter().cloned());
+    tokio::task::spawn_blocking({
+        let (dir, log) = (dir.to_owned(), log.to_owned());
+        move || {
+            Supervisor::launch(Launch {
+                name,
+                dir: &dir,
+                log: &log,
+                stop_signal: "TERM",
+                argv,
+                user: None,
+            })
+        }
+    })
+    .await
+    .context("joining the redis-server launch")?
+    .context("is redis-server installed? run scripts/install-test-deps.sh")
 }
