@@ -5,16 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-RUN=$ROOT/.run
+RUN=${RUN_DIR:-$ROOT/.run}
 PORT=${RUN_PORT:-8080}
 ADMIN_PORT=${RUN_ADMIN_PORT:-9090}
 PG_PORT=${RUN_PG_PORT:-55432}
 API_KEY=${RUN_PUBLISHER_API_KEY:-demo-publisher-key}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ryze-events/target}
 
-bash scripts/install-test-deps.sh >/dev/null
-cargo build --workspace --bins
-BIN=$CARGO_TARGET_DIR/debug
+# RUN_BIN_DIR: use binaries built already (the test of this script sets it).
+if [ -z "${RUN_BIN_DIR:-}" ]; then
+  bash scripts/install-test-deps.sh >/dev/null
+  cargo build --workspace --bins
+fi
+BIN=${RUN_BIN_DIR:-$CARGO_TARGET_DIR/debug}
 PG_BIN=${PG_BIN_DIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 
 mkdir -p "$RUN"
@@ -69,7 +72,8 @@ ryze-events is running (single process, embedded publisher, in-process fan-out).
   instance token:  $INSTANCE_TOKEN   (instance "demo", id $INSTANCE_ID)
   publisher key:   $API_KEY
 
-Watch events:
+Watch events (needs only npm; the second line if you have websocat):
+  npx -y wscat -c "ws://127.0.0.1:$PORT/ws/demo?token=$INSTANCE_TOKEN"
   websocat "ws://127.0.0.1:$PORT/ws/demo?token=$INSTANCE_TOKEN"
   (browser console: http://127.0.0.1:$PORT/console)
 Publish a sample event:

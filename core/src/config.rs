@@ -5,29 +5,141 @@ use std::time::Duration;
 /// Exit status for bad configuration (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
-/// Parses flags and environment once, then `validate`s; any problem is printed to stderr, all
-/// of them in one message, and the process exits 64 before anything listens. `--help` and
-/// `--version` print and exit 0.
+/// Parses flags and environment once, then `validate`s; every problem (values clap refuses,
+/// missing required settings, cross-field rules) is printed to stderr in one message, and the
+/// process exits 64 before anything listens. `--help` and `--version` print and exit 0.
 pub fn parse_or_exit<C: clap::Parser>(
     name: &str,
     validate: impl FnOnce(&C) -> Result<(), Vec<String>>,
 ) -> C {
-    let config = match C::try_parse() {
-        Ok(c) => c,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            eprintln!("{e}");
+    match parse_all::<C>(std::env::args_os(), validate) {
+        Ok(config) => config,
+        Err(Refusal::Display(e)) => e.exit(),
+        Err(Refusal::Problems(problems)) => {
+            eprintln!(
+                "{name}: invalid configuration:\n  - {}",
+                problems.join("\n  - ")
+            );
             std::process::exit(EXIT_CONFIG);
         }
-    };
-    if let Err(problems) = validate(&config) {
-        eprintln!(
-            "{name}: invalid configuration:\n  - {}",
-            problems.join("\n  - ")
-        );
-        std::process::exit(EXIT_CONFIG);
     }
-    config
+}
+
+/// Why [`parse_all`] produced no configuration.
+#[derive(Debug)]
+pub enum Refusal {
+    /// `--help`, `--version` or a usage error clap prints itself.
+    Display(clap::Error),
+    /// Every configuration problem found, in the order found.
+    Problems(Vec<String>),
+}
+
+/// Most bad values collected in one run (each costs one re-parse).
+const MAX_VALUE_PROBLEMS: usize = 64;
+
+/// Parses `args` and the environment, collecting **every** problem instead of stopping at the
+/// first: clap stops at the first value its parser refuses, so each refused value is recorded,
+/// its source (environment variable or flag) is set aside, and the parse is run again. The
+/// settings set aside fall back to their defaults only to let `validate` see the rest; any
+/// refused value still fails the whole configuration.
+pub fn parse_all<C: clap::Parser>(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString>>,
+    validate: impl FnOnce(&C) -> Result<(), Vec<String>>,
+) -> Result<C, Refusal> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    // Rebuilt for every attempt: a command clap has already parsed with is not to be changed.
+    let command_without = |ids: &[clap::Id]| {
+        ids.iter()
+            .fold(C::command(), |c, id| c.mut_arg(id, |a| a.env(None::<&str>)))
+    };
+    let mut set_aside: Vec<clap::Id> = Vec::new();
+    let mut command = command_without(&set_aside);
+    let mut problems = Vec::new();
+    // Settings whose own value was refused: "X is required" for them would only repeat it.
+    let mut refused: Vec<String> = Vec::new();
+    let matches = loop {
+        let error = match command.try_get_matches_from_mut(args.clone()) {
+            Ok(matches) => break matches,
+            Err(e) => e,
+        };
+        if !error.use_stderr() {
+            return Err(Refusal::Display(error));
+        }
+        let value_error = matches!(
+            error.kind(),
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue
+        );
+        let arg = match error.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let flag = arg.split_whitespace().next().unwrap_or_default().to_owned();
+        let target = command
+            .get_arguments()
+            .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == flag))
+            .map(|a| {
+                let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+                (a.get_id().clone(), env)
+            });
+        let (Some((id, env)), true) = (target, value_error) else {
+            problems.push(first_line(&error));
+            return Err(Refusal::Problems(problems));
+        };
+        let label = env.clone().unwrap_or_else(|| flag.clone());
+        problems.push(format!("{label}: {}", first_line(&error)));
+        refused.push(label);
+        if problems.len() >= MAX_VALUE_PROBLEMS {
+            return Err(Refusal::Problems(problems));
+        }
+        // Set the refused source aside: the variable, and any occurrence of the flag.
+        set_aside.push(id);
+        command = command_without(&set_aside);
+        remove_flag(&mut args, &flag);
+    };
+    let config = match C::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(first_line(&e));
+            return Err(Refusal::Problems(problems));
+        }
+    };
+    if let Err(more) = validate(&config) {
+        problems.extend(
+            more.into_iter()
+                .filter(|p| !refused.iter().any(|r| p.starts_with(r.as_str()))),
+        );
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(Refusal::Problems(problems))
+    }
+}
+
+/// clap's message without its `error: ` prefix and `--help` hint.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// Removes `--flag value` and `--flag=value` from `args` (never the program name).
+fn remove_flag(args: &mut Vec<std::ffi::OsString>, flag: &str) {
+    let with_value = format!("{flag}=");
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == flag {
+            let end = (i + 2).min(args.len());
+            args.drain(i..end);
+        } else if a.starts_with(&with_value) {
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// `Ok` when no problem was found, else all of them (the shape `parse_or_exit` reports).
@@ -89,6 +201,80 @@ pub fn parse_base_url(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Sample {
+        #[arg(long, env = "SAMPLE_WAIT", default_value = "1s", value_parser = parse_duration)]
+        wait: Duration,
+        #[arg(long, env = "SAMPLE_SIZE", default_value = "1KiB", value_parser = parse_bytes)]
+        size: usize,
+        #[arg(long, env = "SAMPLE_URL")]
+        url: Option<String>,
+    }
+
+    fn needs_url(s: &Sample) -> Result<(), Vec<String>> {
+        into_result(if s.url.is_none() {
+            vec!["SAMPLE_URL is required".into()]
+        } else {
+            vec![]
+        })
+    }
+
+    fn problems(args: &[&str]) -> Vec<String> {
+        match parse_all::<Sample>(args.iter().copied(), needs_url) {
+            Err(Refusal::Problems(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_bad_value_and_every_missing_setting_is_reported_at_once() {
+        let p = problems(&["x", "--wait", "soon", "--size=8 parsecs"]);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].starts_with("SAMPLE_WAIT: ") && p[0].contains("soon"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("SAMPLE_SIZE: ") && p[1].contains("parsecs"),
+            "{p:?}"
+        );
+        assert_eq!(p[2], "SAMPLE_URL is required");
+    }
+
+    #[test]
+    fn a_refused_value_is_not_reported_twice_as_missing() {
+        #[derive(Debug, Parser)]
+        struct Base {
+            #[arg(long, env = "SAMPLE_BASE", value_parser = parse_base_url)]
+            base: Option<String>,
+        }
+        let p = match parse_all::<Base>(["x", "--base", "ftp://a"], |b: &Base| {
+            into_result(
+                b.base
+                    .is_none()
+                    .then(|| "SAMPLE_BASE is required".to_owned())
+                    .into_iter()
+                    .collect(),
+            )
+        }) {
+            Err(Refusal::Problems(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("ftp://a"), "{p:?}");
+    }
+
+    #[test]
+    fn good_input_parses_and_help_is_not_a_problem() {
+        let ok = parse_all::<Sample>(["x", "--url", "u", "--wait", "2s"], needs_url).unwrap();
+        assert_eq!(ok.wait, Duration::from_secs(2));
+        assert!(matches!(
+            parse_all::<Sample>(["x", "--help"], needs_url),
+            Err(Refusal::Display(_))
+        ));
+    }
 
     #[test]
     fn durations_accept_the_documented_forms() {

@@ -1,8 +1,10 @@
 //! The frame every client receives, built and serialised exactly once per event (SPEC §6).
 //!
-//! `data` is carried as raw JSON so its keys, key order and number spellings leave exactly as
-//! the event source wrote them (pass-through, §6.2). The one exception is D10: with
-//! `mediaBase64=false`, `data.message.media.base64` is cut out of `message.exchange` frames.
+//! `data` is carried as raw JSON so its keys, key order, escapes and number spellings leave
+//! exactly as the event source wrote them (pass-through, §6.2); only the whitespace between
+//! tokens is dropped, so every frame is compact (D22) whichever process builds it. The one other
+//! change is D10: with `mediaBase64=false`, `data.message.media.base64` is cut out of
+//! `message.exchange` frames.
 
 use crate::event::EventType;
 use crate::wire;
@@ -50,6 +52,8 @@ pub fn encode_message(
     media_base64: bool,
     published_micros: u64,
 ) -> Result<Vec<u8>, EnvelopeError> {
+    let compacted = compact(data.get()).map(RawValue::from_string).transpose()?;
+    let data = compacted.as_deref().unwrap_or(data);
     let stripped;
     let data = if !media_base64 && event == EventType::MessageExchange {
         stripped = strip_media_base64(data)?;
@@ -68,6 +72,53 @@ pub fn encode_message(
         },
     )?;
     Ok(buf)
+}
+
+/// `text` without the whitespace between JSON tokens (D22), or `None` when it has none (the
+/// common case costs one scan and no allocation). Bytes inside strings, escapes included, are
+/// never touched, so keys, their order and every value's spelling are unchanged.
+pub fn compact(text: &str) -> Option<String> {
+    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let bytes = text.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    // Find the first whitespace byte outside a string; nothing to do without one.
+    let first = bytes.iter().position(|&b| {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            false
+        } else if b == b'"' {
+            in_string = true;
+            false
+        } else {
+            is_ws(b)
+        }
+    })?;
+    let mut out = Vec::with_capacity(text.len());
+    out.extend_from_slice(&bytes[..first]);
+    for &b in &bytes[first..] {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            out.push(b);
+        } else if b == b'"' {
+            in_string = true;
+            out.push(b);
+        } else if !is_ws(b) {
+            out.push(b);
+        }
+    }
+    // Only ASCII whitespace outside strings was removed, so the text is still UTF-8.
+    String::from_utf8(out).ok()
 }
 
 /// Removes `message.media.base64` from `data` by cutting its bytes out of the original text:
@@ -209,13 +260,38 @@ mod tests {
 
     #[test]
     fn envelope_keeps_data_bytes_and_documented_key_order() {
-        let data = raw(r#"{"z":1.50,"a":{"b":[1, 2]},"message":{"media":{"base64":"QQ=="}}}"#);
+        let data = raw(r#"{"z":1.50,"a":{"b":[1,2]},"message":{"media":{"base64":"QQ=="}}}"#);
         let out = encode_message(EventType::MessageStatus, &data, ID, false, 7).unwrap();
         assert!(out.starts_with(b"1 7\n"));
         assert_eq!(
             frame(&out),
-            r#"{"event":"message.status","data":{"z":1.50,"a":{"b":[1, 2]},"message":{"media":{"base64":"QQ=="}}},"instanceData":{"baseUrl":"https://api.example.com","instance":"sales","token":"tok"}}"#
+            r#"{"event":"message.status","data":{"z":1.50,"a":{"b":[1,2]},"message":{"media":{"base64":"QQ=="}}},"instanceData":{"baseUrl":"https://api.example.com","instance":"sales","token":"tok"}}"#
         );
+    }
+
+    #[test]
+    fn frames_are_compact_whatever_the_source_spacing() {
+        let spaced =
+            raw("{ \"id\" : \"x\",\n\t\"n\": 1.50e3 , \"s\":\"a b\\\" \\\\\" ,\"e\":[ ] }");
+        let out = encode_message(EventType::CallUpdate, &spaced, ID, false, 1).unwrap();
+        assert!(frame(&out).starts_with(
+            r#"{"event":"call.update","data":{"id":"x","n":1.50e3,"s":"a b\" \\","e":[]},"#
+        ));
+        assert_eq!(
+            compact(r#"{"a":[1,"b c"]}"#),
+            None,
+            "compact input is borrowed as is"
+        );
+        assert_eq!(compact(" 1 ").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn stripping_works_on_spaced_sources_and_leaves_them_compact() {
+        let data = raw(r#"{ "message" : { "media" : { "type" : "image" , "base64" : "QQ==" } } }"#);
+        let out = encode_message(EventType::MessageExchange, &data, ID, false, 1).unwrap();
+        assert!(frame(&out).starts_with(
+            r#"{"event":"message.exchange","data":{"message":{"media":{"type":"image"}}},"#
+        ));
     }
 
     #[test]

@@ -49,13 +49,17 @@ pub struct Counts {
 
 /// Parses and validates a body: one event object or an array of up to [`MAX_ITEMS`].
 fn parse(body: &[u8]) -> Result<Vec<(Uuid, EventType, &RawValue)>, IngestError> {
+    // JSON text is UTF-8; serde_json does not check the contents of fields it ignores.
+    let body = std::str::from_utf8(body).map_err(|_| IngestError::InvalidBody)?;
     // Raw values cannot pass through serde's untagged buffering: pick the shape by its
     // first byte instead.
-    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let is_array = body
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('[');
     let items: Vec<Item<'_>> = if is_array {
-        serde_json::from_slice(body).map_err(|_| IngestError::InvalidBody)?
+        serde_json::from_str(body).map_err(|_| IngestError::InvalidBody)?
     } else {
-        vec![serde_json::from_slice(body).map_err(|_| IngestError::InvalidBody)?]
+        vec![serde_json::from_str(body).map_err(|_| IngestError::InvalidBody)?]
     };
     if items.len() > MAX_ITEMS {
         return Err(IngestError::InvalidBody);
@@ -189,5 +193,14 @@ mod tests {
             parse(too_many.as_bytes()),
             Err(IngestError::InvalidBody)
         ));
+    }
+
+    #[test]
+    fn bodies_that_are_not_utf8_are_rejected_even_inside_ignored_fields() {
+        let id = Uuid::new_v4();
+        let mut body =
+            format!(r#"{{"instanceId":"{id}","event":"call.update","data":1,"x":""#).into_bytes();
+        body.extend_from_slice(b"\xFF\xFE\"}");
+        assert!(matches!(parse(&body), Err(IngestError::InvalidBody)));
     }
 }

@@ -95,14 +95,66 @@ async fn gateway_with_bad_config_lists_every_problem_and_exits_64() {
     ] {
         assert!(err.contains(needle), "missing {needle:?} in {err}");
     }
-    let bad_duration = run_cli(
+}
+
+/// CONTRACT §2: values clap refuses are listed together with the missing settings, not one
+/// at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_values_and_missing_settings_are_listed_in_one_message() {
+    let gateway = run_cli(
         Bin::Gateway,
-        &[],
-        &[("WS_PING_INTERVAL", "soon".to_owned())],
+        &["--ws-max-message-bytes", "big"],
+        &[
+            ("WS_PING_INTERVAL", "soon".to_owned()),
+            ("LISTEN_ADDR", "nowhere".to_owned()),
+        ],
     )
     .await
     .unwrap();
-    assert_eq!(bad_duration.status.code(), Some(64));
+    let publisher = run_cli(
+        Bin::Publisher,
+        &[],
+        &[
+            ("CONFIG_CACHE_TTL", "soon".to_owned()),
+            ("MAX_INGEST_BYTES", "8 parsecs".to_owned()),
+        ],
+    )
+    .await
+    .unwrap();
+    for (out, needles) in [
+        (
+            &gateway,
+            &[
+                "WS_PING_INTERVAL: invalid value 'soon'",
+                "LISTEN_ADDR: invalid value 'nowhere'",
+                "WS_MAX_MESSAGE_BYTES: invalid value 'big'",
+                "DATABASE_URL is required",
+                "REDIS_URL is required",
+            ][..],
+        ),
+        (
+            &publisher,
+            &[
+                "CONFIG_CACHE_TTL: invalid value 'soon'",
+                "MAX_INGEST_BYTES: invalid value '8 parsecs'",
+                "DATABASE_URL is required",
+                "PUBLISHER_API_KEY is required",
+                "PUBLIC_BASE_URL is required",
+            ][..],
+        ),
+    ] {
+        assert_eq!(out.status.code(), Some(64));
+        assert!(out.stdout.is_empty(), "nothing on stdout");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.matches("invalid configuration:").count(),
+            1,
+            "one message: {err}"
+        );
+        for needle in needles {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -136,7 +136,10 @@ impl<'de> Deserialize<'de> for PostBody {
 /// D4/D21: an object; `enabled` a required boolean; `events` strings among the six, duplicates
 /// removed keeping the first; `mediaBase64` a boolean; unknown fields ignored.
 pub fn parse_body(bytes: &[u8]) -> Option<WsConfig> {
-    let body: PostBody = serde_json::from_slice(bytes).ok()?;
+    // JSON text is UTF-8 (RFC 8259 §8.1). serde_json skips the contents of ignored fields
+    // without checking them, so the whole body is checked up front.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let body: PostBody = serde_json::from_str(text).ok()?;
     let enabled = body.enabled?;
     let mut events: Vec<EventType> = Vec::new();
     for name in body.events.unwrap_or_default() {
@@ -224,5 +227,17 @@ mod tests {
         ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bodies_that_are_not_utf8_are_rejected_even_inside_ignored_fields() {
+        for bad in [
+            &b"{\"enabled\":true,\"x\":\"\xFF\xFE\"}"[..],
+            &b"{\"enabled\":true,\"\xC3\":1}"[..],
+            &b"{\"enabled\":true,\"x\":[\"\xED\xA0\x80\"]}"[..],
+        ] {
+            assert!(parse_body(bad).is_none(), "{bad:?}");
+        }
+        assert!(parse_body("{\"enabled\":true,\"x\":\"ação\"}".as_bytes()).is_some());
     }
 }

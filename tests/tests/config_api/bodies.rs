@@ -294,6 +294,28 @@ async fn bodies_breaking_the_rules_are_400_and_change_nothing() {
         assert_eq!(reply.status, 400, "{case}: {reply:?}");
         assert_error(&reply, 400, INVALID_BODY);
     }
+    // JSON text must be UTF-8, also inside a field the parser otherwise ignores.
+    let not_utf8: [(&str, &[u8]); 3] = [
+        (
+            "bytes FF FE in an ignored string",
+            b"{\"enabled\":true,\"x\":\"\xFF\xFE\"}",
+        ),
+        ("a cut sequence in a key", b"{\"enabled\":true,\"\xC3\":1}"),
+        (
+            "an encoded surrogate",
+            b"{\"enabled\":false,\"x\":\"\xED\xA0\x80\"}",
+        ),
+    ];
+    for (case, body) in not_utf8 {
+        let req = http()
+            .post(w.gw.url("/api/events/websocket/sales"))
+            .header("content-type", "application/json")
+            .header("token", &w.account.token)
+            .body(body.to_vec());
+        let reply = send(req).await;
+        assert_eq!(reply.status, 400, "{case}: {reply:?}");
+        assert_error(&reply, 400, INVALID_BODY);
+    }
     assert_eq!(
         stored_row(&w.db).await,
         Some((true, strings(&["call.update"]), true)),

@@ -66,7 +66,7 @@ async fn embedded_single_process_mode_delivers_end_to_end_without_redis() {
     for e in ["message.exchange", "label.update"] {
         assert_eq!(
             c.next_text(WAIT).await.unwrap(),
-            frame(e, golden_data(e), &sales)
+            frame(e, golden_sent(e), &sales)
         );
     }
 }
@@ -186,8 +186,59 @@ async fn embedded_publishers_with_redis_fan_out_to_clients_on_every_pod() {
         for e in EVENTS.iter().chain(&EVENTS[..1]) {
             assert_eq!(
                 c.next_text(WAIT).await.unwrap(),
-                frame(e, golden_data(e), &sales)
+                frame(e, golden_sent(e), &sales)
             );
         }
+    }
+}
+
+/// D22 and §6.2: the standalone publisher and the embedded one share one encoder, so the same
+/// ingest body reaches clients as the same compact bytes in both modes (spacing dropped; keys,
+/// order, escapes and number spellings kept; D10 applied to spaced sources too).
+#[tokio::test(flavor = "multi_thread")]
+async fn both_modes_send_the_same_compact_bytes_for_the_same_ingest_body() {
+    let env = Env::new().await;
+    let sales = env.create_instance("sales").await;
+    let gw = env.gateway(&[]).await;
+    let publisher = env.publisher(&[]).await;
+    configure(&gw, "sales", &env.account_token, json!({"enabled": true})).await;
+    // The same database, no Redis: the single-process mode.
+    let single = Env::with(env.db_url.clone(), None, None).await;
+    let embedded = single
+        .gateway(&[
+            ("EMBEDDED_PUBLISHER", "true".into()),
+            ("PUBLISHER_API_KEY", API_KEY.into()),
+            ("PUBLIC_BASE_URL", BASE_URL.into()),
+        ])
+        .await;
+
+    let cases = [
+        ("call.update", r#"{"id": "x", "n": 1}"#, r#"{"id":"x","n":1}"#),
+        (
+            "message.exchange",
+            "{ \"message\" : {\n\t\"media\" : { \"type\" : \"image\" , \"base64\" : \"QQ==\" },\r\n \"n\" : 1.50e3 } }",
+            r#"{"message":{"media":{"type":"image"},"n":1.50e3}}"#,
+        ),
+        (
+            "label.update",
+            r#"[ "a b", "q\" \\", {"k\u00e9y" : [ ] } ]"#,
+            r#"["a b","q\" \\",{"k\u00e9y":[]}]"#,
+        ),
+    ];
+    let body = batch(
+        &cases
+            .iter()
+            .map(|(event, data, _)| item(&sales.id, event, data))
+            .collect::<Vec<_>>(),
+    );
+    let mut via_redis = connect(&gw, "sales", &sales.token).await;
+    let mut in_process = connect(&embedded, "sales", &sales.token).await;
+    publish_expect(&publisher, &body, cases.len(), 0, 0, 0).await;
+    publish_expect(&embedded, &body, cases.len(), 0, 0, 0).await;
+    for (event, _, compact) in cases {
+        let a = via_redis.next_text(WAIT).await.expect("frame via Redis");
+        let b = in_process.next_text(WAIT).await.expect("frame in process");
+        assert_eq!(a, b, "{event}: the two modes sent different bytes");
+        assert_eq!(a, frame(event, compact, &sales), "{event}");
     }
 }

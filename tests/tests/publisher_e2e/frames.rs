@@ -22,7 +22,7 @@ async fn golden_frames_of_all_six_event_types_are_byte_exact() {
             let got = c.next_text(WAIT).await.unwrap();
             let want = format!(
                 r#"{{"event":"{e}","data":{},"instanceData":{{"baseUrl":"https://api.example.com","instance":"Loja Centro \"1\"","token":"{}"}}}}"#,
-                golden_data(e),
+                golden_sent(e),
                 sys.inst.token
             );
             assert_eq!(got, want);
