@@ -8,6 +8,9 @@
 //!   [`unique_prefix()`]); [`RedisServer::start`] gives one a test may stop and restart.
 //! - [`process`]: the project's binaries as child processes ([`Service`], [`Bin`]) with captured
 //!   logs, readiness waits and signals; [`run_cli`] for one-shot admin commands; [`free_port`].
+//! - [`proxy`]: [`FaultProxy`], a loopback TCP proxy in front of Redis/Postgres that
+//!   black-holes or resets connections on demand (silent network failures a stopped server
+//!   cannot produce).
 //! - [`client`]: the shared [`http()`] client and [`WsClient`], whose [`WsConnectError`] carries
 //!   a refused upgrade's status and body.
 //! - `supervisor` (private): the `sh` wrapper that ties every server to the test process, so
@@ -21,6 +24,7 @@ pub mod client;
 pub mod cluster;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 mod supervisor;
 
@@ -30,5 +34,6 @@ pub use postgres::{pg, try_pg, PgServer, TestDb};
 pub use process::{
     describe, free_port, run_cli, run_cli_json, run_program, Bin, Listeners, Service,
 };
+pub use proxy::FaultProxy;
 pub use redis::{redis, try_redis, unique_prefix, RedisServer};
 pub use supervisor::pid_is_alive;
