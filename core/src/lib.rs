@@ -9,6 +9,7 @@
 //! - [`config`]: parsing helpers shared by both binaries' configuration (durations, byte sizes).
 //! - [`token`]: token hashing for lookup and AES-256-GCM sealing at rest.
 //! - [`redis`]: `REDIS_URL` parsing and client settings.
+//! - [`liveness`]: noticing a Redis connection that stopped delivering (D38).
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
 //! - [`telemetry`]: logs (text or JSON) and OTLP trace export, set up once per binary.
@@ -18,6 +19,7 @@ pub mod close;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod liveness;
 pub mod redis;
 pub mod shutdown;
 pub mod store;
