@@ -28,9 +28,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Unanswered probes before the kernel drops the connection (so a dead peer is noticed
 /// within idle + interval × retries = 25 s even when nothing is being sent).
 pub const KEEPALIVE_RETRIES: u32 = 3;
-/// At most one "TLS handshake failed" line per client this often (fred retries every few
+/// At most one "connection failed" line per client this often (fred retries every few
 /// seconds; the line says the same thing each time).
-const TLS_LOG_EVERY: Duration = Duration::from_secs(30);
+const LOG_FAILURES_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a `REDIS_URL` was refused. Messages never repeat the URL (it may hold a password).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,9 +158,9 @@ impl RedisTarget {
     /// A client that keeps reconnecting with capped backoff, starting without Redis too.
     ///
     /// A TLS URL without [`RedisTarget::with_tls`] verifies against the system roots. Called
-    /// within a Tokio runtime, it also logs failed TLS handshakes (fred itself reports them
-    /// only at DEBUG), so a certificate that does not verify is visible while the pod stays
-    /// unready.
+    /// within a Tokio runtime, it also logs failed connection attempts at WARN, rate-limited
+    /// (fred itself reports them only at DEBUG), naming a failed TLS handshake as such, so a
+    /// certificate that does not verify is visible while the pod stays unready.
     pub fn client(&self, broadcast_capacity: usize) -> Result<Client, fred::error::Error> {
         let mut config = self.config.clone();
         config.fail_fast = false;
@@ -185,9 +185,7 @@ impl RedisTarget {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build()?;
-        if self.tls {
-            log_tls_failures(&client);
-        }
+        log_connection_failures(&client);
         Ok(client)
     }
 }
@@ -291,9 +289,12 @@ fn with_node_params(
     Ok(out)
 }
 
-/// Logs failed TLS handshakes from the client's error stream at WARN (rate-limited). Needs a
-/// Tokio runtime; outside one it does nothing. The task ends with the client.
-fn log_tls_failures(client: &Client) {
+/// Logs failed connection attempts from the client's error stream at WARN, at most one line
+/// per [`LOG_FAILURES_EVERY`]: fred reports them only at DEBUG, and a client that never
+/// connects (wrong scheme, certificate that does not verify) would otherwise log nothing at
+/// all while the pod stays unready. Needs a Tokio runtime; outside one it does nothing. The
+/// task ends with the client.
+fn log_connection_failures(client: &Client) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -307,18 +308,29 @@ fn log_tls_failures(client: &Client) {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            if !is_tls_failure(&error) || last.is_some_and(|t| t.elapsed() < TLS_LOG_EVERY) {
+            if last.is_some_and(|t| t.elapsed() < LOG_FAILURES_EVERY) {
                 continue;
             }
             last = Some(tokio::time::Instant::now());
-            let server = server.map(|s| s.to_string()).unwrap_or_default();
-            tracing::warn!(
-                redis.client = %client_id,
-                redis.server = %server,
-                error = %error,
-                "Redis TLS handshake failed: the server certificate did not verify, or the \
-                 server refused this client; retrying"
-            );
+            // fred names the server only for some errors; the URL is never logged (password).
+            let server = server.map(|s| s.to_string());
+            let server = server.as_deref().unwrap_or("-");
+            if is_tls_failure(&error) {
+                tracing::warn!(
+                    redis.client = %client_id,
+                    redis.server = server,
+                    error = %error,
+                    "Redis TLS handshake failed: the server certificate did not verify, or the \
+                     server refused this client; retrying"
+                );
+            } else {
+                tracing::warn!(
+                    redis.client = %client_id,
+                    redis.server = server,
+                    error = %error,
+                    "Redis connection failed; retrying"
+                );
+            }
         }
     });
 }
