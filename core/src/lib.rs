@@ -8,7 +8,8 @@
 //! - [`close`]: the WebSocket close-code table (SPEC D7).
 //! - [`config`]: parsing helpers shared by both binaries' configuration (durations, byte sizes).
 //! - [`token`]: token hashing for lookup and AES-256-GCM sealing at rest.
-//! - [`redis`]: `REDIS_URL` parsing and client settings.
+//! - [`redis`]: `REDIS_URL` parsing (plain, TLS, Cluster, Sentinel) and client settings.
+//! - [`tls`]: rustls client configurations (CA bundle or system roots, optional client cert).
 //! - [`liveness`]: noticing a Redis connection that stopped delivering (D38).
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
@@ -24,5 +25,6 @@ pub mod redis;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod wire;

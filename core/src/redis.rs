@@ -1,78 +1,175 @@
 //! `REDIS_URL` parsing and the Redis client settings both processes use (CONTRACT §2, §5).
+//!
+//! URL forms (`s` after `redis` = TLS):
+//! - `redis[s]://[user:pass@]host[:port][/db]`: one server.
+//! - `redis[s]-cluster://[user:pass@]host:port,host:port,…`: Redis Cluster (sharded pub/sub).
+//! - `redis[s]-sentinel://[user:pass@]host[:port],host[:port],…[/db]?sentinelServiceName=NAME
+//!   [&sentinelUsername=U&sentinelPassword=P]`: the primary that the listed Sentinels name
+//!   (port 26379 when left out). fred's own `&node=host:port` form is accepted too. The
+//!   credentials before `@` are the primary's; `sentinelUsername`/`sentinelPassword` the
+//!   Sentinels' (when they differ).
+//!
+//! TLS verifies the server against `REDIS_TLS_CA_FILE` or the system roots (see
+//! [`crate::tls`]); [`RedisTarget::with_tls`] installs the configuration built at start-up.
+//! Every connection gets TCP keepalive ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`],
+//! [`KEEPALIVE_RETRIES`]) and `TCP_NODELAY`.
 
+use crate::tls::{TlsError, TlsFiles};
 use fred::prelude::*;
-use fred::types::config::UnresponsiveConfig;
+use fred::socket2::TcpKeepalive;
+use fred::types::config::{TcpConfig, TlsConfig, TlsHostMapping, UnresponsiveConfig};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Idle time before the first TCP keepalive probe on a Redis connection.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Time between unanswered keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes before the kernel drops the connection (so a dead peer is noticed
+/// within idle + interval × retries = 25 s even when nothing is being sent).
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// At most one "connection failed" line per client this often (fred retries every few
+/// seconds; the line says the same thing each time).
+const LOG_FAILURES_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a `REDIS_URL` was refused. Messages never repeat the URL (it may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisUrlError {
+    /// Not one of the six schemes.
+    #[error(
+        "must start with redis://, rediss://, redis-cluster://, rediss-cluster://, \
+         redis-sentinel:// or rediss-sentinel://"
+    )]
+    Scheme,
+    /// A cluster or sentinel URL without any host.
+    #[error("{scheme}:// needs at least one host:port")]
+    NoHosts {
+        /// The scheme, e.g. `redis-cluster`.
+        scheme: &'static str,
+    },
+    /// One entry of the host list is not `host:port`.
+    #[error("node {node:?} is not host:port")]
+    BadNode {
+        /// The offending entry (a host list never holds credentials).
+        node: String,
+    },
+    /// A sentinel URL without `sentinelServiceName`.
+    #[error("{scheme}:// needs ?sentinelServiceName=NAME (the primary's name in the Sentinels)")]
+    NoServiceName {
+        /// The scheme, e.g. `redis-sentinel`.
+        scheme: &'static str,
+    },
+    /// fred refused the rest of the URL (bad port, database, escape).
+    #[error("invalid URL: {0}")]
+    Invalid(String),
+}
+
+/// Which deployment a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One server.
+    Standalone,
+    /// Redis Cluster: instance channels use sharded pub/sub.
+    Cluster,
+    /// A primary managed by Redis Sentinel (fred asks the Sentinels where it is, again after
+    /// every disconnect, so a failover is followed without a restart).
+    Sentinel,
+}
 
 /// A parsed `REDIS_URL`.
 #[derive(Debug, Clone)]
 pub struct RedisTarget {
-    /// fred's connection config.
+    /// fred's connection config (its `tls` is set by [`RedisTarget::with_tls`], or from the
+    /// system roots by [`RedisTarget::client`]).
     pub config: Config,
-    /// `redis-cluster://`: instance channels use sharded pub/sub.
+    /// `redis[s]-cluster://`: instance channels use sharded pub/sub.
     pub clustered: bool,
+    /// Which deployment the URL names.
+    pub topology: Topology,
+    /// The URL asks for TLS (`rediss…`).
+    pub tls: bool,
 }
 
 impl RedisTarget {
-    /// Parses `redis://` or `redis-cluster://[user:pass@]host:port,host:port`; `rediss://` is
-    /// refused while the build has no TLS.
-    pub fn parse(url: &str) -> Result<RedisTarget, String> {
-        if let Some(rest) = url.strip_prefix("redis-cluster://") {
-            let (auth, hosts) = match rest.rsplit_once('@') {
-                Some((a, h)) => (Some(a), h),
-                None => (None, rest),
-            };
-            let hosts = hosts.trim_end_matches('/');
-            let mut servers = Vec::new();
-            for h in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-                let (host, port) = h
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h, p)))
-                    .ok_or_else(|| format!("cluster node {h:?} is not host:port"))?;
-                servers.push(Server::new(host, port));
+    /// Parses any of the URL forms in the module docs. Files are not read here: TLS settings
+    /// come with [`RedisTarget::with_tls`] / [`RedisTarget::with_tls_files`].
+    pub fn parse(url: &str) -> Result<RedisTarget, RedisUrlError> {
+        let (scheme, rest) = url.split_once("://").ok_or(RedisUrlError::Scheme)?;
+        let (scheme, tls, topology) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => ("redis", false, Topology::Standalone),
+            "rediss" => ("rediss", true, Topology::Standalone),
+            "redis-cluster" => ("redis-cluster", false, Topology::Cluster),
+            "rediss-cluster" => ("rediss-cluster", true, Topology::Cluster),
+            "redis-sentinel" => ("redis-sentinel", false, Topology::Sentinel),
+            "rediss-sentinel" => ("rediss-sentinel", true, Topology::Sentinel),
+            _ => return Err(RedisUrlError::Scheme),
+        };
+        // fred is always handed the plain scheme: it would otherwise build a TLS connector of
+        // its own (reading the system store on every parse); ours comes from `with_tls`.
+        let invalid = |e: fred::error::Error| RedisUrlError::Invalid(e.details().to_owned());
+        let config = match topology {
+            Topology::Standalone => {
+                Config::from_url_centralized(&format!("redis://{rest}")).map_err(invalid)?
             }
-            if servers.is_empty() {
-                return Err("redis-cluster:// needs at least one host:port".into());
+            Topology::Cluster => {
+                let fred_url = with_node_params("redis-cluster", scheme, rest, None)?;
+                Config::from_url_clustered(&fred_url).map_err(invalid)?
             }
-            let mut config = Config {
-                server: ServerConfig::Clustered {
-                    hosts: servers,
-                    policy: Default::default(),
-                },
-                ..Config::default()
-            };
-            if let Some(auth) = auth {
-                let (user, pass) = auth.split_once(':').unwrap_or(("", auth));
-                config.username = (!user.is_empty()).then(|| user.to_owned());
-                config.password = Some(pass.to_owned());
+            Topology::Sentinel => {
+                let fred_url = with_node_params("redis-sentinel", scheme, rest, Some(26379))?;
+                if !fred_url.contains("sentinelServiceName=") {
+                    return Err(RedisUrlError::NoServiceName { scheme });
+                }
+                Config::from_url_sentinel(&fred_url).map_err(invalid)?
             }
-            return Ok(RedisTarget {
-                config,
-                clustered: true,
-            });
-        }
-        if url.starts_with("rediss://") {
-            // Refused up front rather than failing at connect time: see docs/decisions.md.
-            return Err(
-                "rediss:// (TLS) is not supported by this build; use redis:// on a private network"
-                    .into(),
-            );
-        }
-        if !url.starts_with("redis://") {
-            return Err("must start with redis:// or redis-cluster://".into());
-        }
-        let config = Config::from_url(url).map_err(|e| format!("invalid URL: {}", e.details()))?;
+        };
         Ok(RedisTarget {
             config,
-            clustered: false,
+            clustered: topology == Topology::Cluster,
+            topology,
+            tls,
         })
     }
 
+    /// Uses `tls` for the connections when the URL asks for TLS (a plain URL ignores it).
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> RedisTarget {
+        if self.tls {
+            let mut config = TlsConfig::from((*tls).clone());
+            // On a cluster, verify each node against the host name it announces (Redis 7
+            // `cluster-announce-hostname`) or else the seed host's name, not a bare IP.
+            if self.clustered {
+                config.hostnames = TlsHostMapping::DefaultHost;
+            }
+            self.config.tls = Some(config);
+        }
+        self
+    }
+
+    /// Reads `files` and installs the result ([`RedisTarget::with_tls`]) when the URL asks for
+    /// TLS; a plain URL reads nothing.
+    pub fn with_tls_files(self, files: &TlsFiles) -> Result<RedisTarget, TlsError> {
+        if !self.tls {
+            return Ok(self);
+        }
+        let tls = Arc::new(files.client_config()?);
+        Ok(self.with_tls(tls))
+    }
+
     /// A client that keeps reconnecting with capped backoff, starting without Redis too.
+    ///
+    /// A TLS URL without [`RedisTarget::with_tls`] verifies against the system roots. Called
+    /// within a Tokio runtime, it also logs failed connection attempts at WARN, rate-limited
+    /// (fred itself reports them only at DEBUG), naming a failed TLS handshake as such, so a
+    /// certificate that does not verify is visible while the pod stays unready.
     pub fn client(&self, broadcast_capacity: usize) -> Result<Client, fred::error::Error> {
         let mut config = self.config.clone();
         config.fail_fast = false;
-        Builder::from_config(config)
+        if self.tls && config.tls.is_none() {
+            let tls = crate::tls::client_config(None, None)
+                .map_err(|e| fred::error::Error::new(fred::error::ErrorKind::Tls, e.to_string()))?;
+            config.tls = Some(TlsConfig::from(tls));
+        }
+        let client = Builder::from_config(config)
             .with_performance_config(|p| {
                 p.broadcast_channel_capacity = broadcast_capacity;
             })
@@ -84,29 +181,180 @@ impl RedisTarget {
                     max_timeout: Some(Duration::from_secs(5)),
                     interval: Duration::from_secs(1),
                 };
+                c.tcp = tcp_config();
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build()
+            .build()?;
+        log_connection_failures(&client);
+        Ok(client)
     }
+}
+
+/// Environment names of the three Redis TLS file settings (both binaries).
+pub const TLS_ENV: [&str; 3] = [
+    "REDIS_TLS_CA_FILE",
+    "REDIS_TLS_CERT_FILE",
+    "REDIS_TLS_KEY_FILE",
+];
+
+/// The configuration problem with the Redis TLS settings, if any, for `validate()`: every
+/// named file is read (whatever the URL says), and when some URL asks for TLS without a CA
+/// file, the system roots must load. The message names the setting and the file.
+pub fn tls_problem(files: &TlsFiles, some_url_uses_tls: bool) -> Option<String> {
+    if files.is_empty() && !some_url_uses_tls {
+        return None;
+    }
+    let e = files.client_config().err()?;
+    let setting = match &e {
+        TlsError::Read { path, .. }
+        | TlsError::NoCertificate { path }
+        | TlsError::InvalidCa { path, .. }
+            if files.ca.as_ref() == Some(path) =>
+        {
+            TLS_ENV[0]
+        }
+        TlsError::NoPrivateKey { .. } => TLS_ENV[2],
+        TlsError::Read { path, .. } if files.key.as_ref() == Some(path) => TLS_ENV[2],
+        TlsError::HalfClientIdentity => "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE",
+        TlsError::NoSystemRoots => "REDIS_TLS_CA_FILE (unset)",
+        _ => TLS_ENV[1],
+    };
+    Some(format!("{setting}: {e}"))
+}
+
+/// `TCP_NODELAY` and keepalive for every Redis connection (Sentinels included).
+fn tcp_config() -> TcpConfig {
+    TcpConfig {
+        nodelay: Some(true),
+        keepalive: Some(
+            TcpKeepalive::new()
+                .with_time(KEEPALIVE_IDLE)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(KEEPALIVE_RETRIES),
+        ),
+        ..TcpConfig::default()
+    }
+}
+
+/// Rewrites `<scheme>://[auth@]h1:p1,h2:p2[/db][?q]` as fred's
+/// `<fred_scheme>://[auth@]h1:p1[/db]?q&node=h2:p2`. Hosts without a port get `default_port`
+/// (or are refused when it is `None`). The authority ends at the first `/`, `?` or `#`, as in
+/// any URL (a password holding those must be percent-encoded).
+fn with_node_params(
+    fred_scheme: &str,
+    scheme: &'static str,
+    rest: &str,
+    default_port: Option<u16>,
+) -> Result<String, RedisUrlError> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (auth, hosts) = match authority.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, authority),
+    };
+    let mut nodes = Vec::new();
+    for h in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let bad = || RedisUrlError::BadNode { node: h.to_owned() };
+        let node = match h.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
+                port.parse::<u16>().map_err(|_| bad())?;
+                h.to_owned()
+            }
+            None if !h.is_empty() => format!("{h}:{}", default_port.ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        nodes.push(node);
+    }
+    let Some((first, others)) = nodes.split_first() else {
+        return Err(RedisUrlError::NoHosts { scheme });
+    };
+    let mut out = format!("{fred_scheme}://");
+    if let Some(auth) = auth {
+        out.push_str(auth);
+        out.push('@');
+    }
+    out.push_str(first);
+    let tail = tail.split('#').next().unwrap_or_default();
+    out.push_str(tail);
+    for (i, node) in others.iter().enumerate() {
+        let sep = if i == 0 && !tail.contains('?') {
+            '?'
+        } else {
+            '&'
+        };
+        out.push(sep);
+        out.push_str("node=");
+        out.push_str(node);
+    }
+    Ok(out)
+}
+
+/// Logs failed connection attempts from the client's error stream at WARN, at most one line
+/// per [`LOG_FAILURES_EVERY`]: fred reports them only at DEBUG, and a client that never
+/// connects (wrong scheme, certificate that does not verify) would otherwise log nothing at
+/// all while the pod stays unready. Needs a Tokio runtime; outside one it does nothing. The
+/// task ends with the client.
+fn log_connection_failures(client: &Client) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let mut errors = client.error_rx();
+    let client_id = client.id().to_owned();
+    runtime.spawn(async move {
+        let mut last: Option<tokio::time::Instant> = None;
+        loop {
+            let (error, server) = match errors.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if last.is_some_and(|t| t.elapsed() < LOG_FAILURES_EVERY) {
+                continue;
+            }
+            last = Some(tokio::time::Instant::now());
+            // fred names the server only for some errors; the URL is never logged (password).
+            let server = server.map(|s| s.to_string());
+            let server = server.as_deref().unwrap_or("-");
+            if is_tls_failure(&error) {
+                tracing::warn!(
+                    redis.client = %client_id,
+                    redis.server = server,
+                    error = %error,
+                    "Redis TLS handshake failed: the server certificate did not verify, or the \
+                     server refused this client; retrying"
+                );
+            } else {
+                tracing::warn!(
+                    redis.client = %client_id,
+                    redis.server = server,
+                    error = %error,
+                    "Redis connection failed; retrying"
+                );
+            }
+        }
+    });
+}
+
+/// Whether a connection error came from TLS (fred wraps rustls's error in an I/O error).
+fn is_tls_failure(error: &fred::error::Error) -> bool {
+    if *error.kind() == fred::error::ErrorKind::Tls {
+        return true;
+    }
+    let details = error.details();
+    [
+        "Certificate",
+        "certificate",
+        "AlertReceived",
+        "HandshakeFailure",
+        "InvalidMessage",
+        "CorruptMessage",
+        "PeerIncompatible",
+        "PeerMisbehaved",
+    ]
+    .iter()
+    .any(|needle| details.contains(needle))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_urls_list_their_nodes() {
-        let t = RedisTarget::parse("redis-cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap();
-        assert!(t.clustered);
-        assert!(
-            matches!(t.config.server, ServerConfig::Clustered { ref hosts, .. } if hosts.len() == 2)
-        );
-        assert!(
-            !RedisTarget::parse("redis://127.0.0.1:6379")
-                .unwrap()
-                .clustered
-        );
-        assert!(RedisTarget::parse("http://x").is_err());
-        assert!(RedisTarget::parse("redis-cluster://nohost").is_err());
-    }
-}
+#[path = "redis/tests.rs"]
+mod tests;

@@ -598,6 +598,33 @@ def multi_region_publisher_gets_the_region_set_from_the_secret():
 
 
 @test
+def redis_tls_files_are_mounted_read_only_from_the_secret_into_both_components():
+    docs = scenario("redis-tls-sentinel")
+    for suffix in ("-gateway", "-publisher"):
+        spec = one(docs, "Deployment", suffix)["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "redis-tls")
+        assert mount["readOnly"] is True, mount
+        base = mount["mountPath"]
+        assert env["REDIS_TLS_CA_FILE"] == f"{base}/ca.crt", env
+        assert env["REDIS_TLS_CERT_FILE"] == f"{base}/tls.crt", env
+        assert env["REDIS_TLS_KEY_FILE"] == f"{base}/tls.key", env
+        volume = next(v for v in spec["volumes"] if v["name"] == "redis-tls")
+        assert volume["secret"]["secretName"] == "redis-tls", volume
+        assert {i["path"] for i in volume["secret"]["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+    default = one(render(*REQUIRED), "Deployment", "-gateway")["spec"]["template"]["spec"]
+    assert "REDIS_TLS_CA_FILE" not in {e["name"] for e in default["containers"][0]["env"]}
+    assert "redis-tls" not in {v["name"] for v in default["volumes"]}
+
+
+@test
+def redis_tls_client_certificate_needs_its_key():
+    err = render_fails(*REQUIRED, "--set", "redisTls.existingSecret=t", "--set", "redisTls.keys.cert=tls.crt")
+    assert "redisTls.keys.cert and redisTls.keys.key go together" in err, err
+
+
+@test
 def secondary_region_release_runs_gateways_only():
     docs = scenario("multi-region", "--set", "region=us-east", "--set", "publisher.enabled=false",
                     "--set", "migrate.enabled=false", "--set", "publisher.regionRedisUrls.enabled=false")

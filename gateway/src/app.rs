@@ -62,7 +62,8 @@ impl App {
         let cache = Arc::new(AuthCache::new(config.config_cache_ttl));
         let broker = match &config.redis_url {
             Some(url) => {
-                let target = RedisTarget::parse(url.expose_secret()).map_err(anyhow::Error::msg)?;
+                let target = RedisTarget::parse(url.expose_secret())?
+                    .with_tls_files(&config.redis_tls_files())?;
                 Broker::Redis(RedisBroker::connect(
                     &target,
                     names.clone(),
@@ -145,6 +146,7 @@ impl App {
                     let url = config.redis_url.as_ref().context("REDIS_URL")?;
                     Arc::new(ryze_publisher::outlet::RedisOutlet::connect(
                         url.expose_secret(),
+                        &config.redis_tls_files(),
                         names.clone(),
                     )?)
                 }

@@ -5,9 +5,11 @@
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
+use ryze_core::tls::TlsFiles;
 use ryze_core::token::TokenCipher;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Log output format (one definition for both binaries).
@@ -29,10 +31,21 @@ pub struct Config {
     /// Maximum pooled Postgres connections.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: usize,
-    /// Redis URL: redis://, rediss:// or redis-cluster://host:port,... Required unless the
-    /// embedded publisher runs (then unset means in-process fan-out).
+    /// Redis URL: redis[s]://, redis[s]-cluster://host:port,... or
+    /// redis[s]-sentinel://host:port,...?sentinelServiceName=NAME (rediss = TLS). Required
+    /// unless the embedded publisher runs (then unset means in-process fan-out).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretString>,
+    /// PEM bundle of the CAs that sign the Redis server certificate (rediss…); unset = the
+    /// system trust store.
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS to Redis (needs REDIS_TLS_KEY_FILE).
+    #[arg(long, env = "REDIS_TLS_CERT_FILE")]
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of REDIS_TLS_CERT_FILE.
+    #[arg(long, env = "REDIS_TLS_KEY_FILE")]
+    pub redis_tls_key_file: Option<PathBuf>,
     /// Prefix of every Redis channel and key.
     #[arg(long, env = "REDIS_PREFIX", default_value = "ryze")]
     pub redis_prefix: String,
@@ -121,17 +134,21 @@ impl Config {
         if self.database_url.is_none() {
             problems.push("DATABASE_URL is required".to_owned());
         }
+        let mut uses_tls = false;
         match &self.redis_url {
             None if !self.embedded_publisher => {
                 problems.push("REDIS_URL is required unless EMBEDDED_PUBLISHER=true".to_owned())
             }
-            Some(url) => {
-                if let Err(e) = ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
-                    problems.push(format!("REDIS_URL: {e}"));
-                }
-            }
+            Some(url) => match ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
+                Ok(target) => uses_tls = target.tls,
+                Err(e) => problems.push(format!("REDIS_URL: {e}")),
+            },
             None => {}
         }
+        problems.extend(ryze_core::redis::tls_problem(
+            &self.redis_tls_files(),
+            uses_tls,
+        ));
         if self.embedded_publisher {
             if self
                 .publisher_api_key
@@ -171,6 +188,16 @@ impl Config {
             problems.push("RATE_LIMIT_PER_MINUTE must be greater than 0".into());
         }
         ryze_core::config::into_result(problems)
+    }
+
+    /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` (read when a Redis URL
+    /// asks for TLS).
+    pub fn redis_tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.redis_tls_ca_file.clone(),
+            cert: self.redis_tls_cert_file.clone(),
+            key: self.redis_tls_key_file.clone(),
+        }
     }
 
     /// The token cipher from `ENCRYPTION_KEY`.

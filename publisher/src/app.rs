@@ -65,6 +65,7 @@ impl App {
                 let regions = parse_regions(spec.expose_secret()).map_err(anyhow::Error::msg)?;
                 Arc::new(RegionsOutlet::connect(
                     &regions,
+                    &config.redis_tls_files(),
                     names,
                     publisher_metrics.clone(),
                     &tasks,
@@ -73,7 +74,11 @@ impl App {
             }
             None => {
                 let url = config.redis_url.as_ref().context("REDIS_URL is required")?;
-                Arc::new(RedisOutlet::connect(url.expose_secret(), names)?)
+                Arc::new(RedisOutlet::connect(
+                    url.expose_secret(),
+                    &config.redis_tls_files(),
+                    names,
+                )?)
             }
         };
         let settings = Settings::from_parts(

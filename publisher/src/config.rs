@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
+use ryze_core::tls::TlsFiles;
 use ryze_core::token::TokenCipher;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -32,9 +34,20 @@ pub struct Config {
     /// Maximum pooled Postgres connections.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, global = true)]
     pub database_pool_size: usize,
-    /// Redis URL (required to serve): redis://, rediss:// or redis-cluster://host:port,...
+    /// Redis URL (required to serve): redis[s]://, redis[s]-cluster://host:port,... or
+    /// redis[s]-sentinel://host:port,...?sentinelServiceName=NAME (rediss = TLS).
     #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
     pub redis_url: Option<SecretString>,
+    /// PEM bundle of the CAs that sign the Redis server certificate (rediss…); unset = the
+    /// system trust store.
+    #[arg(long, env = "REDIS_TLS_CA_FILE", global = true)]
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS to Redis (needs REDIS_TLS_KEY_FILE).
+    #[arg(long, env = "REDIS_TLS_CERT_FILE", global = true)]
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of REDIS_TLS_CERT_FILE.
+    #[arg(long, env = "REDIS_TLS_KEY_FILE", global = true)]
+    pub redis_tls_key_file: Option<PathBuf>,
     /// Prefix of every Redis channel and key.
     #[arg(long, env = "REDIS_PREFIX", default_value = "ryze", global = true)]
     pub redis_prefix: String,
@@ -139,22 +152,31 @@ impl Config {
         ));
 
         if self.command.is_none() {
+            let mut uses_tls = false;
             match (&self.redis_url, &self.region_redis_urls) {
                 (None, None) => {
                     problems.push("REDIS_URL (or REGION_REDIS_URLS) is required".to_owned())
                 }
-                (Some(url), _) => {
-                    if let Err(e) = ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
-                        problems.push(format!("REDIS_URL: {e}"));
-                    }
-                }
+                (Some(url), _) => match ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
+                    Ok(target) => uses_tls |= target.tls,
+                    Err(e) => problems.push(format!("REDIS_URL: {e}")),
+                },
                 (None, Some(_)) => {}
             }
             if let Some(spec) = &self.region_redis_urls {
-                if let Err(e) = crate::outlet::regions::parse_regions(spec.expose_secret()) {
-                    problems.push(format!("REGION_REDIS_URLS: {e}"));
+                match crate::outlet::regions::parse_regions(spec.expose_secret()) {
+                    Ok(regions) => {
+                        uses_tls |= regions.iter().any(|(_, url)| {
+                            ryze_core::redis::RedisTarget::parse(url).is_ok_and(|t| t.tls)
+                        })
+                    }
+                    Err(e) => problems.push(format!("REGION_REDIS_URLS: {e}")),
                 }
             }
+            problems.extend(ryze_core::redis::tls_problem(
+                &self.redis_tls_files(),
+                uses_tls,
+            ));
             if self
                 .publisher_api_key
                 .as_ref()
@@ -167,6 +189,16 @@ impl Config {
             }
         }
         ryze_core::config::into_result(problems)
+    }
+
+    /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` (read when a Redis URL
+    /// asks for TLS).
+    pub fn redis_tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.redis_tls_ca_file.clone(),
+            cert: self.redis_tls_cert_file.clone(),
+            key: self.redis_tls_key_file.clone(),
+        }
     }
 
     /// The token cipher from `ENCRYPTION_KEY`.

@@ -4,7 +4,8 @@
 use fred::prelude::*;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::{ControlMessage, Names};
-use ryze_core::redis::RedisTarget;
+use ryze_core::redis::{RedisTarget, RedisUrlError};
+use ryze_core::tls::{TlsError, TlsFiles};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -31,7 +32,10 @@ pub enum OutletError {
     Timeout,
     /// The Redis URL does not parse (configuration validation normally catches it first).
     #[error("invalid Redis URL: {0}")]
-    BadUrl(String),
+    BadUrl(#[from] RedisUrlError),
+    /// The Redis TLS files could not be loaded (validation normally catches it first).
+    #[error("Redis TLS settings: {0}")]
+    Tls(#[from] TlsError),
     /// The in-process bus is not wired yet.
     #[error("event bus unavailable")]
     Unavailable,
@@ -61,8 +65,9 @@ pub struct RedisOutlet {
 
 impl RedisOutlet {
     /// Creates the client and starts connecting (readiness reports when it is connected).
-    pub fn connect(url: &str, names: Names) -> Result<RedisOutlet, OutletError> {
-        let target = RedisTarget::parse(url).map_err(OutletError::BadUrl)?;
+    /// `tls` is read only when the URL asks for TLS.
+    pub fn connect(url: &str, tls: &TlsFiles, names: Names) -> Result<RedisOutlet, OutletError> {
+        let target = RedisTarget::parse(url)?.with_tls_files(tls)?;
         let client = target.client(32)?;
         client.connect();
         Ok(RedisOutlet {

@@ -444,7 +444,8 @@ async fn launch_node() -> anyhow::Result<ClusterNode> {
         "--cluster-node-timeout".to_owned(),
         NODE_TIMEOUT_MS.to_string(),
     ];
-    let sup = launch_redis_server("redis-server (cluster)", &dir, &log, port, &cluster).await?;
+    let sup =
+        launch_redis_server("redis-server (cluster)", &dir, &log, None, port, &cluster).await?;
     Ok(ClusterNode {
         port,
         bus_port,

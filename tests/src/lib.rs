@@ -6,6 +6,9 @@
 //!   [`PgServer::start_private`] gives one a test may stop and start (outages).
 //! - [`redis`]: a private `redis-server` on a free port. [`redis()`] is shared (isolate with
 //!   [`unique_prefix()`]); [`RedisServer::start`] gives one a test may stop and restart.
+//!   [`RedisServer::start_tls`] serves TLS only, with certificates from [`tls`].
+//! - [`sentinel`]: a primary, a replica and three Sentinels ([`RedisSentinel`]).
+//! - [`tls`]: a throwaway CA, server and client certificate made with `openssl` ([`TestCerts`]).
 //! - [`process`]: the project's binaries as child processes ([`Service`], [`Bin`]) with captured
 //!   logs, readiness waits and signals; [`run_cli`] for one-shot admin commands; [`free_port`].
 //! - [`proxy`]: [`FaultProxy`], a loopback TCP proxy in front of Redis/Postgres that
@@ -26,7 +29,9 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 mod supervisor;
+pub mod tls;
 
 pub use client::{http, WsClient, WsConnectError};
 pub use cluster::{ClusterNode, RedisCluster, SlotOwner};
@@ -35,5 +40,7 @@ pub use process::{
     describe, free_port, run_cli, run_cli_json, run_program, Bin, Listeners, Service,
 };
 pub use proxy::FaultProxy;
-pub use redis::{redis, try_redis, unique_prefix, RedisServer};
+pub use redis::{redis, try_redis, unique_prefix, ClientAuth, RedisServer};
+pub use sentinel::RedisSentinel;
 pub use supervisor::pid_is_alive;
+pub use tls::TestCerts;

@@ -2,8 +2,10 @@
 //!
 //! [`redis()`] is one shared server per test binary; tests sharing it isolate themselves with a
 //! [`unique_prefix()`] as `REDIS_PREFIX`. Tests that break Redis (outage, restart) start their
-//! own with [`RedisServer::start()`]. Every server is tied to the test process's lifetime by
-//! [`crate::supervisor`], so none outlives a panic or a killed test binary.
+//! own with [`RedisServer::start()`]. [`RedisServer::start_tls`] serves TLS only (with
+//! [`crate::TestCerts`]), [`RedisServer::start_replica_of`] replicates another. Every server is
+//! tied to the test process's lifetime by [`crate::supervisor`], so none outlives a panic or a
+//! killed test binary.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::OnceCell;
 
 use crate::process::free_port;
 use crate::supervisor::{log_tail, server_dir, Launch, Supervisor};
+use crate::tls::TestCerts;
 
 /// Upper bound for a start or restart to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,21 +59,59 @@ pub fn unique_prefix() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
+/// How a TLS server treats client certificates (`--tls-auth-clients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client may present a certificate (verified if it does); plain TLS clients get in.
+    Optional,
+    /// Mutual TLS: a client without a certificate signed by the CA is refused.
+    Required,
+}
+
 /// One private redis-server. Dropping it stops the server and removes its temp dir.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     shared: bool,
     sup: Arc<Supervisor>,
+    /// TLS-only servers: the certificates it serves (and that `cli` uses).
+    tls: Option<Arc<TestCerts>>,
 }
 
 impl RedisServer {
     /// Starts a redis-server on a free 127.0.0.1 port (no persistence, working dir in a temp
     /// dir) and waits until it answers PING.
     pub async fn start() -> anyhow::Result<RedisServer> {
+        Self::start_with(&[], None).await
+    }
+
+    /// Like [`RedisServer::start`], replicating `primary` (`--replicaof`); returns once the
+    /// replica answers PING (the initial sync may still be under way).
+    pub async fn start_replica_of(primary: &RedisServer) -> anyhow::Result<RedisServer> {
+        let extra = ["--replicaof", "127.0.0.1", &primary.port.to_string()].map(String::from);
+        Self::start_with(&extra, None).await
+    }
+
+    /// A TLS-only redis-server (`--port 0 --tls-port P`) serving `certs`' server certificate,
+    /// trusting `certs`' CA for client certificates under `auth`. [`RedisServer::url`] is then
+    /// `rediss://127.0.0.1:P`; [`RedisServer::cli`] and readiness speak TLS with the client
+    /// certificate.
+    pub async fn start_tls(certs: Arc<TestCerts>, auth: ClientAuth) -> anyhow::Result<RedisServer> {
+        let mode = match auth {
+            ClientAuth::Optional => "optional",
+            ClientAuth::Required => "yes",
+        };
+        let extra = vec!["--tls-auth-clients".to_owned(), mode.to_owned()];
+        Self::start_with(&extra, Some(certs)).await
+    }
+
+    async fn start_with(
+        extra: &[String],
+        tls: Option<Arc<TestCerts>>,
+    ) -> anyhow::Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once().await {
+            match Self::start_once(extra, tls.clone()).await {
                 Ok(server) => return Ok(server),
                 Err(e) => last_err = Some(e),
             }
@@ -78,24 +119,52 @@ impl RedisServer {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
-    async fn start_once() -> anyhow::Result<RedisServer> {
+    async fn start_once(
+        extra: &[String],
+        tls: Option<Arc<TestCerts>>,
+    ) -> anyhow::Result<RedisServer> {
         let port = free_port();
         let dir = server_dir("ryze-redis-", None)?;
         let log = dir.join("redis.log");
-        let sup = launch_redis_server("redis-server", &dir, &log, port, &[]).await?;
+        let (plain_port, mut args) = match &tls {
+            None => (port, Vec::new()),
+            Some(certs) => {
+                let path = |p: PathBuf| p.to_string_lossy().into_owned();
+                let args = vec![
+                    "--tls-port".to_owned(),
+                    port.to_string(),
+                    "--tls-cert-file".to_owned(),
+                    path(certs.server_cert()),
+                    "--tls-key-file".to_owned(),
+                    path(certs.server_key()),
+                    "--tls-ca-cert-file".to_owned(),
+                    path(certs.ca()),
+                ];
+                // Port 0: no plain listener at all.
+                (0, args)
+            }
+        };
+        args.extend(extra.iter().cloned());
+        let sup = launch_redis_server("redis-server", &dir, &log, None, plain_port, &args).await?;
         let server = RedisServer {
             port,
             dir,
             shared: false,
             sup,
+            tls,
         };
         server.wait_ready(READY_TIMEOUT).await?;
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:<port>`, for `REDIS_URL`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server), for `REDIS_URL`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The TCP port; kept across [`RedisServer::restart`].
@@ -138,6 +207,15 @@ impl RedisServer {
             .context("joining redis-server stop")?
     }
 
+    /// Kills the server with SIGKILL (no clean shutdown: clients see a reset or silence, as
+    /// after a crash). Refused on the shared server. The supervisor still reaps it on drop.
+    pub fn kill(&self) -> anyhow::Result<()> {
+        self.refuse_if_shared("kill")?;
+        let pid = self.sup.pid().context("redis-server is not running")?;
+        crate::supervisor::kill_pid("KILL", pid);
+        Ok(())
+    }
+
     /// Starts the server again on the same port (stopping it first if it runs) and waits until
     /// it answers PING. Its data is gone: it never persists. Refused on the shared server.
     pub async fn restart(&self) -> anyhow::Result<()> {
@@ -155,11 +233,21 @@ impl RedisServer {
     /// Runs `redis-cli -h 127.0.0.1 -p <port> <args>` and returns its trimmed stdout, e.g.
     /// `cli(&["PUBSUB", "NUMSUB", channel])`. Errors if redis-cli fails or prints `ERR`.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = tokio::process::Command::new("redis-cli")
-            .arg("-h")
+        let mut cmd = tokio::process::Command::new("redis-cli");
+        cmd.arg("-h")
             .arg("127.0.0.1")
             .arg("-p")
-            .arg(self.port.to_string())
+            .arg(self.port.to_string());
+        if let Some(certs) = &self.tls {
+            cmd.arg("--tls")
+                .arg("--cacert")
+                .arg(certs.ca())
+                .arg("--cert")
+                .arg(certs.client_cert())
+                .arg("--key")
+                .arg(certs.client_key());
+        }
+        let out = cmd
             .args(args)
             .kill_on_drop(true)
             .output()
@@ -180,7 +268,11 @@ impl RedisServer {
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if ping(self.port).await {
+            let answers = match self.tls {
+                None => ping(self.port).await,
+                Some(_) => self.cli(&["PING"]).await.is_ok_and(|pong| pong == "PONG"),
+            };
+            if answers {
                 return Ok(());
             }
             if !self.sup.is_running() {
@@ -211,8 +303,8 @@ impl RedisServer {
     }
 }
 
-/// One inline-command PING; true on `+PONG`.
-async fn ping(port: u16) -> bool {
+/// One inline-command PING on a plain port; true on `+PONG`.
+pub(crate) async fn ping(port: u16) -> bool {
     let attempt = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.write_all(b"PING\r\n").await?;
@@ -227,33 +319,37 @@ async fn ping(port: u16) -> bool {
 }
 
 /// Starts a private, persistence-free `redis-server` on loopback `port` under a supervisor
-/// (not waiting for it to answer); `extra` adds options (e.g. cluster mode).
+/// (not waiting for it to answer); `conf` is a config file to read first (Sentinel needs one
+/// it can rewrite), `extra` adds options (e.g. cluster mode, TLS, `--sentinel`).
 pub(crate) async fn launch_redis_server(
     name: &'static str,
     dir: &std::path::Path,
     log: &std::path::Path,
+    conf: Option<&std::path::Path>,
     port: u16,
     extra: &[String],
 ) -> anyhow::Result<std::sync::Arc<Supervisor>> {
-    let mut argv: Vec<String> = [
-        "redis-server",
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-        "--daemonize",
-        "no",
-        "--dir",
-        &dir.to_string_lossy(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut argv = vec!["redis-server".to_owned()];
+    argv.extend(conf.map(|c| c.to_string_lossy().into_owned()));
+    argv.extend(
+        [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            &dir.to_string_lossy(),
+        ]
+        .map(String::from),
+    );
     argv.extend(extra.iter().cloned());
     tokio::task::spawn_blocking({
         let (dir, log) = (dir.to_owned(), log.to_owned());

@@ -212,3 +212,56 @@ Autoscaling sanity checks, run from the gateway Deployment:
 {{- printf "sum(ryze_gateway_connections{namespace=\"%s\",service=\"%s\"})" .Release.Namespace (include "ryze-events.gateway.adminName" .) }}
 {{- end }}
 {{- end }}
+
+{{/*
+Redis TLS files (values redisTls), for both deployments: the env entries pointing at the
+mounted files, the read-only mount, and the Secret volume. Each renders nothing when
+redisTls.existingSecret is "". The files get fixed names (ca.crt, tls.crt, tls.key) whatever
+their keys in the Secret.
+*/}}
+{{- define "ryze-events.redisTls.env" -}}
+{{- $t := .Values.redisTls -}}
+{{- $env := list -}}
+{{- if $t.existingSecret -}}
+{{- if ne (empty $t.keys.cert) (empty $t.keys.key) -}}
+{{- fail "redisTls.keys.cert and redisTls.keys.key go together: mutual TLS needs both" -}}
+{{- end -}}
+{{- if and (empty $t.keys.ca) (empty $t.keys.cert) -}}
+{{- fail "redisTls.existingSecret is set but redisTls.keys names no file (ca, or cert and key)" -}}
+{{- end -}}
+{{- if $t.keys.ca -}}
+{{- $env = append $env (dict "name" "REDIS_TLS_CA_FILE" "value" (printf "%s/ca.crt" $t.mountPath)) -}}
+{{- end -}}
+{{- if $t.keys.cert -}}
+{{- $env = append $env (dict "name" "REDIS_TLS_CERT_FILE" "value" (printf "%s/tls.crt" $t.mountPath)) -}}
+{{- $env = append $env (dict "name" "REDIS_TLS_KEY_FILE" "value" (printf "%s/tls.key" $t.mountPath)) -}}
+{{- end -}}
+{{- end -}}
+{{- with $env }}{{ toYaml . }}{{ end -}}
+{{- end }}
+
+{{- define "ryze-events.redisTls.volumeMount" -}}
+{{- with .Values.redisTls -}}
+{{- if .existingSecret -}}
+- name: redis-tls
+  mountPath: {{ .mountPath }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{- define "ryze-events.redisTls.volume" -}}
+{{- $t := .Values.redisTls -}}
+{{- if $t.existingSecret -}}
+{{- $items := list -}}
+{{- if $t.keys.ca -}}
+{{- $items = append $items (dict "key" $t.keys.ca "path" "ca.crt") -}}
+{{- end -}}
+{{- if $t.keys.cert -}}
+{{- $items = append $items (dict "key" $t.keys.cert "path" "tls.crt") -}}
+{{- $items = append $items (dict "key" $t.keys.key "path" "tls.key") -}}
+{{- end -}}
+{{- /* 0440 (288): readable by the pod's fsGroup, which the non-root user belongs to. */ -}}
+{{- list (dict "name" "redis-tls" "secret" (dict "secretName" $t.existingSecret "defaultMode" 288 "items" $items)) | toYaml -}}
+{{- end -}}
+{{- end }}

@@ -99,6 +99,7 @@ impl RegionsOutlet {
     /// Connects every region and starts one worker each (tracked, stopped by `stop`).
     pub fn connect(
         regions: &[(String, String)],
+        tls: &ryze_core::tls::TlsFiles,
         names: Names,
         metrics: Metrics,
         tasks: &TaskTracker,
@@ -106,7 +107,7 @@ impl RegionsOutlet {
     ) -> Result<RegionsOutlet, OutletError> {
         let mut out = Vec::new();
         for (name, url) in regions {
-            let outlet = Arc::new(RedisOutlet::connect(url, names.clone())?);
+            let outlet = Arc::new(RedisOutlet::connect(url, tls, names.clone())?);
             let (tx, rx) = mpsc::channel(QUEUE_JOBS);
             tasks.spawn(worker(
                 name.clone(),
@@ -279,5 +280,9 @@ mod tests {
         assert!(parse_regions("redis://x:1").is_err());
         assert!(parse_regions("eu=redis://a:1,eu=redis://b:2").is_err());
         assert!(parse_regions("eu=http://a").is_err());
+        let r = parse_regions("eu=rediss-sentinel://a:1,b,c:3?sentinelServiceName=m,us=redis://d")
+            .unwrap();
+        assert_eq!(r[0].1, "rediss-sentinel://a:1,b,c:3?sentinelServiceName=m");
+        assert_eq!(r[1].0, "us");
     }
 }

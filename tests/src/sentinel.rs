@@ -1,0 +1,260 @@
+//! A private Sentinel-managed Redis: one primary, one replica and three Sentinels, all on free
+//! loopback ports.
+//!
+//! [`RedisSentinel::start`] starts the primary and the replica ([`RedisServer`]s, so the same
+//! launch path and supervisor), waits until the replica is in sync, then starts three
+//! `redis-server --sentinel` processes, each with its own rewritable config file in its own
+//! temp dir, monitoring the primary as [`SERVICE`] with quorum 2, `down-after-milliseconds`
+//! [`DOWN_AFTER_MS`] and `failover-timeout` [`FAILOVER_TIMEOUT_MS`]. It returns once every
+//! Sentinel knows the replica and the two other Sentinels, so a failover can happen at once.
+//! [`RedisSentinel::url`] is the `REDIS_URL` the binaries take.
+//!
+//! Every process runs under a [`crate::supervisor`] wrapper: nothing outlives the test.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::cluster::redis_cli;
+use crate::process::free_port;
+use crate::redis::{launch_redis_server, ping, RedisServer};
+use crate::supervisor::{log_tail, server_dir, Supervisor};
+
+/// The primary's name in the Sentinels (`sentinelServiceName`).
+pub const SERVICE: &str = "ryze-primary";
+/// Sentinels in the setup.
+pub const SENTINELS: usize = 3;
+/// How long the primary may be silent before a Sentinel deems it down.
+pub const DOWN_AFTER_MS: u64 = 1000;
+/// `failover-timeout`: also the pause before a failed failover is retried.
+pub const FAILOVER_TIMEOUT_MS: u64 = 5000;
+/// Upper bound for start-up conditions (replica in sync, Sentinels aware of each other; the
+/// Sentinels' hello messages go out every 2 s).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often state is polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One `redis-server --sentinel`.
+pub struct SentinelNode {
+    port: u16,
+    dir: PathBuf,
+    sup: Arc<Supervisor>,
+}
+
+impl SentinelNode {
+    /// The Sentinel's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its working dir (holding `sentinel.conf`, which it rewrites).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Everything it logged so far (`+sdown`, `+switch-master`, ...).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.sup.log_path()).unwrap_or_default()
+    }
+
+    /// `SENTINEL MASTER <SERVICE>` as a field map (`num-slaves`, `num-other-sentinels`, ...).
+    pub async fn master_info(&self) -> anyhow::Result<HashMap<String, String>> {
+        let out = redis_cli(self.port, &["SENTINEL", "MASTER", SERVICE]).await?;
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        Ok(lines
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some(((*k).to_owned(), (*v).to_owned())),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The primary's port as this Sentinel names it now.
+    pub async fn primary_port(&self) -> anyhow::Result<u16> {
+        let out = redis_cli(self.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]).await?;
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| format!("GET-MASTER-ADDR-BY-NAME printed {out:?}"))
+    }
+}
+
+/// A primary, its replica and three Sentinels. Dropping it stops them all.
+pub struct RedisSentinel {
+    primary: RedisServer,
+    replica: RedisServer,
+    sentinels: Vec<SentinelNode>,
+}
+
+impl RedisSentinel {
+    /// Starts everything and waits until a failover could happen (see the module docs).
+    pub async fn start() -> anyhow::Result<RedisSentinel> {
+        let primary = RedisServer::start().await?;
+        let replica = RedisServer::start_replica_of(&primary).await?;
+        wait_until("the replica in sync", READY_TIMEOUT, || async {
+            let info = replica.cli(&["INFO", "replication"]).await?;
+            if info.lines().any(|l| l.trim() == "master_link_status:up") {
+                Ok(())
+            } else {
+                bail!("{info}")
+            }
+        })
+        .await?;
+        let mut sentinels = Vec::with_capacity(SENTINELS);
+        for _ in 0..SENTINELS {
+            sentinels.push(launch_sentinel(primary.port()).await?);
+        }
+        let setup = RedisSentinel {
+            primary,
+            replica,
+            sentinels,
+        };
+        for s in &setup.sentinels {
+            wait_until("a Sentinel to answer PING", READY_TIMEOUT, || async {
+                if ping(s.port).await {
+                    Ok(())
+                } else if !s.sup.is_running() {
+                    bail!(
+                        "sentinel on port {} exited; log:\n{}",
+                        s.port,
+                        log_tail(s.sup.log_path(), 30)
+                    )
+                } else {
+                    bail!("no PONG")
+                }
+            })
+            .await?;
+        }
+        for s in &setup.sentinels {
+            wait_until(
+                "each Sentinel to know the replica and the others",
+                READY_TIMEOUT,
+                || async {
+                    let info = s.master_info().await?;
+                    let field = |k: &str| info.get(k).map(String::as_str).unwrap_or("?");
+                    if field("num-slaves") == "1"
+                        && field("num-other-sentinels") == (SENTINELS - 1).to_string()
+                    {
+                        Ok(())
+                    } else {
+                        bail!(
+                            "num-slaves {}, num-other-sentinels {}",
+                            field("num-slaves"),
+                            field("num-other-sentinels")
+                        )
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(setup)
+    }
+
+    /// `redis-sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3?sentinelServiceName=…`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!(
+            "redis-sentinel://{}?sentinelServiceName={SERVICE}",
+            hosts.join(",")
+        )
+    }
+
+    /// The server that was primary at start.
+    pub fn primary(&self) -> &RedisServer {
+        &self.primary
+    }
+
+    /// The server that was the replica at start (the one promoted by a failover).
+    pub fn replica(&self) -> &RedisServer {
+        &self.replica
+    }
+
+    /// The Sentinels.
+    pub fn sentinels(&self) -> &[SentinelNode] {
+        &self.sentinels
+    }
+
+    /// Waits until every Sentinel names the replica as primary and the replica says it is
+    /// one (`ROLE` → `master`), i.e. the failover is complete. Errors at `timeout` with what
+    /// the Sentinels logged.
+    pub async fn wait_replica_promoted(&self, timeout: Duration) -> anyhow::Result<()> {
+        let want = self.replica.port();
+        let result = wait_until("the replica promoted", timeout, || async {
+            for s in &self.sentinels {
+                let port = s.primary_port().await?;
+                if port != want {
+                    bail!("sentinel {} still names port {port}", s.port);
+                }
+            }
+            let role = self.replica.cli(&["ROLE"]).await?;
+            if role.lines().next().map(str::trim) == Some("master") {
+                Ok(())
+            } else {
+                bail!("the replica's ROLE is {role:?}")
+            }
+        })
+        .await;
+        result.with_context(|| {
+            let logs: Vec<String> = self.sentinels.iter().map(SentinelNode::logs).collect();
+            format!("sentinel logs:\n{}", logs.join("\n---\n"))
+        })
+    }
+}
+
+/// One Sentinel monitoring the primary on `primary_port`.
+async fn launch_sentinel(primary_port: u16) -> anyhow::Result<SentinelNode> {
+    let port = free_port();
+    let dir = server_dir("ryze-sentinel-", None)?;
+    let conf = dir.join("sentinel.conf");
+    // resolve-hostnames no: the harness uses IPs only; the other directives are the test's
+    // failover timing (module docs).
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel resolve-hostnames no\n\
+             sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n\
+             sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n\
+             sentinel parallel-syncs {SERVICE} 1\n"
+        ),
+    )
+    .context("writing sentinel.conf")?;
+    let log = dir.join("sentinel.log");
+    let sup = launch_redis_server(
+        "redis-server --sentinel",
+        &dir,
+        &log,
+        Some(&conf),
+        port,
+        &["--sentinel".to_owned()],
+    )
+    .await?;
+    Ok(SentinelNode { port, dir, sup })
+}
+
+/// Polls `check` until it succeeds; errors at `timeout` with its last error.
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what}: not within {timeout:?}: {last:#}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await; // poll interval of a deadline-bounded wait: nothing emits an event to await
+    }
+}
