@@ -40,6 +40,12 @@ impl Names {
         format!("{}:ctl", self.prefix)
     }
 
+    /// `<prefix>:probe:<pod_id>`: one gateway's liveness probe (D38). The pod publishes to it
+    /// through its command connection and must see it arrive on its subscriber connection.
+    pub fn probe_channel(&self, pod_id: Uuid) -> String {
+        format!("{}:probe:{}", self.prefix, pod_id)
+    }
+
     /// `<prefix>:rl:<key_hash>:<window_start>`: one rate-limit window's counter.
     pub fn rate_limit_key(&self, key_hash: &str, window_start: u64) -> String {
         format!("{}:rl:{}:{}", self.prefix, key_hash, window_start)

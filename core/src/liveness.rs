@@ -183,7 +183,13 @@ mod tests {
 
     #[test]
     fn probes_run_three_times_per_timeout() {
-        assert_eq!(probe_interval(Duration::from_secs(3)), Duration::from_secs(1));
-        assert_eq!(probe_interval(Duration::from_millis(3)), Duration::from_millis(10));
+        assert_eq!(
+            probe_interval(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            probe_interval(Duration::from_millis(3)),
+            Duration::from_millis(10)
+        );
     }
 }

@@ -88,7 +88,12 @@ pub struct RedisTarget {
     pub topology: Topology,
     /// The URL asks for TLS (`rediss…`).
     pub tls: bool,
+    /// `REDIS_STALL_TIMEOUT` (D38): a command unanswered this long drops its connection.
+    pub stall_timeout: Duration,
 }
+
+/// `REDIS_STALL_TIMEOUT`'s default (SPEC D38).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl RedisTarget {
     /// Parses any of the URL forms in the module docs. Files are not read here: TLS settings
@@ -128,7 +133,14 @@ impl RedisTarget {
             clustered: topology == Topology::Cluster,
             topology,
             tls,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         })
+    }
+
+    /// Judges connections by `stall_timeout` (`REDIS_STALL_TIMEOUT`) instead of the default.
+    pub fn with_stall_timeout(mut self, stall_timeout: Duration) -> RedisTarget {
+        self.stall_timeout = stall_timeout;
+        self
     }
 
     /// Uses `tls` for the connections when the URL asks for TLS (a plain URL ignores it).
@@ -177,9 +189,12 @@ impl RedisTarget {
                 c.connection_timeout = Duration::from_secs(2);
                 c.internal_command_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 2;
+                // fred's own check of commands in flight: one unanswered for the stall timeout
+                // drops the connection (D38). An idle connection has nothing in flight; the
+                // processes' probes (crate::liveness) make sure it is never idle for long.
                 c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(Duration::from_secs(5)),
-                    interval: Duration::from_secs(1),
+                    max_timeout: Some(self.stall_timeout),
+                    interval: crate::liveness::probe_interval(self.stall_timeout),
                 };
                 c.tcp = tcp_config();
             })

@@ -63,7 +63,8 @@ impl App {
         let broker = match &config.redis_url {
             Some(url) => {
                 let target = RedisTarget::parse(url.expose_secret())?
-                    .with_tls_files(&config.redis_tls_files())?;
+                    .with_tls_files(&config.redis_tls_files())?
+                    .with_stall_timeout(config.redis_stall_timeout);
                 Broker::Redis(RedisBroker::connect(
                     &target,
                     names.clone(),
@@ -140,15 +141,24 @@ impl App {
             console: config.console_enabled,
         };
         if config.embedded_publisher {
+            let publisher_metrics = publisher_metrics.unwrap_or_default();
             let outlet: Arc<dyn Outlet> = match &broker {
                 Broker::Memory(m) => m.clone(),
                 Broker::Redis(_) => {
                     let url = config.redis_url.as_ref().context("REDIS_URL")?;
-                    Arc::new(ryze_publisher::outlet::RedisOutlet::connect(
+                    let outlet = ryze_publisher::outlet::RedisOutlet::connect(
                         url.expose_secret(),
                         &config.redis_tls_files(),
                         names.clone(),
-                    )?)
+                        config.redis_stall_timeout,
+                    )?;
+                    outlet.watch(
+                        "default",
+                        publisher_metrics.clone(),
+                        &tasks,
+                        background.clone(),
+                    );
+                    outlet
                 }
             };
             let settings = ryze_publisher::Settings::from_parts(
@@ -161,7 +171,7 @@ impl App {
                 store.clone(),
                 outlet,
                 settings,
-                publisher_metrics.unwrap_or_default(),
+                publisher_metrics,
             );
             extras.ingest = Some(ryze_publisher::routes::ingest(publisher.clone()));
             tasks.spawn(ryze_publisher::relay::run(publisher, background.clone()));

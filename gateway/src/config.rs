@@ -98,6 +98,11 @@ pub struct Config {
     /// Connections closed per second during shutdown.
     #[arg(long, env = "DRAIN_RATE", default_value_t = 2000)]
     pub drain_rate: u32,
+    /// A Redis connection silent this long while a probe is due is stalled: the pod turns not
+    /// ready, replaces the connection and resubscribes (SPEC D38). Probes run three times per
+    /// timeout.
+    #[arg(long, env = "REDIS_STALL_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub redis_stall_timeout: Duration,
     /// Keep an instance's Redis subscription this long after its last local client leaves.
     #[arg(long, env = "UNSUBSCRIBE_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub unsubscribe_delay: Duration,
@@ -181,6 +186,9 @@ impl Config {
         problems.extend(ryze_core::config::otlp_endpoint_problem(
             self.otel_exporter_otlp_endpoint.as_deref(),
         ));
+        if self.redis_stall_timeout < std::time::Duration::from_millis(30) {
+            problems.push("REDIS_STALL_TIMEOUT must be at least 30ms".into());
+        }
         if self.drain_rate == 0 {
             problems.push("DRAIN_RATE must be greater than 0".into());
         }

@@ -18,6 +18,11 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Connection {
+    connection: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Status {
     status: u16,
 }
@@ -41,6 +46,7 @@ struct Inner {
     publish_to_send: Histogram,
     rate_limit_fallback: Counter,
     redis_reconnects: Counter,
+    redis_stalls: Family<Connection, Counter>,
     instance_labels: usize,
 }
 
@@ -70,6 +76,16 @@ impl Metrics {
         let publish_to_send = Histogram::new(LATENCY_BUCKETS);
         let rate_limit_fallback = Counter::default();
         let redis_reconnects = Counter::default();
+        let redis_stalls = Family::<Connection, Counter>::default();
+        for connection in ["subscriber", "commands"] {
+            // Present at 0 from the start, so alerts can use rate() at once.
+            let _ = redis_stalls.get_or_create(&Connection { connection });
+        }
+        registry.register(
+            "ryze_gateway_redis_stalls",
+            "Redis connections found stalled (silent past REDIS_STALL_TIMEOUT) and replaced, by connection",
+            redis_stalls.clone(),
+        );
         registry.register(
             "ryze_gateway_connections",
             "Open WebSocket connections on this pod",
@@ -144,6 +160,7 @@ impl Metrics {
             publish_to_send,
             rate_limit_fallback,
             redis_reconnects,
+            redis_stalls,
             instance_labels,
         }))
     }
@@ -191,7 +208,15 @@ impl Metrics {
         self.0.rate_limit_fallback.inc();
     }
 
-    /// The subscriber reconnected.
+    /// A Redis connection was found stalled and is being replaced (D38).
+    pub fn redis_stall(&self, connection: &'static str) {
+        self.0
+            .redis_stalls
+            .get_or_create(&Connection { connection })
+            .inc();
+    }
+
+    /// One more reconnect of the subscriber connection.
     pub fn redis_reconnect(&self) {
         self.0.redis_reconnects.inc();
     }

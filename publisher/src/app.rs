@@ -67,6 +67,7 @@ impl App {
                     &regions,
                     &config.redis_tls_files(),
                     names,
+                    config.redis_stall_timeout,
                     publisher_metrics.clone(),
                     &tasks,
                     stop.clone(),
@@ -74,11 +75,14 @@ impl App {
             }
             None => {
                 let url = config.redis_url.as_ref().context("REDIS_URL is required")?;
-                Arc::new(RedisOutlet::connect(
+                let outlet = RedisOutlet::connect(
                     url.expose_secret(),
                     &config.redis_tls_files(),
                     names,
-                )?)
+                    config.redis_stall_timeout,
+                )?;
+                outlet.watch("default", publisher_metrics.clone(), &tasks, stop.clone());
+                outlet
             }
         };
         let settings = Settings::from_parts(

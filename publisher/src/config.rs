@@ -66,6 +66,10 @@ pub struct Config {
     /// Largest /v1/events body.
     #[arg(long, env = "MAX_INGEST_BYTES", default_value = "16MiB", value_parser = parse_bytes, global = true)]
     pub max_ingest_bytes: usize,
+    /// A Redis connection that answers nothing this long is stalled: publishes fail with 503,
+    /// `/readyz` fails, and the connection is replaced (SPEC D38).
+    #[arg(long, env = "REDIS_STALL_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
+    pub redis_stall_timeout: Duration,
     /// Safety-net TTL of the config cache (NOTIFY normally invalidates at once).
     #[arg(long, env = "CONFIG_CACHE_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
     pub config_cache_ttl: Duration,
@@ -151,6 +155,9 @@ impl Config {
             self.otel_exporter_otlp_endpoint.as_deref(),
         ));
 
+        if self.redis_stall_timeout < Duration::from_millis(30) {
+            problems.push("REDIS_STALL_TIMEOUT must be at least 30ms".to_owned());
+        }
         if self.command.is_none() {
             let mut uses_tls = false;
             match (&self.redis_url, &self.region_redis_urls) {

@@ -48,6 +48,7 @@ struct Inner {
     registry: Registry,
     events: Family<Labels, Counter>,
     region_dropped: Family<RegionLabel, Counter>,
+    redis_stalls: Family<RegionLabel, Counter>,
 }
 
 /// The publisher's metrics.
@@ -70,11 +71,28 @@ impl Metrics {
             "Messages not delivered to a region's Redis (queue full or region unreachable)",
             region_dropped.clone(),
         );
+        let redis_stalls = Family::<RegionLabel, Counter>::default();
+        registry.register(
+            "ryze_publisher_redis_stalls",
+            "Redis connections found stalled (no answer within REDIS_STALL_TIMEOUT) and replaced, by region (`default` without REGION_REDIS_URLS)",
+            redis_stalls.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             events,
             region_dropped,
+            redis_stalls,
         }))
+    }
+
+    /// Counts one stalled Redis connection (D38).
+    pub fn redis_stall(&self, region: &str) {
+        self.0
+            .redis_stalls
+            .get_or_create(&RegionLabel {
+                region: region.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one event.

@@ -1,16 +1,19 @@
 //! Where published frames go: Redis (standalone or embedded with Redis), or the gateway's hub
 //! (embedded without Redis). One trait so the ingest path is the same for both.
 
+use crate::metrics::Metrics;
 use fred::prelude::*;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::{ControlMessage, Names};
+use ryze_core::liveness::{probe_interval, Pulse};
 use ryze_core::redis::{RedisTarget, RedisUrlError};
 use ryze_core::tls::{TlsError, TlsFiles};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
-
-/// Upper bound on one round trip to Redis from the ingest path.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One message to publish: the wire header plus the frame, built once.
 #[derive(Debug, Clone)]
@@ -61,38 +64,135 @@ pub struct RedisOutlet {
     client: Client,
     names: Names,
     clustered: bool,
+    /// `REDIS_STALL_TIMEOUT`: the bound on every round trip, and the liveness rule (D38).
+    stall_timeout: Duration,
+    /// Last round trip Redis completed (the probe's PING, at least).
+    alive: Pulse,
+    /// Seen stalled and not answered since (not ready meanwhile).
+    stalled: AtomicBool,
 }
 
 impl RedisOutlet {
-    /// Creates the client and starts connecting (readiness reports when it is connected).
-    /// `tls` is read only when the URL asks for TLS.
-    pub fn connect(url: &str, tls: &TlsFiles, names: Names) -> Result<RedisOutlet, OutletError> {
-        let target = RedisTarget::parse(url)?.with_tls_files(tls)?;
+    /// Creates the client and starts connecting (readiness reports when it is connected and
+    /// answering; see [`RedisOutlet::watch`]). `tls` is read only when the URL asks for TLS.
+    pub fn connect(
+        url: &str,
+        tls: &TlsFiles,
+        names: Names,
+        stall_timeout: Duration,
+    ) -> Result<Arc<RedisOutlet>, OutletError> {
+        let target = RedisTarget::parse(url)?
+            .with_tls_files(tls)?
+            .with_stall_timeout(stall_timeout);
         let client = target.client(32)?;
         client.connect();
-        Ok(RedisOutlet {
+        Ok(Arc::new(RedisOutlet {
             client,
             names,
             clustered: target.clustered,
-        })
+            stall_timeout,
+            alive: Pulse::new(),
+            stalled: AtomicBool::new(false),
+        }))
     }
 
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.is_connected()
     }
+
+    /// Starts the liveness probe (D38): a PING every probe interval. One unanswered within the
+    /// stall timeout counts a stall (`ryze_publisher_redis_stalls_total{region}`), logs a WARN
+    /// line and replaces the connection; readiness fails until a PING is answered again. A
+    /// black-holed connection would otherwise hold every publish until its timeout.
+    pub fn watch(
+        self: &Arc<Self>,
+        region: &str,
+        metrics: Metrics,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let outlet = self.clone();
+        let region = region.to_owned();
+        tasks.spawn(async move {
+            let stall = outlet.stall_timeout;
+            let mut tick = tokio::time::interval(probe_interval(stall));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if !outlet.client.is_connected() {
+                    continue;
+                }
+                match tokio::time::timeout(stall, outlet.client.ping::<String>(None)).await {
+                    Ok(Ok(_)) => {
+                        outlet.alive.beat();
+                        outlet.stalled.store(false, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(region = %region, error = %e, "liveness probe failed");
+                        outlet.judge(&region, &metrics);
+                    }
+                    Err(_) => outlet.judge(&region, &metrics),
+                }
+            }
+        });
+    }
+
+    /// After a failed probe: silent past the stall timeout is a stall (fred's own check of
+    /// unanswered commands may already be replacing the connection; replacing it once more
+    /// is harmless). Counted and logged once per episode, which ends at the next answer.
+    fn judge(&self, region: &str, metrics: &Metrics) {
+        let silent = self.alive.silent_for();
+        if silent <= self.stall_timeout || self.stalled.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        metrics.redis_stall(region);
+        tracing::warn!(
+            region = %region,
+            connection = "publisher",
+            silent_ms = silent.as_millis() as u64,
+            "redis connection stalled: nothing came back for longer than REDIS_STALL_TIMEOUT; replacing it"
+        );
+        let client = self.client.clone();
+        let stall = self.stall_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(stall * 4, client.force_reconnection()).await;
+        });
+    }
+
+    /// Connected and answering: a probe completed within the stall timeout (plus the probe
+    /// interval it may be waiting for).
+    fn is_live(&self) -> bool {
+        let stall = self.stall_timeout;
+        self.client.is_connected()
+            && !self.stalled.load(Ordering::Relaxed)
+            && self
+                .alive
+                .last()
+                .is_some_and(|at| at.elapsed() <= stall + probe_interval(stall))
+    }
+
+    /// Runs one round trip bounded by the stall timeout (a stalled connection answers 503
+    /// instead of holding the request).
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, OutletError> {
+        match tokio::time::timeout(self.stall_timeout, f).await {
+            Ok(r) => {
+                let value = r?;
+                self.alive.beat();
+                Ok(value)
+            }
+            Err(_) => Err(OutletError::Timeout),
+        }
+    }
 }
 
 pub mod regions;
-
-async fn bounded<T>(
-    f: impl std::future::Future<Output = Result<T, fred::error::Error>>,
-) -> Result<T, OutletError> {
-    match tokio::time::timeout(REDIS_TIMEOUT, f).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(OutletError::Timeout),
-    }
-}
 
 impl Outlet for RedisOutlet {
     fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
@@ -103,7 +203,7 @@ impl Outlet for RedisOutlet {
             if !self.client.is_connected() {
                 return Err(OutletError::Unavailable);
             }
-            bounded(async {
+            self.bounded(async {
                 let pipeline = self.client.pipeline();
                 for id in ids {
                     let _: () = pipeline.exists(self.names.live_key(*id)).await?;
@@ -125,7 +225,7 @@ impl Outlet for RedisOutlet {
             if !self.client.is_connected() {
                 return Err(OutletError::Unavailable);
             }
-            bounded(async {
+            self.bounded(async {
                 let pipeline = self.client.pipeline();
                 for m in messages {
                     let channel = self.names.instance_channel(m.instance_id);
@@ -144,13 +244,13 @@ impl Outlet for RedisOutlet {
     }
 
     fn is_ready(&self) -> bool {
-        self.is_connected()
+        self.is_live()
     }
 
     fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {
         Box::pin(async move {
             let body = serde_json::to_string(msg).unwrap_or_default();
-            bounded(async {
+            self.bounded(async {
                 let _: i64 = self
                     .client
                     .publish(self.names.control_channel(), body)

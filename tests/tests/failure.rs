@@ -15,6 +15,8 @@
 
 mod common;
 
+#[path = "failure/blackhole.rs"]
+mod blackhole;
 #[path = "failure/churn.rs"]
 mod churn;
 #[path = "failure/fuzz.rs"]

@@ -6,6 +6,8 @@
 //! health stays green. So on every (re)connect all wanted channels are marked unconfirmed and
 //! each is confirmed only when its SUBSCRIBE succeeds on the new connection.
 
+mod probe;
+
 use super::BrokerError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -13,9 +15,11 @@ use fred::prelude::*;
 use fred::types::cluster::ClusterRouting;
 use fred::types::Message;
 use ryze_core::channel::{ControlMessage, Names};
+use ryze_core::liveness::{Pulse, Silence};
 use ryze_core::redis::RedisTarget;
 use ryze_core::wire;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +59,14 @@ pub struct RedisBroker {
     /// Bumped whenever a subscription is confirmed, for joiners waiting after a reconnect.
     confirmations: tokio::sync::watch::Sender<u64>,
     metrics: Metrics,
+    /// This pod's probe channel (D38; see `probe`).
+    probe_channel: String,
+    /// Probes published versus anything received on the subscriber connection.
+    subscriber_silence: Silence,
+    /// Last command the command connection completed (the probe's PUBLISH, at least).
+    commands_alive: Pulse,
+    /// The command connection was seen stalled and no probe has been answered since.
+    commands_stalled: AtomicBool,
 }
 
 impl RedisBroker {
@@ -72,11 +84,15 @@ impl RedisBroker {
         Ok(Arc::new(RedisBroker {
             subscriber,
             commands,
+            probe_channel: names.probe_channel(Uuid::new_v4()),
             names,
             clustered: target.clustered,
             state: Mutex::new(SubState::default()),
             confirmations: tokio::sync::watch::Sender::new(0),
             metrics,
+            subscriber_silence: Silence::new(target.stall_timeout),
+            commands_alive: Pulse::new(),
+            commands_stalled: AtomicBool::new(false),
         }))
     }
 
@@ -103,6 +119,8 @@ impl RedisBroker {
         if self.clustered {
             tasks.spawn(self.clone().watch_slots(shutdown.clone()));
         }
+        tasks.spawn(self.clone().probe_commands(shutdown.clone()));
+        tasks.spawn(self.clone().watch_subscriber(shutdown.clone()));
         tasks.spawn(self.clone().heartbeat(shutdown));
     }
 
@@ -132,7 +150,10 @@ impl RedisBroker {
                 m = messages.recv() => m,
             };
             let msg = match msg {
-                Ok(m) => m,
+                Ok(m) => {
+                    self.subscriber_silence.heard();
+                    m
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     self.metrics.frames_dropped_n("broker_lag", n);
                     tracing::warn!(frames = n, "fan-out fell behind Redis; frames were lost");
@@ -145,6 +166,9 @@ impl RedisBroker {
                 Value::String(s) => s.into_inner(),
                 _ => continue,
             };
+            if *msg.channel == *self.probe_channel {
+                continue;
+            }
             if *msg.channel == *control {
                 match serde_json::from_slice::<ControlMessage>(&body) {
                     Ok(c) => hub.control(&c),
@@ -227,11 +251,9 @@ impl RedisBroker {
         };
         // Control messages may have been missed while disconnected.
         hub.clear_cache();
-        match self
-            .subscriber
-            .subscribe(self.names.control_channel())
-            .await
-        {
+        // Judge the new connection afresh (D38): silence before it says nothing about it.
+        self.subscriber_silence.reset();
+        match self.subscribe_own_channels().await {
             Ok(()) => self.lock().control_confirmed = true,
             Err(e) => tracing::warn!(error = %e, "control channel subscription failed"),
         }
@@ -328,13 +350,7 @@ impl RedisBroker {
                 s.wanted.difference(&s.confirmed).copied().collect(),
             )
         };
-        if control
-            && self
-                .subscriber
-                .subscribe(self.names.control_channel())
-                .await
-                .is_ok()
-        {
+        if control && self.subscribe_own_channels().await.is_ok() {
             self.lock().control_confirmed = true;
         }
         for chunk in missing.chunks(RESUBSCRIBE_CHUNK) {
@@ -342,6 +358,16 @@ impl RedisBroker {
                 self.confirm(chunk);
             }
         }
+    }
+
+    /// The control channel and this pod's probe channel, in one SUBSCRIBE.
+    async fn subscribe_own_channels(&self) -> Result<(), fred::error::Error> {
+        self.subscriber
+            .subscribe(vec![
+                self.names.control_channel(),
+                self.probe_channel.clone(),
+            ])
+            .await
     }
 
     async fn subscribe_channels(&self, ids: &[Uuid]) -> Result<(), fred::error::Error> {
@@ -451,9 +477,12 @@ impl RedisBroker {
         }
     }
 
-    /// Both connections up (the command one shares rate-limit buckets across pods), control
-    /// channel confirmed, and every wanted subscription confirmed.
+    /// Both connections up (the command one shares rate-limit buckets across pods) and neither
+    /// stalled (D38), control channel confirmed, and every wanted subscription confirmed.
     pub fn is_ready(&self) -> bool {
+        if !self.is_live() {
+            return false;
+        }
         let s = self.lock();
         self.subscriber.is_connected()
             && self.commands.is_connected()

@@ -101,13 +101,15 @@ impl RegionsOutlet {
         regions: &[(String, String)],
         tls: &ryze_core::tls::TlsFiles,
         names: Names,
+        stall_timeout: Duration,
         metrics: Metrics,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<RegionsOutlet, OutletError> {
         let mut out = Vec::new();
         for (name, url) in regions {
-            let outlet = Arc::new(RedisOutlet::connect(url, tls, names.clone())?);
+            let outlet = RedisOutlet::connect(url, tls, names.clone(), stall_timeout)?;
+            outlet.watch(name, metrics.clone(), tasks, stop.clone());
             let (tx, rx) = mpsc::channel(QUEUE_JOBS);
             tasks.spawn(worker(
                 name.clone(),
