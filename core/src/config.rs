@@ -49,6 +49,30 @@ pub fn otlp_endpoint_problem(endpoint: Option<&str>) -> Option<String> {
     })
 }
 
+/// The problem with `DATABASE_URL`, if any: it does not parse, names an unknown `sslmode`, or
+/// its `sslrootcert` cannot be used (see [`crate::store::DatabaseTarget::parse`]). The message
+/// never quotes the URL, which may hold a password.
+pub fn database_url_problem(url: &str) -> Option<String> {
+    let e = crate::store::DatabaseTarget::parse(url).err()?;
+    Some(error_chain(&e))
+}
+
+/// `outer: cause: root cause`, skipping a cause whose text its parent already ends with
+/// (tokio-postgres prints its cause in its own message).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Parses a duration such as `54s`, `500ms` or `2m` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
@@ -89,6 +113,24 @@ pub fn parse_base_url(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_url_problems_name_the_setting_not_the_url() {
+        let url = "postgres://u:hunter2@db/x?sslmode=verify-full&sslrootcert=/nope/ca.pem";
+        let p = database_url_problem(url).expect("a problem");
+        assert!(
+            p.contains("/nope/ca.pem") && p.contains("sslrootcert"),
+            "{p}"
+        );
+        assert!(!p.contains("hunter2"), "{p}");
+        let p = database_url_problem("postgres://u:hunter2@db/x?bogus=1").expect("a problem");
+        assert_eq!(p.matches("bogus").count(), 1, "{p}");
+        assert!(!p.contains("hunter2"), "{p}");
+        assert_eq!(
+            database_url_problem("postgres://u@db/x?sslmode=require"),
+            None
+        );
+    }
 
     #[test]
     fn durations_accept_the_documented_forms() {

@@ -23,7 +23,8 @@ pub struct Config {
     /// Admin listener: /livez, /readyz, /metrics.
     #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_listen_addr: SocketAddr,
-    /// Postgres URL (required).
+    /// Postgres URL (required): `postgres://…` or `key=value …`; libpq's `sslmode`
+    /// (disable, prefer [default], require, verify-ca, verify-full) and `sslrootcert` apply.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
     /// Maximum pooled Postgres connections.
@@ -118,8 +119,11 @@ impl Config {
     /// Every problem clap cannot see, all at once (the caller prints them and exits 64).
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if self.database_url.is_none() {
-            problems.push("DATABASE_URL is required".to_owned());
+        match &self.database_url {
+            None => problems.push("DATABASE_URL is required".to_owned()),
+            Some(url) => {
+                problems.extend(ryze_core::config::database_url_problem(url.expose_secret()))
+            }
         }
         match &self.redis_url {
             None if !self.embedded_publisher => {

@@ -26,7 +26,8 @@ pub struct Config {
         global = true
     )]
     pub listen_addr: SocketAddr,
-    /// Postgres URL (required).
+    /// Postgres URL (required): `postgres://…` or `key=value …`; libpq's `sslmode`
+    /// (disable, prefer [default], require, verify-ca, verify-full) and `sslrootcert` apply.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<SecretString>,
     /// Maximum pooled Postgres connections.
@@ -128,8 +129,11 @@ impl Config {
     /// Every problem clap cannot see, all at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if self.database_url.is_none() {
-            problems.push("DATABASE_URL is required".to_owned());
+        match &self.database_url {
+            None => problems.push("DATABASE_URL is required".to_owned()),
+            Some(url) => {
+                problems.extend(ryze_core::config::database_url_problem(url.expose_secret()))
+            }
         }
         if let Err(e) = self.cipher() {
             problems.push(e.to_string());
