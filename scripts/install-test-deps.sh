@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the external servers the integration tests run privately: redis-server (+ redis-cli)
-# and PostgreSQL. Idempotent: does nothing when they are already present. Run as root (or with
-# passwordless sudo) on Debian/Ubuntu; `make test` calls it before `cargo test`.
+# and PostgreSQL, plus the openssl CLI. Idempotent: does nothing when they are already present.
+# Run as root (or with passwordless sudo) on Debian/Ubuntu; `make test` calls it before
+# `cargo test`.
 #
 # The harness (tests/src) always starts its own servers on free loopback ports with data in temp
 # dirs, so the distro's system services are never used; we stop them if a postinst started them,
@@ -73,6 +74,14 @@ if have_postgres; then
 else
     apt_install postgresql
     stop_service postgresql
+    did_something=1
+fi
+
+# The TLS tests make a throwaway CA and certificates with the openssl CLI (tests/src/certs.rs).
+if command -v openssl >/dev/null 2>&1; then
+    echo "install-test-deps: openssl present ($(command -v openssl))"
+else
+    apt_install openssl
     did_something=1
 fi
 

@@ -8,6 +8,8 @@
 //!   [`unique_prefix()`]); [`RedisServer::start`] gives one a test may stop and restart.
 //! - [`process`]: the project's binaries as child processes ([`Service`], [`Bin`]) with captured
 //!   logs, readiness waits and signals; [`run_cli`] for one-shot admin commands; [`free_port`].
+//! - [`certs`]: a throwaway CA with server and client certificates (`openssl` CLI), and
+//!   [`PgServer::start_private_tls`] for a TLS-only Postgres.
 //! - [`client`]: the shared [`http()`] client and [`WsClient`], whose [`WsConnectError`] carries
 //!   a refused upgrade's status and body.
 //! - `supervisor` (private): the `sh` wrapper that ties every server to the test process, so
@@ -17,6 +19,7 @@
 //! as upper bound; none sleeps.
 
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod postgres;
@@ -24,6 +27,7 @@ pub mod process;
 pub mod redis;
 mod supervisor;
 
+pub use certs::Certs;
 pub use client::{http, WsClient, WsConnectError};
 pub use cluster::{ClusterNode, RedisCluster, SlotOwner};
 pub use postgres::{pg, try_pg, PgServer, TestDb};
