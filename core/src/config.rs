@@ -1,5 +1,6 @@
 //! Parsers for configuration values shared by both binaries (used as clap `value_parser`s).
 
+use std::path::Path;
 use std::time::Duration;
 
 /// Exit status for bad configuration (EX_USAGE).
@@ -39,14 +40,26 @@ pub fn into_result(problems: Vec<String>) -> Result<(), Vec<String>> {
     }
 }
 
-/// The problem with `OTEL_EXPORTER_OTLP_ENDPOINT`, if any: this build exports OTLP/HTTP
-/// without TLS, so only `http://` endpoints work.
-pub fn otlp_endpoint_problem(endpoint: Option<&str>) -> Option<String> {
-    let e = endpoint.map(str::trim).filter(|e| !e.is_empty())?;
-    (!e.starts_with("http://")).then(|| {
-        "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// OTLP/HTTP endpoint (no TLS in this build)"
-            .to_owned()
-    })
+/// The problems with `OTEL_EXPORTER_OTLP_ENDPOINT` (must be `http://` or `https://` OTLP/HTTP)
+/// and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a readable PEM CA file), if any.
+pub fn otlp_problems(endpoint: Option<&str>, certificate: Option<&Path>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
+    if endpoint.is_some_and(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+        problems.push(
+            "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// OTLP/HTTP endpoint"
+                .to_owned(),
+        );
+    }
+    if let Some(path) = certificate {
+        if let Err(e) = crate::trust::load_ca_file(path) {
+            problems.push(format!(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE: {}",
+                error_chain(&e)
+            ));
+        }
+    }
+    problems
 }
 
 /// The problem with `DATABASE_URL`, if any: it does not parse, names an unknown `sslmode`, or
@@ -113,6 +126,16 @@ pub fn parse_base_url(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_takes_http_and_https_and_a_readable_ca_file() {
+        assert!(otlp_problems(Some("http://c:4318"), None).is_empty());
+        assert!(otlp_problems(Some("https://c:4318"), None).is_empty());
+        assert!(otlp_problems(None, None).is_empty());
+        assert_eq!(otlp_problems(Some("c:4317"), None).len(), 1);
+        let p = otlp_problems(Some("https://c"), Some(Path::new("/nope/ca.pem")));
+        assert!(p.len() == 1 && p[0].contains("/nope/ca.pem"), "{p:?}");
+    }
 
     #[test]
     fn database_url_problems_name_the_setting_not_the_url() {

@@ -8,7 +8,9 @@
 //!   first and the message last;
 //! - only when an OTLP endpoint is configured, a `tracing-opentelemetry` layer feeding a batch
 //!   exporter (OTLP/HTTP, protobuf) that runs on the tokio runtime. Without an endpoint no
-//!   exporter, no tracer and no background task exist.
+//!   exporter, no tracer and no background task exist. For an `https://` endpoint the
+//!   exporter's hyper client goes through a rustls (ring) connector: the collector's
+//!   certificate must lead to `OTEL_EXPORTER_OTLP_CERTIFICATE` when set, else to a system CA.
 //!
 //! [`TelemetryGuard`] owns the exporter: dropping it (or [`TelemetryGuard::shutdown`]) flushes the
 //! spans still queued. [`HttpSpan`] and [`RecordStatus`] are the `TraceLayer` parts of the
@@ -16,11 +18,12 @@
 
 use axum::extract::MatchedPath;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use std::fmt::{self, Write as _};
+use std::path::Path;
 use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Span, Subscriber};
@@ -44,6 +47,25 @@ pub enum LogFormat {
 
 /// Longest wait for the last spans to reach the collector at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where spans go (both binaries' `OTEL_EXPORTER_OTLP_*` settings).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtlpExport<'a> {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `http://` or `https://`; `None` or empty: no export.
+    pub endpoint: Option<&'a str>,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM CA file the collector's certificate must lead
+    /// to (instead of the system store). Only used with `https://`.
+    pub certificate: Option<&'a Path>,
+}
+
+/// Why the trace exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    #[error("OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    Trust(#[source] crate::trust::TrustError),
+    #[error("invalid OTEL_EXPORTER_OTLP_ENDPOINT")]
+    Build(#[source] opentelemetry_otlp::ExporterBuildError),
+}
 
 /// The most verbose level of these targets, whatever `RUST_LOG` says: tungstenite logs every
 /// frame at TRACE, payload included, and a frame carries `instanceData.token` (and a client
@@ -114,15 +136,11 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber (the first call wins; later calls only return a guard).
 ///
-/// `otlp_endpoint` is the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, e.g.
-/// `http://collector:4318`); spans go to `<endpoint>/v1/traces`. `service_name` becomes the
-/// `service.name` resource attribute unless `OTEL_SERVICE_NAME` is set. With an endpoint this
-/// must run inside a tokio runtime.
-pub fn init(
-    format: LogFormat,
-    otlp_endpoint: Option<&str>,
-    service_name: &'static str,
-) -> TelemetryGuard {
+/// `otlp.endpoint` is the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, e.g.
+/// `http://collector:4318` or `https://collector:4318`); spans go to `<endpoint>/v1/traces`.
+/// `service_name` becomes the `service.name` resource attribute unless `OTEL_SERVICE_NAME` is
+/// set. With an endpoint this must run inside a tokio runtime.
+pub fn init(format: LogFormat, otlp: OtlpExport<'_>, service_name: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second global filter: an event must pass both, so this only ever removes. Its default
     // is RUST_LOG's own ceiling, not TRACE: the subscriber's level hint (which also sets the
@@ -147,8 +165,8 @@ pub fn init(
             .event_format(JsonLine)
             .boxed(),
     };
-    let endpoint = otlp_endpoint.map(str::trim).filter(|e| !e.is_empty());
-    let exporter = endpoint.map(|e| build_provider(e, service_name));
+    let endpoint = otlp.endpoint.map(str::trim).filter(|e| !e.is_empty());
+    let exporter = endpoint.map(|e| build_provider(e, otlp.certificate, service_name));
     let (provider, failure) = match exporter {
         Some(Ok(p)) => (Some(p), None),
         Some(Err(e)) => (None, Some(e)),
@@ -172,7 +190,10 @@ pub fn init(
         .try_init()
         .is_ok();
     if let Some(e) = failure {
-        tracing::error!(error = %e, "trace export disabled: invalid OTEL_EXPORTER_OTLP_ENDPOINT");
+        tracing::error!(
+            error = %crate::config::error_chain(&e),
+            "trace export disabled: the OTLP exporter could not be built"
+        );
     }
     if !installed {
         // Another subscriber was first (tests): its layers do not include ours.
@@ -194,15 +215,56 @@ fn traces_url(base: &str) -> String {
     }
 }
 
+/// The https client's per-request timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s, as the SDK reads them for its own
+/// client (it does not pass them to a client it is given).
+fn export_timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// For `https://` endpoints: the SDK's hyper client over a rustls (ring) connector that
+/// verifies the collector against `certificate`, else the system CAs. HTTP/1.1, as the SDK's
+/// default client for `http://` (which is kept as it was).
+fn https_client(
+    certificate: Option<&Path>,
+) -> Result<impl opentelemetry_http::HttpClient, crate::trust::TrustError> {
+    use crate::trust::{self, Roots};
+    let roots = match certificate {
+        Some(path) => Roots::File(path.to_owned()),
+        None => Roots::System,
+    };
+    let verifier = trust::full_verifier(roots.load()?)?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(trust::client_config(verifier))
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(
+        connector,
+        export_timeout(),
+        None,
+    ))
+}
+
 fn build_provider(
     endpoint: &str,
+    certificate: Option<&Path>,
     service_name: &'static str,
-) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+) -> Result<SdkTracerProvider, ExportError> {
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(traces_url(endpoint))
-        .build()?;
+        .with_endpoint(traces_url(endpoint));
+    if endpoint.starts_with("https://") {
+        builder = builder.with_http_client(https_client(certificate).map_err(ExportError::Trust)?);
+    }
+    let exporter = builder.build().map_err(ExportError::Build)?;
     let processor =
         BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
     let mut resource = Resource::builder();

@@ -43,9 +43,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// OTLP/HTTP endpoint for traces; unset = no export.
+    /// OTLP/HTTP endpoint for traces (http:// or https://); unset = no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// PEM CA file the https:// collector's certificate must lead to (default: system CAs).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otel_exporter_otlp_certificate: Option<std::path::PathBuf>,
     /// Upper bound on the shutdown drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -165,8 +168,9 @@ impl Config {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
-        problems.extend(ryze_core::config::otlp_endpoint_problem(
+        problems.extend(ryze_core::config::otlp_problems(
             self.otel_exporter_otlp_endpoint.as_deref(),
+            self.otel_exporter_otlp_certificate.as_deref(),
         ));
         if self.drain_rate == 0 {
             problems.push("DRAIN_RATE must be greater than 0".into());

@@ -63,9 +63,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-    /// OTLP/HTTP endpoint for traces; unset = no export.
+    /// OTLP/HTTP endpoint for traces (http:// or https://); unset = no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// PEM CA file the https:// collector's certificate must lead to (default: system CAs).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE", global = true)]
+    pub otel_exporter_otlp_certificate: Option<std::path::PathBuf>,
 }
 
 /// Admin commands; each prints JSON on stdout.
@@ -138,8 +141,9 @@ impl Config {
         if let Err(e) = self.cipher() {
             problems.push(e.to_string());
         }
-        problems.extend(ryze_core::config::otlp_endpoint_problem(
+        problems.extend(ryze_core::config::otlp_problems(
             self.otel_exporter_otlp_endpoint.as_deref(),
+            self.otel_exporter_otlp_certificate.as_deref(),
         ));
 
         if self.command.is_none() {
