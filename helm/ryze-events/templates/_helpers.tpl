@@ -212,3 +212,28 @@ Autoscaling sanity checks, run from the gateway Deployment:
 {{- printf "sum(ryze_gateway_connections{namespace=\"%s\",service=\"%s\"})" .Release.Namespace (include "ryze-events.gateway.adminName" .) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Postgres CA bundle (postgresTls.caSecret): a volumeMount for the container and a volume
+for the pod, both empty when no Secret is named. Call with the root context.
+*/}}
+{{- define "ryze-events.postgresCaMount" -}}
+{{- if .Values.postgresTls.caSecret }}
+- name: postgres-ca
+  mountPath: {{ .Values.postgresTls.mountPath | quote }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "ryze-events.postgresCaVolume" -}}
+{{- if .Values.postgresTls.caSecret }}
+# The Postgres CA bundle, for DATABASE_URL's sslrootcert.
+- name: postgres-ca
+  secret:
+    secretName: {{ .Values.postgresTls.caSecret | quote }}
+    items:
+      - key: {{ .Values.postgresTls.caKey | quote }}
+        path: {{ .Values.postgresTls.caKey | quote }}
+    defaultMode: 292  # 0444: readable by the non-root user
+{{- end }}
+{{- end }}
