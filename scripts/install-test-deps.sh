@@ -69,7 +69,8 @@ else
     did_something=1
 fi
 
-# The TLS tests make a throwaway CA and certificates with the openssl CLI; the Sentinel tests
+# The TLS tests make a throwaway CA and certificates with the openssl CLI (tests/src/tls.rs,
+# tests/src/certs.rs); the Sentinel tests
 # run `redis-server --sentinel` (the same binary, so no redis-sentinel package is needed).
 if command -v openssl >/dev/null 2>&1; then
     echo "install-test-deps: openssl present ($(command -v openssl))"

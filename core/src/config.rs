@@ -1,5 +1,6 @@
 //! Parsers for configuration values shared by both binaries (used as clap `value_parser`s).
 
+use std::path::Path;
 use std::time::Duration;
 
 /// Exit status for bad configuration (EX_USAGE).
@@ -151,14 +152,50 @@ pub fn into_result(problems: Vec<String>) -> Result<(), Vec<String>> {
     }
 }
 
-/// The problem with `OTEL_EXPORTER_OTLP_ENDPOINT`, if any: this build exports OTLP/HTTP
-/// without TLS, so only `http://` endpoints work.
-pub fn otlp_endpoint_problem(endpoint: Option<&str>) -> Option<String> {
-    let e = endpoint.map(str::trim).filter(|e| !e.is_empty())?;
-    (!e.starts_with("http://")).then(|| {
-        "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// OTLP/HTTP endpoint (no TLS in this build)"
-            .to_owned()
-    })
+/// The problems with `OTEL_EXPORTER_OTLP_ENDPOINT` (must be `http://` or `https://` OTLP/HTTP)
+/// and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a readable PEM CA file), if any.
+pub fn otlp_problems(endpoint: Option<&str>, certificate: Option<&Path>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
+    if endpoint.is_some_and(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+        problems.push(
+            "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// OTLP/HTTP endpoint"
+                .to_owned(),
+        );
+    }
+    if let Some(path) = certificate {
+        if let Err(e) = crate::trust::load_ca_file(path) {
+            problems.push(format!(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE: {}",
+                error_chain(&e)
+            ));
+        }
+    }
+    problems
+}
+
+/// The problem with `DATABASE_URL`, if any: it does not parse, names an unknown `sslmode`, or
+/// its `sslrootcert` cannot be used (see [`crate::store::DatabaseTarget::parse`]). The message
+/// never quotes the URL, which may hold a password.
+pub fn database_url_problem(url: &str) -> Option<String> {
+    let e = crate::store::DatabaseTarget::parse(url).err()?;
+    Some(error_chain(&e))
+}
+
+/// `outer: cause: root cause`, skipping a cause whose text its parent already ends with
+/// (tokio-postgres prints its cause in its own message).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Parses a duration such as `54s`, `500ms` or `2m` (humantime syntax).
@@ -274,6 +311,34 @@ mod tests {
             parse_all::<Sample>(["x", "--help"], needs_url),
             Err(Refusal::Display(_))
         ));
+    }
+
+    #[test]
+    fn otlp_takes_http_and_https_and_a_readable_ca_file() {
+        assert!(otlp_problems(Some("http://c:4318"), None).is_empty());
+        assert!(otlp_problems(Some("https://c:4318"), None).is_empty());
+        assert!(otlp_problems(None, None).is_empty());
+        assert_eq!(otlp_problems(Some("c:4317"), None).len(), 1);
+        let p = otlp_problems(Some("https://c"), Some(Path::new("/nope/ca.pem")));
+        assert!(p.len() == 1 && p[0].contains("/nope/ca.pem"), "{p:?}");
+    }
+
+    #[test]
+    fn database_url_problems_name_the_setting_not_the_url() {
+        let url = "postgres://u:hunter2@db/x?sslmode=verify-full&sslrootcert=/nope/ca.pem";
+        let p = database_url_problem(url).expect("a problem");
+        assert!(
+            p.contains("/nope/ca.pem") && p.contains("sslrootcert"),
+            "{p}"
+        );
+        assert!(!p.contains("hunter2"), "{p}");
+        let p = database_url_problem("postgres://u:hunter2@db/x?bogus=1").expect("a problem");
+        assert_eq!(p.matches("bogus").count(), 1, "{p}");
+        assert!(!p.contains("hunter2"), "{p}");
+        assert_eq!(
+            database_url_problem("postgres://u@db/x?sslmode=require"),
+            None
+        );
     }
 
     #[test]

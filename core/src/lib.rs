@@ -14,6 +14,8 @@
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
 //! - [`telemetry`]: logs (text or JSON) and OTLP trace export, set up once per binary.
+//! - [`trust`]: trust anchors (a CA file or the system store) and rustls settings (ring) for
+//!   every TLS client here.
 
 pub mod channel;
 pub mod close;
@@ -27,4 +29,5 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod trust;
 pub mod wire;

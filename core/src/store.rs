@@ -2,11 +2,19 @@
 //!
 //! Every query lives here, so both binaries read the schema the same way. Tokens are looked up
 //! by SHA-256 ([`crate::token::hash`]); instance tokens are opened with the [`TokenCipher`].
+//! Every connection, pooled or listening, is made from one [`DatabaseTarget`] (TLS per
+//! `sslmode`/`sslrootcert`, TCP keepalives).
 
 mod listen;
 mod queries;
+mod target;
+mod tls;
 
 pub use listen::{ConfigListener, CONFIG_CHANNEL};
+pub use target::{
+    DatabaseTarget, DatabaseUrlError, SslMode, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL,
+    KEEPALIVE_RETRIES,
+};
 
 use crate::event::EventType;
 use crate::token::{TokenCipher, TokenError};
@@ -20,9 +28,12 @@ pub const SCHEMA_SQL: &str = include_str!("store/schema.sql");
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// `DATABASE_URL` does not parse.
+    /// `DATABASE_URL` does not parse, or its TLS settings cannot be used.
     #[error("invalid DATABASE_URL")]
-    BadUrl(#[source] tokio_postgres::Error),
+    BadUrl(#[source] DatabaseUrlError),
+    /// Opening a dedicated connection took longer than the store's timeout.
+    #[error("database connection timed out")]
+    ConnectTimeout,
     /// No connection could be taken from the pool (database down, pool exhausted, timeout).
     #[error("database unavailable")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -132,6 +143,7 @@ pub struct StoreOptions {
     /// Maximum pooled connections (`DATABASE_POOL_SIZE`).
     pub pool_size: usize,
     /// How long to wait to connect or to take a pooled connection before failing a request.
+    /// Also the TCP connect timeout, unless `DATABASE_URL` sets `connect_timeout`.
     pub timeout: Duration,
 }
 
@@ -149,32 +161,53 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: Pool,
     cipher: TokenCipher,
-    url: String,
+    target: DatabaseTarget,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("cipher", &self.cipher)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    /// Builds the pool. No connection is opened until first use; call [`Store::ping`] to check.
+    /// Parses `url` ([`DatabaseTarget::parse`]) and builds the pool. No connection is opened
+    /// until first use; call [`Store::ping`] to check.
     pub fn new(
         url: &str,
         options: &StoreOptions,
         cipher: TokenCipher,
     ) -> Result<Store, StoreError> {
-        let mut pg: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
-        pg.connect_timeout(options.timeout);
+        let target = DatabaseTarget::parse(url).map_err(StoreError::BadUrl)?;
+        Store::with_target(target, options, cipher)
+    }
+
+    /// Builds the pool for an already validated target.
+    pub fn with_target(
+        mut target: DatabaseTarget,
+        options: &StoreOptions,
+        cipher: TokenCipher,
+    ) -> Result<Store, StoreError> {
+        let pg = target.config_mut();
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(options.timeout);
+        }
         if pg.get_application_name().is_none() {
             pg.application_name("ryze-events");
         }
+        // TCP connect, TLS and authentication must all fit in the create timeout.
+        let create_timeout = pg
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(options.timeout)
+            .max(options.timeout);
         let manager = Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
+            target.config().clone(),
+            target.tls().clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -182,14 +215,15 @@ impl Store {
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(options.timeout))
-            .create_timeout(Some(options.timeout))
+            .create_timeout(Some(create_timeout))
             .recycle_timeout(Some(options.timeout))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()?;
         Ok(Store {
             pool,
             cipher,
-            url: url.to_owned(),
+            target,
+            timeout: create_timeout,
         })
     }
 
@@ -198,8 +232,13 @@ impl Store {
         &self.cipher
     }
 
-    /// The database URL, for the dedicated LISTEN connection.
-    pub(crate) fn url(&self) -> &str {
-        &self.url
+    /// The validated target, for the dedicated LISTEN connection.
+    pub(crate) fn target(&self) -> &DatabaseTarget {
+        &self.target
+    }
+
+    /// The bound on opening a dedicated connection.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.timeout
     }
 }

@@ -8,7 +8,9 @@
 //!   first and the message last;
 //! - only when an OTLP endpoint is configured, a `tracing-opentelemetry` layer feeding a batch
 //!   exporter (OTLP/HTTP, protobuf) that runs on the tokio runtime. Without an endpoint no
-//!   exporter, no tracer and no background task exist.
+//!   exporter, no tracer and no background task exist. For an `https://` endpoint the
+//!   exporter's hyper client goes through a rustls (ring) connector: the collector's
+//!   certificate must lead to `OTEL_EXPORTER_OTLP_CERTIFICATE` when set, else to a system CA.
 //!
 //! [`TelemetryGuard`] owns the exporter: dropping it (or [`TelemetryGuard::shutdown`]) flushes the
 //! spans still queued. [`HttpSpan`] and [`RecordStatus`] are the `TraceLayer` parts of the
@@ -16,10 +18,7 @@
 
 use axum::extract::MatchedPath;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::Resource;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 use tracing::field::{Field, Visit};
@@ -44,6 +43,11 @@ pub enum LogFormat {
 
 /// Longest wait for the last spans to reach the collector at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+mod otlp;
+
+pub use otlp::OtlpExport;
+use otlp::{build_provider, traces_url};
 
 /// The most verbose level of these targets, whatever `RUST_LOG` says: tungstenite logs every
 /// frame at TRACE, payload included, and a frame carries `instanceData.token` (and a client
@@ -114,15 +118,11 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber (the first call wins; later calls only return a guard).
 ///
-/// `otlp_endpoint` is the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, e.g.
-/// `http://collector:4318`); spans go to `<endpoint>/v1/traces`. `service_name` becomes the
-/// `service.name` resource attribute unless `OTEL_SERVICE_NAME` is set. With an endpoint this
-/// must run inside a tokio runtime.
-pub fn init(
-    format: LogFormat,
-    otlp_endpoint: Option<&str>,
-    service_name: &'static str,
-) -> TelemetryGuard {
+/// `otlp.endpoint` is the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, e.g.
+/// `http://collector:4318` or `https://collector:4318`); spans go to `<endpoint>/v1/traces`.
+/// `service_name` becomes the `service.name` resource attribute unless `OTEL_SERVICE_NAME` is
+/// set. With an endpoint this must run inside a tokio runtime.
+pub fn init(format: LogFormat, otlp: OtlpExport<'_>, service_name: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second global filter: an event must pass both, so this only ever removes. Its default
     // is RUST_LOG's own ceiling, not TRACE: the subscriber's level hint (which also sets the
@@ -147,8 +147,8 @@ pub fn init(
             .event_format(JsonLine)
             .boxed(),
     };
-    let endpoint = otlp_endpoint.map(str::trim).filter(|e| !e.is_empty());
-    let exporter = endpoint.map(|e| build_provider(e, service_name));
+    let endpoint = otlp.endpoint.map(str::trim).filter(|e| !e.is_empty());
+    let exporter = endpoint.map(|e| build_provider(e, otlp.certificate, service_name));
     let (provider, failure) = match exporter {
         Some(Ok(p)) => (Some(p), None),
         Some(Err(e)) => (None, Some(e)),
@@ -172,7 +172,10 @@ pub fn init(
         .try_init()
         .is_ok();
     if let Some(e) = failure {
-        tracing::error!(error = %e, "trace export disabled: invalid OTEL_EXPORTER_OTLP_ENDPOINT");
+        tracing::error!(
+            error = %crate::config::error_chain(&e),
+            "trace export disabled: the OTLP exporter could not be built"
+        );
     }
     if !installed {
         // Another subscriber was first (tests): its layers do not include ours.
@@ -182,37 +185,6 @@ pub fn init(
         tracing::info!(endpoint = %traces_url(e), "exporting traces over OTLP/HTTP");
     }
     TelemetryGuard { provider }
-}
-
-/// `<base>/v1/traces`, unless the URL already names that path.
-fn traces_url(base: &str) -> String {
-    let base = base.trim_end_matches('/');
-    if base.ends_with("/v1/traces") {
-        base.to_owned()
-    } else {
-        format!("{base}/v1/traces")
-    }
-}
-
-fn build_provider(
-    endpoint: &str,
-    service_name: &'static str,
-) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(traces_url(endpoint))
-        .build()?;
-    let processor =
-        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
-        resource = resource.with_service_name(service_name);
-    }
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_resource(resource.build())
-        .build())
 }
 
 // ---- HTTP spans ----------------------------------------------------------------------------
@@ -607,16 +579,6 @@ mod tests {
         assert!(
             line.contains("ws.connection{conn.id=7 peer.addr=\"1.2.3.4:5\"}"),
             "{line}"
-        );
-    }
-
-    #[test]
-    fn the_traces_url_gets_the_signal_path_once() {
-        assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
-        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
-        assert_eq!(
-            traces_url("http://c:4318/v1/traces"),
-            "http://c:4318/v1/traces"
         );
     }
 }

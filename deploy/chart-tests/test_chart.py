@@ -718,6 +718,23 @@ def every_value_is_commented():
 
 
 @test
+def postgres_ca_bundle_is_mounted_read_only_in_every_workload():
+    docs = render(*REQUIRED, "--set", "postgresTls.caSecret=pg-ca", "--set", "postgresTls.caKey=rds-ca.pem")
+    owners = []
+    for name, pod in pod_templates(docs):
+        owners.append(name)
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        secret = volumes["postgres-ca"]["secret"]
+        assert secret["secretName"] == "pg-ca", secret
+        assert secret["items"] == [{"key": "rds-ca.pem", "path": "rds-ca.pem"}], secret
+        mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts["postgres-ca"] == {"name": "postgres-ca", "mountPath": "/etc/ryze/pg-ca", "readOnly": True}, mounts
+    assert len(owners) == 3 and any(o.endswith("-migrate") for o in owners), owners
+    for name, pod in pod_templates(render(*REQUIRED)):
+        assert "postgres-ca" not in {v["name"] for v in pod["spec"]["volumes"]}, name
+
+
+@test
 def values_schema_rejects_unknown_keys():
     err = render_fails(*REQUIRED, "--set", "gateway.replicas=3")
     assert "replicas" in err, err

@@ -25,7 +25,8 @@ pub struct Config {
     /// Admin listener: /livez, /readyz, /metrics.
     #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_listen_addr: SocketAddr,
-    /// Postgres URL (required).
+    /// Postgres URL (required): `postgres://…` or `key=value …`; libpq's `sslmode`
+    /// (disable, prefer [default], require, verify-ca, verify-full) and `sslrootcert` apply.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
     /// Maximum pooled Postgres connections.
@@ -55,9 +56,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// OTLP/HTTP endpoint for traces; unset = no export.
+    /// OTLP/HTTP endpoint for traces (http:// or https://); unset = no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// PEM CA file the https:// collector's certificate must lead to (default: system CAs).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otel_exporter_otlp_certificate: Option<std::path::PathBuf>,
     /// Upper bound on the shutdown drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -136,8 +140,11 @@ impl Config {
     /// Every problem clap cannot see, all at once (the caller prints them and exits 64).
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if self.database_url.is_none() {
-            problems.push("DATABASE_URL is required".to_owned());
+        match &self.database_url {
+            None => problems.push("DATABASE_URL is required".to_owned()),
+            Some(url) => {
+                problems.extend(ryze_core::config::database_url_problem(url.expose_secret()))
+            }
         }
         let mut uses_tls = false;
         match &self.redis_url {
@@ -183,8 +190,9 @@ impl Config {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
-        problems.extend(ryze_core::config::otlp_endpoint_problem(
+        problems.extend(ryze_core::config::otlp_problems(
             self.otel_exporter_otlp_endpoint.as_deref(),
+            self.otel_exporter_otlp_certificate.as_deref(),
         ));
         if self.redis_stall_timeout < std::time::Duration::from_millis(30) {
             problems.push("REDIS_STALL_TIMEOUT must be at least 30ms".into());

@@ -10,7 +10,10 @@ async fn main() {
     // so the error paths shut it down first.
     let telemetry = ryze_core::telemetry::init(
         config.log_format,
-        config.otel_exporter_otlp_endpoint.as_deref(),
+        ryze_core::telemetry::OtlpExport {
+            endpoint: config.otel_exporter_otlp_endpoint.as_deref(),
+            certificate: config.otel_exporter_otlp_certificate.as_deref(),
+        },
         "ryze-gateway",
     );
     let app = match App::build(config).await {

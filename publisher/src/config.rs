@@ -28,7 +28,8 @@ pub struct Config {
         global = true
     )]
     pub listen_addr: SocketAddr,
-    /// Postgres URL (required).
+    /// Postgres URL (required): `postgres://…` or `key=value …`; libpq's `sslmode`
+    /// (disable, prefer [default], require, verify-ca, verify-full) and `sslrootcert` apply.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<SecretString>,
     /// Maximum pooled Postgres connections.
@@ -79,9 +80,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-    /// OTLP/HTTP endpoint for traces; unset = no export.
+    /// OTLP/HTTP endpoint for traces (http:// or https://); unset = no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// PEM CA file the https:// collector's certificate must lead to (default: system CAs).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE", global = true)]
+    pub otel_exporter_otlp_certificate: Option<std::path::PathBuf>,
 }
 
 /// Admin commands; each prints JSON on stdout.
@@ -145,14 +149,18 @@ impl Config {
     /// Every problem clap cannot see, all at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if self.database_url.is_none() {
-            problems.push("DATABASE_URL is required".to_owned());
+        match &self.database_url {
+            None => problems.push("DATABASE_URL is required".to_owned()),
+            Some(url) => {
+                problems.extend(ryze_core::config::database_url_problem(url.expose_secret()))
+            }
         }
         if let Err(e) = self.cipher() {
             problems.push(e.to_string());
         }
-        problems.extend(ryze_core::config::otlp_endpoint_problem(
+        problems.extend(ryze_core::config::otlp_problems(
             self.otel_exporter_otlp_endpoint.as_deref(),
+            self.otel_exporter_otlp_certificate.as_deref(),
         ));
 
         if self.redis_stall_timeout < Duration::from_millis(30) {

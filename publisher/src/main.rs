@@ -11,7 +11,10 @@ async fn main() {
     // it down first.
     let telemetry = ryze_core::telemetry::init(
         config.log_format,
-        config.otel_exporter_otlp_endpoint.as_deref(),
+        ryze_core::telemetry::OtlpExport {
+            endpoint: config.otel_exporter_otlp_endpoint.as_deref(),
+            certificate: config.otel_exporter_otlp_certificate.as_deref(),
+        },
         "ryze-publisher",
     );
     if let Some(command) = &config.command {

@@ -14,6 +14,8 @@
 //! - [`proxy`]: [`FaultProxy`], a loopback TCP proxy in front of Redis/Postgres that
 //!   black-holes or resets connections on demand (silent network failures a stopped server
 //!   cannot produce).
+//! - [`certs`]: a throwaway CA with server and client certificates (`openssl` CLI), and
+//!   [`PgServer::start_private_tls`] for a TLS-only Postgres.
 //! - [`client`]: the shared [`http()`] client and [`WsClient`], whose [`WsConnectError`] carries
 //!   a refused upgrade's status and body.
 //! - `supervisor` (private): the `sh` wrapper that ties every server to the test process, so
@@ -23,6 +25,7 @@
 //! as upper bound; none sleeps.
 
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod postgres;
@@ -33,6 +36,7 @@ pub mod sentinel;
 mod supervisor;
 pub mod tls;
 
+pub use certs::Certs;
 pub use client::{http, WsClient, WsConnectError};
 pub use cluster::{ClusterNode, RedisCluster, SlotOwner};
 pub use postgres::{pg, try_pg, PgServer, TestDb};

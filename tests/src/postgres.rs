@@ -8,6 +8,10 @@
 //! `initdb` refuses to run as root, so as root the temp dir is given to the `postgres` OS user
 //! and both `initdb` and the server run as that user. Binaries come from `PG_BIN_DIR` or the
 //! highest `/usr/lib/postgresql/<version>/bin`.
+//!
+//! [`PgServer::start_private_tls`] starts one with `ssl=on` and a `pg_hba.conf` that refuses
+//! plain TCP (`hostnossl … reject`), so a client that gets in used TLS. The harness's own
+//! connections to it use TLS without verification.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,10 +21,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::sync::OnceCell;
-use tokio_postgres::NoTls;
 
+use crate::certs::Certs;
 use crate::process::free_port;
 use crate::supervisor::{log_tail, running_as_root, server_dir, user_ids, Launch, Supervisor};
+use tls::{connect, enable_tls};
 
 /// Upper bound for a (re)start to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +34,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Fresh starts retry from scratch on a new port when the server dies early (the port may have
 /// been taken between [`free_port()`] and the bind).
 const START_ATTEMPTS: usize = 3;
+
+mod tls;
 
 static SHARED: OnceCell<PgServer> = OnceCell::const_new();
 
@@ -62,12 +69,14 @@ pub struct TestDb {
     pub url: String,
     /// The database name (unique per call).
     pub name: String,
+    /// Whether the server only takes TLS connections ([`PgServer::start_private_tls`]).
+    pub tls: bool,
 }
 
 impl TestDb {
     /// A connection to this database; its driver task runs on the current runtime.
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
-        connect(&self.url).await
+        connect(&self.url, self.tls).await
     }
 }
 
@@ -76,6 +85,7 @@ pub struct PgServer {
     port: u16,
     dir: PathBuf,
     shared: bool,
+    tls: bool,
     sup: Arc<Supervisor>,
 }
 
@@ -83,9 +93,19 @@ impl PgServer {
     /// Starts a server of its own (initdb + postgres) and waits until it accepts connections.
     /// Unlike the shared [`pg()`], it can be stopped and started to simulate an outage.
     pub async fn start_private() -> anyhow::Result<PgServer> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`PgServer::start_private`] with `ssl=on`, presenting `certs`' server certificate,
+    /// and plain TCP connections refused by `pg_hba.conf`.
+    pub async fn start_private_tls(certs: &Certs) -> anyhow::Result<PgServer> {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(certs: Option<&Certs>) -> anyhow::Result<PgServer> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once().await {
+            match Self::start_once(certs.cloned()).await {
                 Ok(server) => return Ok(server),
                 Err(e) => last_err = Some(e),
             }
@@ -93,15 +113,17 @@ impl PgServer {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("postgres did not start")))
     }
 
-    async fn start_once() -> anyhow::Result<PgServer> {
+    async fn start_once(certs: Option<Certs>) -> anyhow::Result<PgServer> {
         let port = free_port();
-        let (dir, sup) = tokio::task::spawn_blocking(move || init_and_launch(port))
+        let tls = certs.is_some();
+        let (dir, sup) = tokio::task::spawn_blocking(move || init_and_launch(port, certs.as_ref()))
             .await
             .context("joining the postgres launch")??;
         let server = PgServer {
             port,
             dir,
             shared: false,
+            tls,
             sup,
         };
         server.wait_ready(READY_TIMEOUT).await?;
@@ -151,7 +173,7 @@ impl PgServer {
     /// Creates a uniquely named empty database.
     pub async fn fresh_database(&self) -> anyhow::Result<TestDb> {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin = connect(&self.admin_url()).await?;
+        let admin = connect(&self.admin_url(), self.tls).await?;
         // The name is generated above (hex only), so quoting it is enough.
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
@@ -160,6 +182,7 @@ impl PgServer {
         Ok(TestDb {
             url: self.url_for(&name),
             name,
+            tls: self.tls,
         })
     }
 
@@ -191,7 +214,7 @@ impl PgServer {
         let url = format!("{}?connect_timeout=2", self.admin_url());
         loop {
             let attempt = async {
-                let client = connect(&url).await?;
+                let client = connect(&url, self.tls).await?;
                 client.simple_query("SELECT 1").await?;
                 Ok::<(), anyhow::Error>(())
             };
@@ -228,20 +251,8 @@ impl PgServer {
     }
 }
 
-/// Connects with `NoTls` and drives the connection on the current runtime.
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(async move {
-        // The error surfaces on the client's next query; nothing to add here.
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
 /// Blocking: makes the temp dir, runs initdb, launches postgres under a supervisor.
-fn init_and_launch(port: u16) -> anyhow::Result<(PathBuf, Arc<Supervisor>)> {
+fn init_and_launch(port: u16, certs: Option<&Certs>) -> anyhow::Result<(PathBuf, Arc<Supervisor>)> {
     let bin_dir = bin_dir()?;
     let user = if running_as_root() {
         Some(user_ids("postgres").context(
@@ -252,7 +263,7 @@ fn init_and_launch(port: u16) -> anyhow::Result<(PathBuf, Arc<Supervisor>)> {
         None
     };
     let dir = server_dir("ryze-pg-", user)?;
-    match initdb_and_launch(&bin_dir, &dir, port, user) {
+    match initdb_and_launch(&bin_dir, &dir, port, user, certs) {
         Ok(sup) => Ok((dir, sup)),
         Err(e) => {
             // Nothing supervises the dir yet when initdb fails.
@@ -267,6 +278,7 @@ fn initdb_and_launch(
     dir: &Path,
     port: u16,
     user: Option<(u32, u32)>,
+    certs: Option<&Certs>,
 ) -> anyhow::Result<Arc<Supervisor>> {
     let data = dir.join("data");
     let sock = dir.join("sock");
@@ -313,15 +325,21 @@ fn initdb_and_launch(
         "-k".into(),
         sock.to_string_lossy().into_owned(),
     ];
-    for setting in [
+    let mut settings: Vec<String> = [
         "listen_addresses=127.0.0.1",
         "fsync=off",
         "synchronous_commit=off",
         "full_page_writes=off",
         "max_connections=400",
-    ] {
+    ]
+    .map(String::from)
+    .into();
+    if let Some(certs) = certs {
+        settings.extend(enable_tls(dir, &data, certs, user)?);
+    }
+    for setting in settings {
         argv.push("-c".into());
-        argv.push(setting.into());
+        argv.push(setting);
     }
     Supervisor::launch(Launch {
         name: "postgres",

@@ -20,8 +20,8 @@ use common::{
 };
 use ryze_tests::{http, pg, redis, run_cli, Bin, Service, WsClient};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::MaybeTlsStream;
 
@@ -249,3 +249,5 @@ fn kill(mut c: WsClient) {
 mod logs;
 #[path = "observability/otlp.rs"]
 mod otlp;
+#[path = "observability/otlp_tls.rs"]
+mod otlp_tls;

@@ -35,8 +35,14 @@ impl Store {
     /// Opens the LISTEN connection. Returns once `LISTEN` is acknowledged, so no change
     /// committed after this returns can be missed.
     pub async fn listen_config(&self) -> Result<ConfigListener, StoreError> {
-        let config: tokio_postgres::Config = self.url().parse().map_err(StoreError::BadUrl)?;
-        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+        // The pool's connector: same TLS checks, same failure log, same keepalives.
+        let target = self.target();
+        let (client, mut connection) = tokio::time::timeout(
+            self.connect_timeout(),
+            target.config().connect(target.tls().clone()),
+        )
+        .await
+        .map_err(|_| StoreError::ConnectTimeout)??;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));

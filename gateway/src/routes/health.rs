@@ -63,9 +63,13 @@ pub async fn health(State(state): State<AppState>) -> Response {
     json_response(status, serde_json::to_string(&body).unwrap_or_default())
 }
 
-/// A short reason for a public endpoint: an I/O error's kind (`connection refused`), never a
-/// server message (those can name users or databases).
+/// A short reason for a public endpoint: `certificate not verified` for a refused TLS
+/// certificate, else an I/O error's kind (`connection refused`), never a server message (those
+/// can name users or databases).
 fn short_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    if ryze_core::trust::is_certificate_error(e) {
+        return "certificate not verified".to_owned();
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {

@@ -264,4 +264,26 @@ their keys in the Secret.
 {{- /* 0440 (288): readable by the pod's fsGroup, which the non-root user belongs to. */ -}}
 {{- list (dict "name" "redis-tls" "secret" (dict "secretName" $t.existingSecret "defaultMode" 288 "items" $items)) | toYaml -}}
 {{- end -}}
+The Postgres CA bundle (postgresTls.caSecret): a volumeMount for the container and a volume
+for the pod, both empty when no Secret is named. Call with the root context.
+*/}}
+{{- define "ryze-events.postgresCaMount" -}}
+{{- if .Values.postgresTls.caSecret }}
+- name: postgres-ca
+  mountPath: {{ .Values.postgresTls.mountPath | quote }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "ryze-events.postgresCaVolume" -}}
+{{- if .Values.postgresTls.caSecret }}
+# The Postgres CA bundle, for DATABASE_URL's sslrootcert.
+- name: postgres-ca
+  secret:
+    secretName: {{ .Values.postgresTls.caSecret | quote }}
+    items:
+      - key: {{ .Values.postgresTls.caKey | quote }}
+        path: {{ .Values.postgresTls.caKey | quote }}
+    defaultMode: 292  # 0444: readable by the non-root user
+{{- end }}
 {{- end }}

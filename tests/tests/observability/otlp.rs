@@ -16,8 +16,8 @@ enum Attr {
 
 /// One received span: its name, attributes, and its resource's attributes.
 #[derive(Debug, Clone)]
-struct RecvSpan {
-    name: String,
+pub(super) struct RecvSpan {
+    pub(super) name: String,
     attrs: BTreeMap<String, Attr>,
     resource: BTreeMap<String, Attr>,
 }
@@ -179,8 +179,9 @@ struct Received {
 
 /// A minimal OTLP/HTTP collector: `POST /v1/traces` with a protobuf body, answered 200 with an
 /// empty `ExportTraceServiceResponse`. HTTP/1.1 keep-alive, Content-Length bodies.
-struct Collector {
+pub(super) struct Collector {
     addr: SocketAddr,
+    scheme: &'static str,
     received: Arc<Mutex<Received>>,
     changed: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -194,6 +195,16 @@ impl Drop for Collector {
 
 impl Collector {
     async fn start() -> Collector {
+        Collector::start_with(None).await
+    }
+
+    /// A collector behind TLS, presenting `tls`'s certificate: its endpoint is `https://`.
+    pub(super) async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Collector {
+        Collector::start_with(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Collector {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("collector bind");
@@ -204,23 +215,40 @@ impl Collector {
         let shared = Arc::clone(&received);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_otlp(stream, Arc::clone(&shared), Arc::clone(&tx)));
+                let (shared, tx) = (Arc::clone(&shared), Arc::clone(&tx));
+                match &tls {
+                    None => drop(tokio::spawn(serve_otlp(stream, shared, tx))),
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        tokio::spawn(async move {
+                            // A refused handshake is the client's business (wrong CA).
+                            if let Ok(stream) = accept.await {
+                                Box::pin(serve_otlp(stream, shared, tx)).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Collector {
             addr,
+            scheme,
             received,
             changed,
             task,
         }
     }
 
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+    pub(super) fn endpoint(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Waits until `done` holds for the spans received so far; returns them.
-    async fn wait_for(&self, what: &str, done: impl Fn(&[RecvSpan]) -> bool) -> Vec<RecvSpan> {
+    pub(super) async fn wait_for(
+        &self,
+        what: &str,
+        done: impl Fn(&[RecvSpan]) -> bool,
+    ) -> Vec<RecvSpan> {
         let mut changed = self.changed.clone();
         let wait = async {
             loop {
@@ -247,8 +275,8 @@ impl Collector {
     }
 }
 
-async fn serve_otlp(
-    mut stream: TcpStream,
+async fn serve_otlp<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     received: Arc<Mutex<Received>>,
     tx: Arc<watch::Sender<u64>>,
 ) {
