@@ -264,6 +264,9 @@ their keys in the Secret.
 {{- /* 0440 (288): readable by the pod's fsGroup, which the non-root user belongs to. */ -}}
 {{- list (dict "name" "redis-tls" "secret" (dict "secretName" $t.existingSecret "defaultMode" 288 "items" $items)) | toYaml -}}
 {{- end -}}
+{{- end }}
+
+{{/*
 The Postgres CA bundle (postgresTls.caSecret): a volumeMount for the container and a volume
 for the pod, both empty when no Secret is named. Call with the root context.
 */}}
