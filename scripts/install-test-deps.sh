@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the external servers the integration tests run privately: redis-server (+ redis-cli)
-# and PostgreSQL, plus the openssl CLI for throwaway test certificates. Idempotent: does nothing
+# and PostgreSQL, plus the openssl CLI for throwaway test certificates and promtool (package
+# `prometheus`) for deploy/helm-lint.sh. Idempotent: does nothing
 # when they are already present. Run as root (or with passwordless sudo) on Debian/Ubuntu;
 # `make test` calls it before `cargo test`.
 #
@@ -84,6 +85,16 @@ if have_postgres; then
 else
     apt_install postgresql
     stop_service postgresql
+    did_something=1
+fi
+
+# deploy/helm-lint.sh runs `promtool check rules` on the chart's rendered PrometheusRule; the
+# Debian package `prometheus` ships promtool (its server is stopped if a postinst started it).
+if command -v promtool >/dev/null 2>&1; then
+    echo "install-test-deps: promtool present ($(command -v promtool))"
+else
+    apt_install prometheus
+    stop_service prometheus
     did_something=1
 fi
 

@@ -639,8 +639,9 @@ def secondary_region_release_runs_gateways_only():
 CRD_VALIDATOR = r"""
 import { ScaledObject } from "@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
+import { PrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule";
 import { readFileSync } from "node:fs";
-const models = { ScaledObject, ServiceMonitor };
+const models = { ScaledObject, ServiceMonitor, PrometheusRule };
 let bad = 0;
 for (const doc of JSON.parse(readFileSync(0, "utf8"))) {
   try { new models[doc.kind](doc).validate(); }
@@ -656,6 +657,7 @@ KNOWN_CR_KEYS = {
                      "fallback", "advanced", "triggers", "idleReplicaCount", "initialCooldownPeriod"},
     "ServiceMonitor": {"selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels", "podTargetLabels",
                        "sampleLimit", "attachMetadata"},
+    "PrometheusRule": {"groups"},
 }
 
 
@@ -676,8 +678,8 @@ def crds_validate_against_the_keda_and_prometheus_operator_models():
     assert NODE_TOOLS, "NODE_TOOLS not set"
     crs = []
     for name, docs in all_scenarios():
-        crs += [d for d in docs if d["kind"] in ("ScaledObject", "ServiceMonitor")]
-    assert {d["kind"] for d in crs} == {"ScaledObject", "ServiceMonitor"}, "scenarios cover both CRDs"
+        crs += [d for d in docs if d["kind"] in KNOWN_CR_KEYS]
+    assert {d["kind"] for d in crs} == set(KNOWN_CR_KEYS), "scenarios cover every CRD"
     for d in crs:
         unknown = set(d["spec"]) - KNOWN_CR_KEYS[d["kind"]]
         assert not unknown, (d["kind"], unknown)
@@ -687,6 +689,76 @@ def crds_validate_against_the_keda_and_prometheus_operator_models():
     so = next(d for d in crs if d["kind"] == "ScaledObject")
     broken = dict(so, spec=dict(so["spec"], minReplicaCount="two"))
     assert run_crd_validator([broken]).returncode == 1, "a string minReplicaCount must be rejected"
+
+
+# --- monitoring: Grafana dashboard and PrometheusRule -----------------------------------------
+
+
+@test
+def dashboard_and_rules_are_off_by_default():
+    for name, docs in all_scenarios():
+        if name == "monitoring":
+            continue
+        assert not of_kind(docs, "PrometheusRule"), name
+        assert not [d for d in of_kind(docs, "ConfigMap") if "ryze-events.json" in d.get("data", {})], name
+
+
+@test
+def dashboard_configmap_carries_the_sidecar_label_and_the_chart_file():
+    docs = render(*REQUIRED, "--set", "grafanaDashboard.enabled=true")
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if "ryze-events.json" in d.get("data", {})]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", cm["metadata"]["labels"]
+    assert cm["metadata"]["namespace"] == "ryze", cm["metadata"]
+    dashboard = json.loads(cm["data"]["ryze-events.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "ryze-events.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "pod"} <= variables, variables
+    docs = render(*REQUIRED, "--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.namespace=grafana",
+                  "--set", "grafanaDashboard.labels.grafana_dashboard=null", "--set", "grafanaDashboard.labels.dash=yes")
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if "ryze-events.json" in d.get("data", {})]
+    assert cm["metadata"]["namespace"] == "grafana", cm["metadata"]
+    assert cm["metadata"]["labels"].get("dash") == "yes" and "grafana_dashboard" not in cm["metadata"]["labels"], cm
+
+
+def runbook_anchors() -> set[str]:
+    """GitHub-style anchors of the level-3 headings of docs/operations.md."""
+    text = (CHART.parents[1] / "docs" / "operations.md").read_text()
+    return {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#{2,4} (.+)$", text, re.M)}
+
+
+@test
+def every_alert_links_to_a_runbook_section_that_exists():
+    base = "https://docs.example.com/operations.md"
+    docs = render(*REQUIRED, "--set", "prometheusRule.enabled=true", "--set", f"prometheusRule.runbookBaseUrl={base}",
+                  "--set", "prometheusRule.labels.release=prom")
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom", rule["metadata"]
+    anchors = runbook_anchors()
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert len(alerts) >= 8, [a["alert"] for a in alerts]
+    for a in alerts:
+        url = a["annotations"]["runbook_url"]
+        assert url.startswith(base + "#"), url
+        assert url.split("#", 1)[1] in anchors, (a["alert"], url, "no such heading in docs/operations.md")
+        assert url.split("#", 1)[1] == a["alert"].lower(), (a["alert"], url)
+
+
+@test
+def alert_thresholds_follow_the_values():
+    docs = render(*REQUIRED, "--set", "prometheusRule.enabled=true", "--set",
+                  "prometheusRule.runbookBaseUrl=https://x.example.com/ops.md", "--set-json",
+                  "prometheusRule.publishToSendP99Seconds=0.75", "--set", "gateway.config.maxConnections=20000",
+                  "--set-json", "prometheusRule.connectionsNearCapacityRatio=0.5")
+    rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    assert rules["RyzePublishToSendP99High"]["expr"].rstrip().endswith("> 0.75"), rules["RyzePublishToSendP99High"]
+    assert rules["RyzeConnectionsNearCapacity"]["expr"].rstrip().endswith("> 10000"), rules["RyzeConnectionsNearCapacity"]
+
+
+@test
+def prometheus_rule_needs_a_runbook_base_url():
+    err = render_fails(*REQUIRED, "--set", "prometheusRule.enabled=true")
+    assert "runbookBaseUrl" in err, err
 
 
 # --- values.yaml hygiene -----------------------------------------------------------------------
