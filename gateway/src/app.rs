@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::connection::SessionLimits;
 use crate::hub::{Hub, HubOptions};
 use crate::metrics::Metrics;
+use crate::open_files;
 use crate::origin::OriginPolicy;
 use crate::ratelimit::RateLimiter;
 use crate::routes::{self, Extras};
@@ -42,6 +43,8 @@ pub struct App {
 impl App {
     /// Connects what must be connected, binds both listeners, starts background loops.
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        // Before anything opens a descriptor of its own.
+        let connection_cap = connection_cap(&config);
         let cipher = config.cipher()?;
         let database_url = config
             .database_url
@@ -56,6 +59,7 @@ impl App {
             cipher,
         )?;
         let metrics = Metrics::new(config.metrics_instance_labels);
+        metrics.set_connection_cap(connection_cap);
         let names = Names::new(config.redis_prefix.clone());
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
@@ -106,9 +110,7 @@ impl App {
             origins: OriginPolicy::parse(config.allowed_ws_origins.as_deref()),
             metrics,
             publisher_metrics: publisher_metrics.clone(),
-            connections: Arc::new(Semaphore::new(
-                config.max_connections.min(Semaphore::MAX_PERMITS),
-            )),
+            connections: Arc::new(Semaphore::new(connection_cap)),
             ws: WsLimits {
                 read_frame_cap: (config.ws_max_message_bytes * 4).max(64 * 1024),
                 send_queue: config.ws_send_queue,
@@ -235,6 +237,7 @@ impl App {
             self.header_timeout,
             stop_public.clone(),
             state.tasks.clone(),
+            state.metrics.clone(),
         ));
         servers.spawn(crate::server::serve(
             self.admin,
@@ -242,6 +245,7 @@ impl App {
             self.header_timeout,
             stop_admin.clone(),
             TaskTracker::new(),
+            state.metrics.clone(),
         ));
         tracing::info!("gateway started");
         signal.await;
@@ -271,4 +275,41 @@ impl App {
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// Raises the soft open-files limit to the hard one and returns the effective connection cap,
+/// `min(MAX_CONNECTIONS, soft - reserve)` (see [`crate::open_files`]), logging both limits.
+fn connection_cap(config: &Config) -> usize {
+    let max = config.max_connections.min(Semaphore::MAX_PERMITS);
+    let limits = match open_files::raise_to_hard() {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                connection_cap = max,
+                "open-files limit unknown; connection cap is MAX_CONNECTIONS"
+            );
+            return max;
+        }
+    };
+    let reserve = open_files::reserve(config.database_pool_size);
+    let cap = open_files::connection_cap(max, limits.soft, reserve);
+    tracing::info!(
+        soft_limit = limits.soft,
+        hard_limit = limits.hard,
+        raised_from = limits.raised_from,
+        reserve,
+        max_connections = config.max_connections,
+        connection_cap = cap,
+        "open-files limit"
+    );
+    if cap < open_files::LOW_CAP {
+        tracing::warn!(
+            soft_limit = limits.soft,
+            reserve,
+            connection_cap = cap,
+            "open-files limit leaves almost no room for connections; raise the hard limit"
+        );
+    }
+    cap
 }

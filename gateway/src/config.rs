@@ -96,7 +96,8 @@ pub struct Config {
     /// Time allowed to send the request head of an HTTP request (slowloris guard).
     #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http_header_timeout: Duration,
-    /// Open connections (plus upgrades in progress) per pod.
+    /// Open connections (plus upgrades in progress) per pod; lowered to what the open-files
+    /// limit allows (soft limit - DATABASE_POOL_SIZE - 65).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
     /// Connections closed per second during shutdown.

@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`config`]: flags and environment, parsed once.
 //! - [`app`]: builds everything from the config and runs it until shutdown.
-//! - [`server`]: the accept loop (header timeout, upgrades, graceful stop).
+//! - [`server`]: the accept loop (header timeout, upgrades, graceful stop, EMFILE back-off).
+//! - [`open_files`]: `RLIMIT_NOFILE` raised at start-up, and the connection cap it allows.
 //! - [`routes`]: the public router (config API, `/ws`, `/health`) and the admin router.
 //! - [`auth`]: tokens, ownership, and the positive-only auth cache; [`origin`]: the allowlist.
 //! - [`ratelimit`]: fixed windows shared through Redis.
@@ -22,6 +23,7 @@ pub mod console;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+pub mod open_files;
 pub mod origin;
 pub mod outbox;
 pub mod ratelimit;

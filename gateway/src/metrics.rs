@@ -47,6 +47,8 @@ struct Inner {
     rate_limit_fallback: Counter,
     redis_reconnects: Counter,
     redis_stalls: Family<Connection, Counter>,
+    connection_cap: Gauge,
+    accept_errors: Family<Reason, Counter>,
     instance_labels: usize,
 }
 
@@ -77,6 +79,21 @@ impl Metrics {
         let rate_limit_fallback = Counter::default();
         let redis_reconnects = Counter::default();
         let redis_stalls = Family::<Connection, Counter>::default();
+        let connection_cap = Gauge::default();
+        let accept_errors = Family::<Reason, Counter>::default();
+        for reason in ["open_files", "other"] {
+            let _ = accept_errors.get_or_create(&Reason { reason });
+        }
+        registry.register(
+            "ryze_gateway_connection_cap",
+            "Effective connection cap: min(MAX_CONNECTIONS, open-files soft limit - reserve)",
+            connection_cap.clone(),
+        );
+        registry.register(
+            "ryze_gateway_accept_errors",
+            "accept() failures on either listener, by reason (open_files: EMFILE/ENFILE)",
+            accept_errors.clone(),
+        );
         for connection in ["subscriber", "commands"] {
             // Present at 0 from the start, so alerts can use rate() at once.
             let _ = redis_stalls.get_or_create(&Connection { connection });
@@ -161,6 +178,8 @@ impl Metrics {
             rate_limit_fallback,
             redis_reconnects,
             redis_stalls,
+            connection_cap,
+            accept_errors,
             instance_labels,
         }))
     }
@@ -214,6 +233,18 @@ impl Metrics {
             .redis_stalls
             .get_or_create(&Connection { connection })
             .inc();
+    }
+
+    /// The effective connection cap (set once at start-up).
+    pub fn set_connection_cap(&self, cap: usize) {
+        self.0
+            .connection_cap
+            .set(i64::try_from(cap).unwrap_or(i64::MAX));
+    }
+
+    /// `accept()` failed; `reason` is `open_files` (EMFILE/ENFILE) or `other`.
+    pub fn accept_error(&self, reason: &'static str) {
+        self.0.accept_errors.get_or_create(&Reason { reason }).inc();
     }
 
     /// One more reconnect of the subscriber connection.

@@ -74,6 +74,8 @@ mod backpressure;
 mod delivery;
 #[path = "ws_gateway/lifecycle.rs"]
 mod lifecycle;
+#[path = "ws_gateway/open_files.rs"]
+mod open_files;
 #[path = "ws_gateway/refusals.rs"]
 mod refusals;
 #[path = "ws_gateway/session.rs"]
