@@ -40,6 +40,19 @@ impl Names {
         format!("{}:ctl", self.prefix)
     }
 
+    /// `<prefix>:hist:<instance_id>`: the instance's history, a Redis Stream whose entry ids
+    /// are the offsets (SPEC D37, CONTRACT §5). Field `f`: the frame; `t`: publish micros.
+    pub fn history_key(&self, instance_id: Uuid) -> String {
+        format!("{}:hist:{}", self.prefix, instance_id)
+    }
+
+    /// `<prefix>:resume:<instance_id>`: exists while a resumable (`since`) client of the
+    /// instance was connected within `HISTORY_TTL`; the publisher keeps appending to history
+    /// while it exists, even with no client connected.
+    pub fn resume_key(&self, instance_id: Uuid) -> String {
+        format!("{}:resume:{}", self.prefix, instance_id)
+    }
+
     /// `<prefix>:probe:<pod_id>`: one gateway's liveness probe (D38). The pod publishes to it
     /// through its command connection and must see it arrive on its subscriber connection.
     pub fn probe_channel(&self, pod_id: Uuid) -> String {

@@ -219,6 +219,37 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawMap<'a> {
     }
 }
 
+/// The frame as a resumable (`since`) connection receives it: `"offset"` spliced in as the
+/// last top-level key (SPEC §5.7), every other byte unchanged. `frame` is one of our own
+/// envelopes, so it ends with the `}` closing the top-level object.
+pub fn with_offset(frame: &str, offset: crate::wire::Offset) -> String {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    let mut out = String::with_capacity(frame.len() + 40);
+    out.push_str(body);
+    out.push_str(",\"offset\":\"");
+    out.push_str(&offset.to_string());
+    out.push_str("\"}");
+    out
+}
+
+/// The raw `instanceData` object of one of our frames (the last top-level key, whose values
+/// are JSON strings, so the last `,"instanceData":` is the envelope's own).
+pub fn instance_data_of(frame: &str) -> Option<&str> {
+    const KEY: &str = ",\"instanceData\":";
+    let at = frame.rfind(KEY)? + KEY.len();
+    let end = frame.len().checked_sub(1)?;
+    (at < end && frame.ends_with('}')).then(|| &frame[at..end])
+}
+
+/// The `stream.gap` frame (SPEC §5.7): `since` is the offset the client gave, echoed as a
+/// JSON string; `instance_data` the raw `instanceData` object of one of the instance's frames.
+pub fn gap_frame(since: &str, instance_data: &str) -> String {
+    format!(
+        r#"{{"event":"stream.gap","data":{{"since":{}}},"instanceData":{instance_data}}}"#,
+        serde_json::Value::String(since.to_owned())
+    )
+}
+
 /// The product's error body, `{"success":false,"error":{"message":...}}`, compact, keys in
 /// the documented order (SPEC §2.1). Both binaries answer errors with exactly this.
 pub fn error_json(message: &str) -> String {
@@ -305,6 +336,28 @@ mod tests {
         ));
         let kept = encode_message(EventType::MessageExchange, &data, ID, true, 1).unwrap();
         assert!(frame(&kept).contains(r#""base64":"iVBORw0KGgo""#));
+    }
+
+    #[test]
+    fn offsets_go_last_and_gaps_reuse_the_instance_data() {
+        let data = raw(r#"{"a":"},\"instanceData\":{}"}"#);
+        let out = encode_message(EventType::CallUpdate, &data, ID, false, 1).unwrap();
+        let frame = frame(&out);
+        let offset = crate::wire::Offset { ms: 17, seq: 2 };
+        assert_eq!(
+            with_offset(frame, offset),
+            format!("{},\"offset\":\"17-2\"}}", &frame[..frame.len() - 1])
+        );
+        let idata = instance_data_of(frame).unwrap();
+        assert_eq!(
+            idata,
+            r#"{"baseUrl":"https://api.example.com","instance":"sales","token":"tok"}"#
+        );
+        assert_eq!(
+            gap_frame("5-0", idata),
+            format!(r#"{{"event":"stream.gap","data":{{"since":"5-0"}},"instanceData":{idata}}}"#)
+        );
+        assert_eq!(instance_data_of("{}"), None);
     }
 
     #[test]

@@ -15,6 +15,15 @@ pub enum BrokerError {
     Redis(#[from] fred::error::Error),
 }
 
+/// What history holds after a resuming client's offset (SPEC §5.7).
+#[derive(Debug, Default)]
+pub struct History {
+    /// Frames after the offset are missing: the client gets `stream.gap` first.
+    pub gap: bool,
+    /// The retained frames after the offset, oldest first, with their offsets.
+    pub frames: Vec<(ryze_core::wire::Offset, bytes::Bytes)>,
+}
+
 /// The fan-out bus as the hub sees it.
 #[derive(Clone)]
 pub enum Broker {
@@ -62,6 +71,38 @@ impl Broker {
         match self {
             Broker::Memory(_) => (0, 0),
             Broker::Redis(r) => r.subscription_counts(),
+        }
+    }
+
+    /// The retained frames after `since` (at most `max`). Without Redis, or when history
+    /// cannot be read, everything after `since` counts as lost: a gap, never a silent hole.
+    pub async fn history_after(
+        &self,
+        id: Uuid,
+        since: ryze_core::wire::Offset,
+        max: usize,
+    ) -> History {
+        let gap = History {
+            gap: true,
+            frames: Vec::new(),
+        };
+        match self {
+            Broker::Memory(_) => gap,
+            Broker::Redis(r) => match r.history_after(id, since, max).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(instance.id = %id, error = %e, "reading history failed; sending a gap");
+                    gap
+                }
+            },
+        }
+    }
+
+    /// A resumable client of the instance joined: history must keep the instance's frames
+    /// while it may come back (the publisher appends while the resume key exists).
+    pub fn mark_resumable(&self, id: Uuid) {
+        if let Broker::Redis(r) = self {
+            r.mark_resumable(id);
         }
     }
 

@@ -3,7 +3,8 @@
 //! D27). Generic over the socket so unit tests drive it with in-memory streams.
 
 use crate::metrics::Metrics;
-use crate::outbox::{Batch, Outbox};
+use crate::outbox::{Batch, Frame, Outbox};
+use crate::resume::Resume;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ryze_core::close::{self, CloseCode};
@@ -59,13 +60,27 @@ impl Ended {
     }
 }
 
+/// The next frames to write: the replay first (a resuming session's retained frames), then
+/// the outbox. The flag says whether they came from the outbox (and count against its caps).
+async fn next_batch(
+    outbox: &Outbox,
+    replay: &mut std::collections::VecDeque<Frame>,
+) -> (Batch, bool) {
+    if !replay.is_empty() {
+        let n = replay.len().min(BATCH_FRAMES);
+        return (Batch::Frames(replay.drain(..n).collect()), false);
+    }
+    (outbox.next_batch(BATCH_FRAMES, BATCH_BYTES).await, true)
+}
+
 /// Runs the session until it ends. The caller owns registration in the hub and the metrics
-/// of the connection's lifetime.
+/// of the connection's lifetime. `resume` is empty for a connection without `since`.
 pub async fn run<S>(
     mut socket: S,
     outbox: Arc<Outbox>,
     limits: SessionLimits,
     metrics: &Metrics,
+    mut resume: Resume,
 ) -> Ended
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
@@ -79,15 +94,29 @@ where
     tokio::pin!(pong_deadline);
     loop {
         tokio::select! {
-            batch = outbox.next_batch(BATCH_FRAMES, BATCH_BYTES) => match batch {
+            (batch, live) = next_batch(&outbox, &mut resume.replay) => match batch {
                 Batch::Close(code) => return close_with(&mut socket, code).await,
                 Batch::Frames(frames) => {
                     let count = frames.len();
                     let bytes: usize = frames.iter().map(|f| f.text.len()).sum();
-                    let stamps: Vec<u64> = frames.iter().map(|f| f.published_micros).collect();
+                    let gap = frames.front().and_then(|f| resume.take_gap(f));
+                    let gaps = u64::from(gap.is_some());
+                    let mut stamps: Vec<u64> = Vec::with_capacity(if live { count } else { 0 });
+                    let mut texts = Vec::with_capacity(count + 1);
+                    texts.extend(gap);
+                    for f in frames {
+                        if live {
+                            if resume.already_sent(&f) {
+                                continue;
+                            }
+                            stamps.push(f.published_micros);
+                        }
+                        texts.push(resume.text_of(f));
+                    }
+                    let replayed = if live { 0 } else { texts.len() as u64 - gaps };
                     let write = async {
-                        for f in frames {
-                            socket.feed(Message::Text(f.text)).await?;
+                        for text in texts {
+                            socket.feed(Message::Text(text)).await?;
                         }
                         socket.flush().await
                     };
@@ -100,9 +129,12 @@ where
                     };
                     match outcome {
                         Some(Ok(())) => {
-                            outbox.written(count, bytes);
+                            if live {
+                                outbox.written(count, bytes);
+                            }
                             let now = now_micros();
-                            metrics.frames_sent(count as u64, stamps.into_iter().map(|s| now.saturating_sub(s) as f64 / 1e6));
+                            metrics.frames_sent(stamps.len() as u64, stamps.into_iter().map(|s| now.saturating_sub(s) as f64 / 1e6));
+                            metrics.frames_replayed(replayed, gaps);
                         }
                         Some(Err(_)) => return Ended::Gone,
                         None => {

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 500: reading the config failed.
     #[error("Failed to get websocket configuration")]
     ConfigLookup(#[source] StoreError),
+    /// 400 on /ws: a malformed `since` (SPEC §5.7, checked right after step 6).
+    #[error("Invalid since parameter")]
+    InvalidSince,
     /// 400: not a valid WebSocket upgrade (D23).
     #[error("Invalid WebSocket handshake")]
     InvalidHandshake,
@@ -78,7 +81,9 @@ impl ApiError {
             OriginForbidden => StatusCode::FORBIDDEN,
             MissingToken | InvalidToken => StatusCode::UNAUTHORIZED,
             InstanceNotFound | WebSocketNotConfigured | NotFound => StatusCode::NOT_FOUND,
-            WebSocketNotEnabled(_) | InvalidBody | InvalidHandshake => StatusCode::BAD_REQUEST,
+            WebSocketNotEnabled(_) | InvalidBody | InvalidHandshake | InvalidSince => {
+                StatusCode::BAD_REQUEST
+            }
             InstanceLookup(_) | ConfigLookup(_) | Internal => StatusCode::INTERNAL_SERVER_ERROR,
             UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             AtCapacity | StreamUnavailable | PublishFailed => StatusCode::SERVICE_UNAVAILABLE,

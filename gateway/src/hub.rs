@@ -73,6 +73,9 @@ struct Entry {
     /// Memberships: upgrades waiting for their 101 plus connected clients.
     holders: usize,
     clients: Vec<(u64, Arc<Outbox>)>,
+    /// Connection ids among `clients` that resume (`since`): while any, each frame also gets
+    /// its offset-carrying text, made once here rather than once per connection.
+    resumable: Vec<u64>,
     sub: Sub,
     /// Bumped each time `holders` leaves 0, so a stale delayed unsubscribe does nothing.
     generation: u64,
@@ -86,6 +89,7 @@ impl Entry {
         Entry {
             holders: 0,
             clients: Vec::new(),
+            resumable: Vec::new(),
             sub: Sub::Idle,
             generation: 0,
             backlog: None,
@@ -254,6 +258,9 @@ impl Hub {
                 if let Some(pos) = e.clients.iter().position(|(c, _)| *c == conn) {
                     e.clients.swap_remove(pos);
                 }
+                if let Some(pos) = e.resumable.iter().position(|c| *c == conn) {
+                    e.resumable.swap_remove(pos);
+                }
                 if e.clients.is_empty() {
                     e.clients = Vec::new();
                 }
@@ -332,14 +339,22 @@ impl Hub {
             self.0.metrics.frame_dropped("invalid");
             return;
         };
-        let frame = Frame {
-            text,
-            published_micros: wire.published_micros,
-        };
         let mut shard = self.shard(id);
         let Some(e) = shard.get_mut(&id) else {
             self.0.metrics.frame_dropped("no_clients");
             return;
+        };
+        let with_offset = match wire.offset {
+            Some(offset) if !e.resumable.is_empty() => Some(Utf8Bytes::from(
+                ryze_core::envelope::with_offset(text.as_str(), offset),
+            )),
+            _ => None,
+        };
+        let frame = Frame {
+            text,
+            published_micros: wire.published_micros,
+            offset: wire.offset,
+            with_offset,
         };
         if let Some(backlog) = &e.backlog {
             // Order: behind the frames already waiting.
@@ -515,10 +530,23 @@ impl Membership {
     /// Registers the client's outbox: from now on it receives the instance's frames. While the
     /// instance has a backlog, the new client joins at the backlog's next frame.
     pub fn attach(&mut self, outbox: Arc<Outbox>) -> u64 {
+        self.attach_as(outbox, false)
+    }
+
+    /// Like [`Membership::attach`], for a resumable (`since`) client: from now on the
+    /// instance's frames also carry their offset-carrying text.
+    pub fn attach_resumable(&mut self, outbox: Arc<Outbox>) -> u64 {
+        self.attach_as(outbox, true)
+    }
+
+    fn attach_as(&mut self, outbox: Arc<Outbox>, resumable: bool) -> u64 {
         let conn = self.hub.0.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.hub.shard(self.id);
         if let Some(e) = shard.get_mut(&self.id) {
             e.clients.push((conn, outbox));
+            if resumable {
+                e.resumable.push(conn);
+            }
         }
         self.conn = Some(conn);
         conn

@@ -10,7 +10,8 @@
 //! - [`ratelimit`]: fixed windows shared through Redis.
 //! - [`hub`]: instance → local clients, subscription lifecycle, fan-out.
 //! - [`outbox`]: a connection's bounded queue; [`connection`]: its socket loop.
-//! - [`broker`]: where frames come from (Redis, or in process).
+//! - [`broker`]: where frames come from (Redis, or in process); [`resume`]: `since`, replay
+//!   and gaps (SPEC §5.7).
 //! - [`metrics`], [`error`], [`state`], [`console`]; logs and traces are set up by
 //!   `ryze_core::telemetry`.
 
@@ -27,6 +28,7 @@ pub mod open_files;
 pub mod origin;
 pub mod outbox;
 pub mod ratelimit;
+pub mod resume;
 pub mod routes;
 pub mod server;
 pub mod state;

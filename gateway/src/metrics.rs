@@ -47,6 +47,9 @@ struct Inner {
     rate_limit_fallback: Counter,
     redis_reconnects: Counter,
     redis_stalls: Family<Connection, Counter>,
+    frames_replayed: Counter,
+    gaps_sent: Counter,
+    history_read: Histogram,
     connection_cap: Gauge,
     accept_errors: Family<Reason, Counter>,
     instance_labels: usize,
@@ -79,6 +82,24 @@ impl Metrics {
         let rate_limit_fallback = Counter::default();
         let redis_reconnects = Counter::default();
         let redis_stalls = Family::<Connection, Counter>::default();
+        let frames_replayed = Counter::default();
+        let gaps_sent = Counter::default();
+        let history_read = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "ryze_gateway_frames_replayed",
+            "Retained frames written to resuming (since) connections before their live frames",
+            frames_replayed.clone(),
+        );
+        registry.register(
+            "ryze_gateway_stream_gaps",
+            "stream.gap frames sent: a resuming client's offset was no longer retained",
+            gaps_sent.clone(),
+        );
+        registry.register(
+            "ryze_gateway_history_read_seconds",
+            "Time to read an instance's history for a resuming connection",
+            history_read.clone(),
+        );
         let connection_cap = Gauge::default();
         let accept_errors = Family::<Reason, Counter>::default();
         for reason in ["open_files", "other"] {
@@ -178,6 +199,9 @@ impl Metrics {
             rate_limit_fallback,
             redis_reconnects,
             redis_stalls,
+            frames_replayed,
+            gaps_sent,
+            history_read,
             connection_cap,
             accept_errors,
             instance_labels,
@@ -225,6 +249,21 @@ impl Metrics {
     /// A rate-limit check fell back to per-pod counters.
     pub fn rate_limit_fallback(&self) {
         self.0.rate_limit_fallback.inc();
+    }
+
+    /// Retained frames and `stream.gap` frames written to a resuming connection.
+    pub fn frames_replayed(&self, frames: u64, gaps: u64) {
+        if frames > 0 {
+            self.0.frames_replayed.inc_by(frames);
+        }
+        if gaps > 0 {
+            self.0.gaps_sent.inc_by(gaps);
+        }
+    }
+
+    /// One history read for a resuming connection took `seconds`.
+    pub fn history_read(&self, seconds: f64) {
+        self.0.history_read.observe(seconds);
     }
 
     /// A Redis connection was found stalled and is being replaced (D38).

@@ -8,6 +8,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use ryze_core::close::CloseCode;
+use ryze_core::wire::Offset;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
@@ -19,6 +20,11 @@ pub struct Frame {
     pub text: Utf8Bytes,
     /// The publisher's stamp, for `ryze_publish_to_send_seconds`.
     pub published_micros: u64,
+    /// Its position in the instance's history (wire version 2), when history is on.
+    pub offset: Option<Offset>,
+    /// `text` with `"offset"` spliced in (SPEC §5.7), built once per frame by the hub while
+    /// the instance has resumable clients; `None` otherwise.
+    pub with_offset: Option<Utf8Bytes>,
 }
 
 /// What happened to a pushed frame.
@@ -197,6 +203,8 @@ mod tests {
 
     fn frame(n: usize) -> Frame {
         Frame {
+            offset: None,
+            with_offset: None,
             text: Utf8Bytes::from("x".repeat(n)),
             published_micros: 0,
         }

@@ -6,6 +6,7 @@
 //! health stays green. So on every (re)connect all wanted channels are marked unconfirmed and
 //! each is confirmed only when its SUBSCRIBE succeeds on the new connection.
 
+mod history;
 mod probe;
 
 use super::BrokerError;
@@ -47,6 +48,9 @@ struct SubState {
     live_ok_at: Option<std::time::Instant>,
     /// Cluster only: the master each confirmed sharded subscription was made on.
     shard_owner: HashMap<Uuid, Server>,
+    /// Instances that had a resumable (`since`) client; their resume keys are refreshed
+    /// with the live keys while the instance is wanted (see `history`).
+    resumable: HashSet<Uuid>,
 }
 
 /// The pod's Redis connections and its subscription bookkeeping.
@@ -435,6 +439,7 @@ impl RedisBroker {
                 Ok(()) => self.lock().live_ok_at = Some(std::time::Instant::now()),
                 Err(e) => tracing::warn!(error = %e, "live-key heartbeat failed"),
             }
+            self.refresh_resumable().await;
         }
     }
 

@@ -6,6 +6,7 @@ use crate::auth::{self, decode_instance_name};
 use crate::connection;
 use crate::error::ApiError;
 use crate::outbox::Outbox;
+use crate::resume::{self, Resume, Since};
 use crate::state::AppState;
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -101,6 +102,8 @@ async fn accept(
         }
         state.cache.put_enabled(instance.id);
     }
+    // Step 6b: a well-formed `since` (SPEC §5.7).
+    let since = resume::parse_since(uri.query())?;
     // Step 7: a valid handshake (D23).
     check_handshake(version, headers)?;
     let ws = ws.map_err(|_| ApiError::InvalidHandshake)?;
@@ -118,7 +121,28 @@ async fn accept(
         .map_err(|_| ApiError::StreamUnavailable)?;
     let limits = state.ws;
     let outbox = Arc::new(Outbox::new(limits.send_queue, limits.send_queue_bytes));
-    let conn_id = membership.attach(outbox.clone());
+    let conn_id = match since {
+        None => membership.attach(outbox.clone()),
+        Some(_) => membership.attach_resumable(outbox.clone()),
+    };
+    // Attached first, so live frames queue while history is read: nothing falls in between.
+    let resume = match since {
+        None => Resume::default(),
+        Some(Since::Now) => Resume::now(),
+        Some(Since::After(offset)) => {
+            let started = std::time::Instant::now();
+            let history = state
+                .hub
+                .broker()
+                .history_after(instance.id, offset, resume::MAX_REPLAY)
+                .await;
+            state.metrics.history_read(started.elapsed().as_secs_f64());
+            Resume::after(offset, history)
+        }
+    };
+    if since.is_some() {
+        state.hub.broker().mark_resumable(instance.id);
+    }
     upgrade_span.record("instance.id", tracing::field::display(instance.id));
     upgrade_span.record("conn.id", conn_id);
     // A root of its own: a connection lives for hours, its upgrade request for milliseconds.
@@ -146,7 +170,8 @@ async fn accept(
             let _hold = (membership, permit, tracker_token);
             metrics.connection_opened();
             tracing::debug!("connection opened");
-            let ended = connection::run(socket, outbox.clone(), limits.heartbeat, &metrics).await;
+            let ended =
+                connection::run(socket, outbox.clone(), limits.heartbeat, &metrics, resume).await;
             // Wakes any fan-out waiting for room in this outbox: the session is over.
             outbox.close(ryze_core::close::INTERNAL_ERROR);
             metrics.connection_closed(ended.label());
