@@ -52,6 +52,7 @@ export const GAP_EVENT = "stream.gap";
  *   (any HTTP status before the 101) shows as `code` 1006 with `opened: false`: browsers hide
  *   the HTTP status from scripts, so the client cannot tell a 401 from a network failure and
  *   keeps retrying with backoff.
+ *   After `stream.close()` it is reported at once with code 1000 `"closed by client"`.
  * - `"stopped"`: `{reason}`, `"closed by client"` or the server's final reason
  *   (`"instance deleted"`). Emitted once; nothing happens after it.
  * @typedef {"connecting"|"open"|"closed"|"stopped"} State
@@ -182,6 +183,8 @@ export function connect(options) {
 
   /** @type {WebSocket|null} */
   let socket = null;
+  /** `{opened, openedAt}` of `socket`. */
+  let current = { opened: false, openedAt: 0 };
   let timer = null;
   let stopped = false;
   let state = "connecting";
@@ -231,37 +234,49 @@ export function connect(options) {
       sock = new WS(buildUrl(o.url, o.instance, o.token, since));
     } catch (err) {
       fail(err);
-      closed({ code: 1006, reason: "", wasClean: false }, false, 0);
+      closed({ code: 1006, reason: "", wasClean: false }, { opened: false, openedAt: 0 });
       return;
     }
     socket = sock;
     sock.binaryType = "arraybuffer";
-    let opened = false;
-    let openedAt = 0;
+    const conn = { opened: false, openedAt: 0 };
+    current = conn;
     sock.onopen = () => {
       if (socket !== sock) return;
-      opened = true;
-      openedAt = now();
+      conn.opened = true;
+      conn.openedAt = now();
       setState("open", { since });
     };
     sock.onmessage = (ev) => {
       if (socket !== sock || stopped) return;
       receive(ev.data);
     };
-    // Browsers give no detail on errors (not even the HTTP status of a refused upgrade); the
-    // close event that always follows carries what there is.
-    sock.onerror = () => {};
+    // Browsers give no detail on errors (not even the HTTP status of a refused upgrade) and
+    // follow every error with a close event. Node 20's WebSocket (undici) fires no close event
+    // after a refused upgrade, so an error before the open counts as the close (1006) here, and
+    // a close event that may still follow is ignored.
+    sock.onerror = () => {
+      if (socket !== sock || conn.opened) return;
+      socket = null;
+      try {
+        sock.close();
+      } catch (_) {
+        /* already failed */
+      }
+      closed({ code: 1006, reason: "", wasClean: false }, conn);
+    };
     sock.onclose = (ev) => {
       if (socket !== sock) return;
       socket = null;
-      closed(ev, opened, openedAt);
+      closed(ev, conn);
     };
   }
 
-  function closed(ev, opened, openedAt) {
+  function closed(ev, conn) {
     const code = typeof ev.code === "number" ? ev.code : 1006;
     const reason = typeof ev.reason === "string" ? ev.reason : "";
-    if (opened && now() - openedAt >= stableAfterMs) attempt = 0;
+    const opened = conn.opened;
+    if (opened && now() - conn.openedAt >= stableAfterMs) attempt = 0;
     const retry = !stopped && retryDecision(code, reason);
     const delayMs = retry ? backoffDelay(attempt, policy) : null;
     const detail = {
@@ -326,13 +341,16 @@ export function connect(options) {
         timer = null;
       }
       if (socket) {
-        // The close event reports `closed` (willRetry false), then `stopped`.
+        // Reported now rather than on the close event, which not every platform fires (Node
+        // 20 fires none for a socket closed while connecting); later events are ignored.
+        const sock = socket;
+        socket = null;
         try {
-          socket.close(1000, "closed by client");
+          sock.close(1000, "closed by client");
         } catch (_) {
-          socket = null;
-          stop("closed by client");
+          /* already closing */
         }
+        closed({ code: 1000, reason: "closed by client", wasClean: true }, current);
       } else {
         stop("closed by client");
       }

@@ -218,8 +218,11 @@ test("close(): closes the socket with 1000, no reconnect", async () => {
   sock.open();
   stream.close();
   assert.deepEqual(sock.closedByClient, { code: 1000, reason: "closed by client" });
-  await flush();
-  assert.equal(closes(log).at(-1).willRetry, false);
+  assert.deepEqual(closes(log).at(-1), {
+    code: 1000, reason: "closed by client", wasClean: true, opened: true, willRetry: false, delayMs: null, attempt: 0,
+  });
+  await flush(); // the socket's own close event changes nothing
+  assert.equal(closes(log).length, 1);
   assert.deepEqual(log.states.at(-1), ["stopped", { reason: "closed by client" }]);
   assert.equal(timers.pending.size, 0);
   assert.equal(FakeWebSocket.instances.length, 1);
@@ -253,6 +256,39 @@ test("close() from inside onState('closed') stops the pending reconnect", () => 
   FakeWebSocket.last.fail();
   assert.equal(timers.pending.size, 0);
   assert.equal(stream.state, "stopped");
+});
+
+test("Node 20: an error before the open with no close event after it still reconnects, once", () => {
+  const { timers, log } = harness();
+  const sock = FakeWebSocket.last;
+  sock.onerror({ type: "error" }); // undici after a non-101 answer: no close event follows
+  assert.equal(closes(log).length, 1);
+  assert.equal(closes(log)[0].code, 1006);
+  assert.equal(closes(log)[0].opened, false);
+  assert.equal(timers.pending.size, 1);
+  sock.serverClose(1006, "", false); // a browser's close event, if one comes, changes nothing
+  assert.equal(closes(log).length, 1);
+  assert.equal(timers.pending.size, 1);
+  timers.runAll();
+  assert.equal(FakeWebSocket.instances.length, 2);
+});
+
+test("an error after the open waits for the close event", () => {
+  const { timers, log } = harness();
+  FakeWebSocket.last.open();
+  FakeWebSocket.last.onerror({ type: "error" });
+  assert.equal(closes(log).length, 0);
+  FakeWebSocket.last.serverClose(1006, "", false);
+  assert.equal(closes(log).length, 1);
+  assert.equal(timers.pending.size, 1);
+});
+
+test("close() while connecting reports the close at once", () => {
+  const { log, stream } = harness();
+  stream.close();
+  assert.deepEqual(FakeWebSocket.last.closedByClient, { code: 1000, reason: "closed by client" });
+  assert.deepEqual(log.states.map(([s]) => s), ["connecting", "closed", "stopped"]);
+  assert.equal(closes(log)[0].opened, false);
 });
 
 test("a refused upgrade (error, then close 1006 before open) is retried", () => {
