@@ -5,6 +5,8 @@
 //!   the client connects, the script publishes numbered events, and the application must see
 //!   each exactly once, in order. Run without resume (documented frames) and with
 //!   `since=now` (which a gateway without §5.7 ignores, and one with it serves with offsets).
+//! - The same script with `--expect-stop`: the test deletes the instance while the client is
+//!   connected; the client must surface 1008 `instance deleted` and not reconnect.
 //!
 //! Needs `node` (20 or later) on `PATH`; without it every test here is skipped with a message on
 //! stderr, except under `CI`, where it fails.
@@ -64,6 +66,54 @@ async fn js_client_receives_every_event_once_in_order_with_since_now() {
     e2e("js e2e since", true).await;
 }
 
+/// A real 1008 `instance deleted` through the platform WebSocket: the client surfaces it and
+/// stops, with no reconnect attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_stops_when_the_instance_is_deleted() {
+    let Some(node) = node() else { return };
+    let sys = System::start("js e2e deleted", json!({"enabled": true}), 1, &[]).await;
+    let control = tempfile::tempdir().expect("control dir");
+    let mut cmd = e2e_command(&node, &sys, false, 10);
+    cmd.arg("--control-dir")
+        .arg(control.path())
+        .args(["--expect-stop", "instance deleted"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawning node");
+    let received = control.path().join("received");
+    let deadline = tokio::time::Instant::now() + NODE_RUN;
+    while !received.exists() {
+        if child.try_wait().expect("node status").is_some() {
+            break; // failed early: its output is asserted below
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node did not write {}",
+            received.display()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if received.exists() {
+        sys.env.delete_instance(&sys.inst.name).await;
+    }
+    let out = tokio::time::timeout(NODE_RUN, child.wait_with_output())
+        .await
+        .expect("node finishes")
+        .expect("waiting for node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "e2e.mjs failed:\n{text}");
+    assert!(
+        text.contains(r#""states":["connecting","open","closed 1008 instance deleted","stopped"]"#),
+        "{text}"
+    );
+}
+
 /// TODO(issue 17): enable once the gateway serves `since` (SPEC §5.7, D36/D37). The plan:
 /// two gateways' worth of state is not needed, one is enough: start publisher + gateway on a
 /// fixed port, run `e2e.mjs --resume --restart-at <n>` (mode still to be written, see the TODO
@@ -84,6 +134,16 @@ async fn e2e(name: &str, resume: bool) {
     let Some(node) = node() else { return };
     let name = format!("{name}/ç");
     let sys = System::start(&name, json!({"enabled": true}), 1, &[]).await;
+    let cmd = e2e_command(&node, &sys, resume, COUNT);
+    let (ok, out) = run(cmd).await;
+    assert!(ok, "e2e.mjs failed:\n{out}\ngateway:\n{}", sys.gw().logs());
+    assert!(out.contains("\"ok\":true"), "{out}");
+    assert!(out.contains(&format!("\"received\":{COUNT}")), "{out}");
+    println!("{out}");
+}
+
+/// `node [--experimental-websocket] clients/js/test/e2e.mjs …` against `sys`.
+fn e2e_command(node: &Node, sys: &System, resume: bool, count: usize) -> Command {
     let mut cmd = Command::new(&node.path);
     if node.major < 22 {
         cmd.arg("--experimental-websocket");
@@ -95,14 +155,10 @@ async fn e2e(name: &str, resume: bool) {
         .args(["--publisher", &sys.publisher.url("")])
         .args(["--key", common::API_KEY])
         .args(["--instance-id", &sys.inst.id])
-        .args(["--count", &COUNT.to_string()])
+        .args(["--count", &count.to_string()])
         .arg(if resume { "--resume" } else { "--no-resume" })
         .current_dir(repo_root());
-    let (ok, out) = run(cmd).await;
-    assert!(ok, "e2e.mjs failed:\n{out}\ngateway:\n{}", sys.gw().logs());
-    assert!(out.contains("\"ok\":true"), "{out}");
-    assert!(out.contains(&format!("\"received\":{COUNT}")), "{out}");
-    println!("{out}");
+    cmd
 }
 
 struct Node {

@@ -4,6 +4,7 @@
 //     --gateway ws://127.0.0.1:8080 --instance sales --token <token> \
 //     --publisher http://127.0.0.1:8081 --key <PUBLISHER_API_KEY> --instance-id <uuid> \
 //     [--count 200] [--batch 50] [--resume|--no-resume] [--timeout-ms 20000]
+//     [--control-dir DIR --expect-stop REASON]
 //
 // Every option can also come from the environment: GATEWAY_URL, INSTANCE, TOKEN, PUBLISHER_URL,
 // PUBLISHER_KEY, INSTANCE_ID, COUNT, BATCH, RESUME (true/false), TIMEOUT_MS. Arguments win.
@@ -12,6 +13,10 @@
 // `{"seq": n}` through `POST <publisher>/v1/events` (each batch must be fully `published`), and
 // checks that the application saw every seq exactly once, in order, and no gap. Prints one JSON
 // summary line on stdout; exits 0 on success, 1 on failure, 2 on bad usage.
+//
+// With `--control-dir DIR --expect-stop REASON` it then writes DIR/received and waits for the
+// server to end the stream for good with that close reason (e.g. the test deletes the instance:
+// `instance deleted`), checking that the client did not try to reconnect.
 //
 // `node --test clients/js/test/` also loads this file (every file under a `test` directory is a
 // test file for Node 20's runner); without a gateway to talk to it registers one skipped test.
@@ -22,11 +27,15 @@
 // client resumed with since=<last offset> and still saw every seq once, in order. The Rust side
 // is the #[ignore]d test in tests/tests/js_client.rs.
 
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+
 import { connect } from "../ryze-events.js";
 
 const USAGE =
   "usage: node --experimental-websocket e2e.mjs --gateway URL --instance NAME --token TOKEN " +
-  "--publisher URL --key KEY --instance-id ID [--count N] [--batch N] [--resume|--no-resume] [--timeout-ms MS]";
+  "--publisher URL --key KEY --instance-id ID [--count N] [--batch N] [--resume|--no-resume] [--timeout-ms MS] " +
+  "[--control-dir DIR --expect-stop REASON]";
 
 function options(argv, env) {
   const o = {
@@ -40,6 +49,8 @@ function options(argv, env) {
     batch: env.BATCH ?? "50",
     resume: env.RESUME ?? "true",
     timeoutMs: env.TIMEOUT_MS ?? "20000",
+    controlDir: env.CONTROL_DIR,
+    expectStop: env.EXPECT_STOP,
   };
   const names = {
     "--gateway": "gateway",
@@ -51,6 +62,8 @@ function options(argv, env) {
     "--count": "count",
     "--batch": "batch",
     "--timeout-ms": "timeoutMs",
+    "--control-dir": "controlDir",
+    "--expect-stop": "expectStop",
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -107,6 +120,7 @@ async function run(o) {
   const gaps = [];
   const states = [];
   const offsets = [];
+  let stopReason = null;
   const stream = connect({
     url: o.gateway,
     instance: o.instance,
@@ -122,6 +136,7 @@ async function run(o) {
       gaps.push(info.since);
     },
     onState(state, detail) {
+      if (state === "stopped") stopReason = detail.reason;
       states.push(state === "closed" ? `closed ${detail.code} ${detail.reason}`.trim() : state);
       process.stderr.write(`e2e: ${state} ${JSON.stringify(detail)}\n`);
     },
@@ -147,6 +162,16 @@ async function run(o) {
     if (new Set(offsets).size !== offsets.length) problems.push("repeated offsets");
     if (!resume && offsets.length) problems.push("offsets on a connection without since");
     summary.offsets = offsets.length;
+    if (o.expectStop && problems.length === 0) {
+      if (!o.controlDir) throw new Error("--expect-stop needs --control-dir");
+      const connects = states.filter((s) => s === "connecting").length;
+      writeFileSync(join(o.controlDir, "received"), "");
+      await waitFor(() => stream.state === "stopped", timeoutMs, `the server to end the stream (${o.expectStop})`);
+      // Long enough for a wrong reconnect (first delay under 1 s) to show up.
+      await new Promise((r) => setTimeout(r, 1500));
+      if (stopReason !== o.expectStop) problems.push(`stopped with ${JSON.stringify(stopReason)}, expected ${JSON.stringify(o.expectStop)}`);
+      if (states.filter((s) => s === "connecting").length !== connects) problems.push("reconnected after the final close");
+    }
     summary.problems = problems;
     summary.ok = problems.length === 0;
   } catch (err) {
