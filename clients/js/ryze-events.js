@@ -73,9 +73,11 @@ export const GAP_EVENT = "stream.gap";
  * @property {(info: GapInfo) => void} [onGap] The gateway no longer holds everything after
  *   `since`: catch up over REST. Frames after it follow through `onEvent`.
  * @property {(state: State, detail: object) => void} [onState] Connection state changes.
- * @property {(error: Error, data?: any) => void} [onError] A frame that is not a JSON object,
- *   or an exception thrown by a callback. Without it, callback exceptions are rethrown
- *   asynchronously (like an event listener's) and bad frames are dropped.
+ * @property {(error: Error, data?: any) => void} [onError] A frame that is not a JSON object
+ *   (`data` is the frame), an exception thrown by a callback, or by the WebSocket constructor
+ *   (e.g. a browser's SecurityError for `ws:` from an `https:` page; retried like a 1006).
+ *   Without it, bad frames are dropped and exceptions are rethrown asynchronously (like an
+ *   event listener's).
  * @property {(code: number, reason: string) => boolean} [shouldReconnect] Override the
  *   reconnect decision (default {@link shouldReconnect}).
  * @property {number} [baseDelayMs=1000]
@@ -206,6 +208,10 @@ export function connect(options) {
       });
     }
   };
+  // A frame that is not a JSON object: reported to onError if given, else dropped.
+  const badFrame = (err, data) => {
+    if (o.onError) call(o.onError, err, data);
+  };
   const call = (fn, ...args) => {
     if (!fn) return;
     try {
@@ -304,18 +310,18 @@ export function connect(options) {
 
   function receive(data) {
     if (typeof data !== "string") {
-      fail(new TypeError("ryze-events: unexpected binary frame"), data);
+      badFrame(new TypeError("ryze-events: unexpected binary frame"), data);
       return;
     }
     let frame;
     try {
       frame = JSON.parse(data);
     } catch (err) {
-      fail(err, data);
+      badFrame(err, data);
       return;
     }
     if (frame === null || typeof frame !== "object" || Array.isArray(frame)) {
-      fail(new TypeError("ryze-events: frame is not a JSON object"), data);
+      badFrame(new TypeError("ryze-events: frame is not a JSON object"), data);
       return;
     }
     // A delivered frame proves the connection works: the next failure starts at 1 s again.

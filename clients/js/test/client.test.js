@@ -345,6 +345,15 @@ test("frames parse as JSON; bad frames reach onError and are skipped; binary fra
   assert.equal(sock.binaryType, "arraybuffer");
 });
 
+test("without onError, bad frames are dropped silently", async () => {
+  const { log } = harness({ onError: undefined });
+  FakeWebSocket.last.open();
+  FakeWebSocket.last.message("not json");
+  FakeWebSocket.last.message(frame(1, "1-0"));
+  await flush(); // nothing thrown asynchronously (it would fail this test)
+  assert.deepEqual(log.events, [frame(1, "1-0")]);
+});
+
 test("an exception in onEvent does not stop the stream", () => {
   const errors = [];
   const { stream } = harness({
