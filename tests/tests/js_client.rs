@@ -1,0 +1,227 @@
+//! The JavaScript reference client (`clients/js/`, issue 17 item 4) as part of `make test`.
+//!
+//! - `node --test clients/js/test/`: its unit tests (fake WebSocket, fake timers, no network).
+//! - `clients/js/test/e2e.mjs` against a real gateway and publisher (shared Redis and Postgres):
+//!   the client connects, the script publishes numbered events, and the application must see
+//!   each exactly once, in order. Run without resume (documented frames) and with
+//!   `since=now` (which a gateway without §5.7 ignores, and one with it serves with offsets).
+//! - The same script with `--expect-stop`: the test deletes the instance while the client is
+//!   connected; the client must surface 1008 `instance deleted` and not reconnect.
+//!
+//! Needs `node` (20 or later) on `PATH`; without it every test here is skipped with a message on
+//! stderr, except under `CI`, where it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::System;
+use serde_json::json;
+use tokio::process::Command;
+
+/// Upper bound for a node run (the unit tests take under a second; the e2e a few).
+const NODE_RUN: Duration = Duration::from_secs(120);
+
+/// Events the e2e publishes.
+const COUNT: usize = 300;
+
+#[tokio::test]
+async fn js_client_unit_tests_pass() {
+    let Some(node) = node() else { return };
+    let mut cmd = Command::new(&node.path);
+    cmd.args(["--test", "--test-reporter=tap", "clients/js/test/"])
+        .current_dir(repo_root());
+    // The e2e script is also loaded by the runner; it must see no gateway and skip itself.
+    for var in [
+        "GATEWAY_URL",
+        "INSTANCE",
+        "TOKEN",
+        "PUBLISHER_URL",
+        "PUBLISHER_KEY",
+        "INSTANCE_ID",
+    ] {
+        cmd.env_remove(var);
+    }
+    let (ok, out) = run(cmd).await;
+    assert!(ok, "node --test clients/js/test/ failed:\n{out}");
+    assert!(out.contains("\n# fail 0\n"), "{out}");
+    let passed: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("# pass "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 20, "only {passed} JS tests passed:\n{out}");
+    println!("{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_receives_every_event_once_in_order_without_resume() {
+    e2e("js e2e plain", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_receives_every_event_once_in_order_with_since_now() {
+    e2e("js e2e since", true).await;
+}
+
+/// A real 1008 `instance deleted` through the platform WebSocket: the client surfaces it and
+/// stops, with no reconnect attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_stops_when_the_instance_is_deleted() {
+    let Some(node) = node() else { return };
+    let sys = System::start("js e2e deleted", json!({"enabled": true}), 1, &[]).await;
+    let control = tempfile::tempdir().expect("control dir");
+    let mut cmd = e2e_command(&node, &sys, false, 10);
+    cmd.arg("--control-dir")
+        .arg(control.path())
+        .args(["--expect-stop", "instance deleted"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawning node");
+    let received = control.path().join("received");
+    let deadline = tokio::time::Instant::now() + NODE_RUN;
+    while !received.exists() {
+        if child.try_wait().expect("node status").is_some() {
+            break; // failed early: its output is asserted below
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node did not write {}",
+            received.display()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if received.exists() {
+        sys.env.delete_instance(&sys.inst.name).await;
+    }
+    let out = tokio::time::timeout(NODE_RUN, child.wait_with_output())
+        .await
+        .expect("node finishes")
+        .expect("waiting for node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "e2e.mjs failed:\n{text}");
+    assert!(
+        text.contains(r#""states":["connecting","open","closed 1008 instance deleted","stopped"]"#),
+        "{text}"
+    );
+}
+
+/// TODO(issue 17): enable once the gateway serves `since` (SPEC §5.7, D36/D37). The plan:
+/// two gateways' worth of state is not needed, one is enough: start publisher + gateway on a
+/// fixed port, run `e2e.mjs --resume --restart-at <n>` (mode still to be written, see the TODO
+/// in e2e.mjs) while it publishes continuously; when it writes its control file, SIGTERM the
+/// gateway (the client sees 1001 `server shutting down`), start a new one on the same port, and
+/// let the script check that the client reconnected with `since=<last offset>` and the
+/// application saw every seq exactly once, in order, with no `stream.gap`. The same run in
+/// headless Chromium belongs in `tests/browser/`.
+#[tokio::test]
+#[ignore = "needs gateway-side `since` (SPEC §5.7), being built on another branch"]
+async fn js_client_resumes_across_a_gateway_restart_without_loss() {
+    panic!("not written yet: the kill-and-restart-mid-stream resume test (see the doc comment)");
+}
+
+/// Starts a publisher and a gateway, enables an instance (a name with a space and a slash, so
+/// the client's percent-encoding is exercised) and runs the e2e script against them.
+async fn e2e(name: &str, resume: bool) {
+    let Some(node) = node() else { return };
+    let name = format!("{name}/ç");
+    let sys = System::start(&name, json!({"enabled": true}), 1, &[]).await;
+    let cmd = e2e_command(&node, &sys, resume, COUNT);
+    let (ok, out) = run(cmd).await;
+    assert!(ok, "e2e.mjs failed:\n{out}\ngateway:\n{}", sys.gw().logs());
+    assert!(out.contains("\"ok\":true"), "{out}");
+    assert!(out.contains(&format!("\"received\":{COUNT}")), "{out}");
+    println!("{out}");
+}
+
+/// `node [--experimental-websocket] clients/js/test/e2e.mjs …` against `sys`.
+fn e2e_command(node: &Node, sys: &System, resume: bool, count: usize) -> Command {
+    let mut cmd = Command::new(&node.path);
+    if node.major < 22 {
+        cmd.arg("--experimental-websocket");
+    }
+    cmd.arg("clients/js/test/e2e.mjs")
+        .args(["--gateway", &sys.gw().ws_url("")])
+        .args(["--instance", &sys.inst.name])
+        .args(["--token", &sys.inst.token])
+        .args(["--publisher", &sys.publisher.url("")])
+        .args(["--key", common::API_KEY])
+        .args(["--instance-id", &sys.inst.id])
+        .args(["--count", &count.to_string()])
+        .arg(if resume { "--resume" } else { "--no-resume" })
+        .current_dir(repo_root());
+    cmd
+}
+
+struct Node {
+    path: PathBuf,
+    major: u32,
+}
+
+/// `node` from `PATH` (version 20 or later), or `None` after saying why the test is skipped.
+fn node() -> Option<Node> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("node"))
+            .find(|p| p.is_file())
+    });
+    let Some(path) = found else {
+        let msg = "js_client tests need `node` (20 or later) on PATH";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg} (CI is set, so the test may not be skipped)");
+        }
+        eprintln!("SKIPPED {msg}");
+        return None;
+    };
+    let version = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .expect("node --version");
+    let text = String::from_utf8_lossy(&version.stdout);
+    let major: u32 = text
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected `node --version` output {text:?}"));
+    assert!(
+        major >= 20,
+        "the JS client needs node 20 or later, found {text}"
+    );
+    Some(Node { path, major })
+}
+
+/// Runs `cmd` to completion (killed at [`NODE_RUN`]); returns success and stdout + stderr.
+async fn run(mut cmd: Command) -> (bool, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().expect("spawning node");
+    let out = tokio::time::timeout(NODE_RUN, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("node did not finish within {NODE_RUN:?}"))
+        .expect("waiting for node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
