@@ -20,7 +20,7 @@ use crate::outbox::{Frame, Outbox, Push};
 use axum::extract::ws::Utf8Bytes;
 use ryze_core::channel::{ControlMessage, ControlOp};
 use ryze_core::close;
-use ryze_core::wire::WireFrame;
+use ryze_core::wire::{Offset, WireFrame};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+
+mod catch_up;
 
 const SHARDS: usize = 64;
 
@@ -82,6 +84,10 @@ struct Entry {
     /// Frames waiting behind a stalled client, in order; `Some` while the instance's delivery
     /// task runs.
     backlog: Option<mpsc::Sender<Frame>>,
+    /// The offset of the last frame delivered (history on): where a catch-up starts.
+    last_offset: Option<Offset>,
+    /// Live frames held while a catch-up from history runs (see `catch_up`).
+    held: Option<Vec<Frame>>,
 }
 
 impl Entry {
@@ -93,6 +99,25 @@ impl Entry {
             sub: Sub::Idle,
             generation: 0,
             backlog: None,
+            last_offset: None,
+            held: None,
+        }
+    }
+
+    /// A frame for this instance's clients: with its offset-carrying text, made once here,
+    /// while any client resumes.
+    fn frame(&self, text: Utf8Bytes, published_micros: u64, offset: Option<Offset>) -> Frame {
+        let with_offset = match offset {
+            Some(offset) if !self.resumable.is_empty() => Some(Utf8Bytes::from(
+                ryze_core::envelope::with_offset(text.as_str(), offset),
+            )),
+            _ => None,
+        };
+        Frame {
+            text,
+            published_micros,
+            offset,
+            with_offset,
         }
     }
 }
@@ -344,18 +369,29 @@ impl Hub {
             self.0.metrics.frame_dropped("no_clients");
             return;
         };
-        let with_offset = match wire.offset {
-            Some(offset) if !e.resumable.is_empty() => Some(Utf8Bytes::from(
-                ryze_core::envelope::with_offset(text.as_str(), offset),
-            )),
-            _ => None,
+        let frame = e.frame(text, wire.published_micros, wire.offset);
+        if let Some(held) = &mut e.held {
+            // A catch-up from history is under way (after a resubscribe): behind it.
+            if held.len() < BACKLOG_FRAMES {
+                held.push(frame);
+            } else {
+                self.0.metrics.frame_dropped("instance_backlog");
+            }
+            return;
+        }
+        self.deliver(shard, id, frame);
+    }
+
+    /// Delivers `frame` to the instance's clients (behind its backlog, if any), releasing the
+    /// shard lock before anything that could wait.
+    fn deliver(&self, mut shard: MutexGuard<'_, HashMap<Uuid, Entry>>, id: Uuid, frame: Frame) {
+        let Some(e) = shard.get_mut(&id) else {
+            self.0.metrics.frame_dropped("no_clients");
+            return;
         };
-        let frame = Frame {
-            text,
-            published_micros: wire.published_micros,
-            offset: wire.offset,
-            with_offset,
-        };
+        if frame.offset.is_some() {
+            e.last_offset = frame.offset;
+        }
         if let Some(backlog) = &e.backlog {
             // Order: behind the frames already waiting.
             if backlog.try_send(frame).is_err() {

@@ -281,3 +281,50 @@ async fn without_any_history_the_gap_comes_before_the_first_live_frame() {
     assert_eq!(gap["data"]["since"], "5-0");
     expect_seqs(&mut c, &w, 1..=1, &[(1, offset)]).await;
 }
+
+/// D38: after the gateway's Redis connections went silent and were replaced, a client
+/// *without* `since` gets, from history, everything published meanwhile, in order, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_black_hole_a_client_without_since_misses_nothing_history_retained() {
+    let env = Env::new().await;
+    let inst = env.create_instance("sales").await;
+    let server = ryze_tests::redis().await;
+    let proxy =
+        ryze_tests::FaultProxy::start(format!("127.0.0.1:{}", server.port()).parse().unwrap())
+            .await
+            .unwrap();
+    let gw = env
+        .gateway(&[
+            ("REDIS_URL", format!("redis://127.0.0.1:{}", proxy.port())),
+            ("REDIS_STALL_TIMEOUT", "1s".to_owned()),
+        ])
+        .await;
+    configure(&gw, "sales", &env.account_token, json!({"enabled": true})).await;
+    let history = History::new(&env, &inst).await;
+    let w = World {
+        env,
+        inst,
+        gw,
+        history,
+    };
+    let mut client = common::connect(&w.gw, &w.inst.name, &w.inst.token).await;
+    w.history.publish(1).await;
+    let (first, _) = next(&mut client).await;
+    assert_eq!(first["data"]["seq"], 1);
+
+    proxy.blackhole_existing();
+    // Published while the gateway's subscription is dead: only history has these.
+    for seq in 2..=30 {
+        w.history.publish(seq).await;
+    }
+    w.gw.wait_not_ready(WAIT).await.unwrap();
+    w.gw.wait_ready(common::READY).await.unwrap();
+    for seq in 31..=40 {
+        w.history.publish(seq).await;
+    }
+    for seq in 2..=40 {
+        let (v, text) = next(&mut client).await;
+        assert_eq!(v["data"]["seq"], seq, "in order, once: {text}");
+        assert_eq!(text, w.history.frame(seq), "no offset without since");
+    }
+}

@@ -211,7 +211,7 @@ impl RedisBroker {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = repair.tick() => self.repair().await,
+                _ = repair.tick() => self.repair(&hub).await,
                 r = reconnects.recv() => match r {
                     Ok(server) => {
                         self.metrics.redis_reconnect();
@@ -253,6 +253,8 @@ impl RedisBroker {
             s.control_confirmed = false;
             s.wanted.iter().copied().collect()
         };
+        // D38: what was published while unsubscribed comes from history, before newer frames.
+        let held = hub.hold(&wanted);
         // Control messages may have been missed while disconnected.
         hub.clear_cache();
         // Judge the new connection afresh (D38): silence before it says nothing about it.
@@ -272,6 +274,7 @@ impl RedisBroker {
                 Err(e) => tracing::warn!(error = %e, "resubscribe failed; retrying"),
             }
         }
+        hub.catch_up(held).await;
     }
 
     fn confirm(&self, ids: &[Uuid]) {
@@ -343,7 +346,7 @@ impl RedisBroker {
 
     /// Every second: resubscribe whatever is wanted but not confirmed (a resubscribe that
     /// failed after a reconnect), while connected.
-    async fn repair(&self) {
+    async fn repair(&self, hub: &Hub) {
         if !self.subscriber.is_connected() {
             return;
         }
@@ -357,11 +360,13 @@ impl RedisBroker {
         if control && self.subscribe_own_channels().await.is_ok() {
             self.lock().control_confirmed = true;
         }
+        let held = hub.hold(&missing);
         for chunk in missing.chunks(RESUBSCRIBE_CHUNK) {
             if self.subscribe_channels(chunk).await.is_ok() {
                 self.confirm(chunk);
             }
         }
+        hub.catch_up(held).await;
     }
 
     /// The control channel and this pod's probe channel, in one SUBSCRIBE.
