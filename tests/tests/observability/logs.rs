@@ -205,3 +205,72 @@ async fn no_token_or_key_appears_in_any_log_line_at_trace() {
         }
     }
 }
+
+/// SPEC D38 and the Redis TLS/Sentinel work add paths that handle the Redis password again:
+/// reconnects after a stall (AUTH on a fresh connection), probes, history reads for a resuming
+/// client. With `RUST_LOG=trace` on both binaries, the password appears in no line.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_redis_password_appears_in_any_log_line_through_stalls_reconnects_and_resume() {
+    const PASSWORD: &str = "rpw-5ec7e7-do-not-log-me-2468";
+    let server = ryze_tests::RedisServer::start()
+        .await
+        .expect("private redis");
+    server
+        .cli(&["CONFIG", "SET", "requirepass", PASSWORD])
+        .await
+        .expect("set a password");
+    let proxy = ryze_tests::FaultProxy::start(
+        format!("127.0.0.1:{}", server.port())
+            .parse()
+            .expect("address"),
+    )
+    .await
+    .expect("proxy");
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", proxy.port());
+    let db = pg().await.fresh_database().await.expect("fresh database");
+    let env = Env::with(db.url, Some(url), None).await;
+    let inst = env.create_instance("sales").await;
+    let settings = [
+        ("RUST_LOG", "trace".to_owned()),
+        ("REDIS_STALL_TIMEOUT", "1s".to_owned()),
+    ];
+    let publisher = env.publisher(&settings).await;
+    let gw = env.gateway(&settings).await;
+    configure(&gw, "sales", &env.account_token, json!({"enabled": true})).await;
+    let url = format!("{}?since=now", common::ws_url(&gw, "sales"));
+    let mut client = WsClient::connect(&url, &[("token", inst.token.as_str())])
+        .await
+        .expect("resumable client");
+    let event = item(&inst.id, "message.status", r#"{"n":1}"#);
+    publish_expect(&publisher, &event, 1, 0, 0, 0).await;
+    client.next_text(common::WAIT).await.expect("first frame");
+
+    proxy.blackhole_existing();
+    gw.wait_not_ready(common::WAIT)
+        .await
+        .expect("gateway stall seen");
+    publisher
+        .wait_not_ready(common::WAIT)
+        .await
+        .expect("publisher stall seen");
+    gw.wait_ready(common::READY)
+        .await
+        .expect("gateway reconnected");
+    publisher
+        .wait_ready(common::READY)
+        .await
+        .expect("publisher reconnected");
+    publish_expect(&publisher, &event, 1, 0, 0, 0).await;
+    client
+        .next_text(common::WAIT)
+        .await
+        .expect("frame after the reconnect");
+
+    let logs = format!("{}\n{}", gw.logs(), publisher.logs());
+    assert!(
+        logs.contains("redis connection stalled"),
+        "the stall was logged"
+    );
+    let found = leaks(&logs, &[("Redis password", PASSWORD)]);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
