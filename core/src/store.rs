@@ -227,6 +227,13 @@ impl Store {
         })
     }
 
+    /// The last TLS handshake with Postgres failed (e.g. its certificate did not verify) and
+    /// none has succeeded since. Readiness fails meanwhile: the pod cannot authenticate anyone
+    /// new, and the ERROR line says why.
+    pub fn tls_failing(&self) -> bool {
+        self.target.tls().is_failing()
+    }
+
     /// The cipher used for instance token secrets.
     pub fn cipher(&self) -> &TokenCipher {
         &self.cipher

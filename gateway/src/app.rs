@@ -194,6 +194,24 @@ impl App {
             });
         }
 
+        // While a Postgres TLS handshake is failing the pod is not ready, so no request would
+        // try again: retry on our own, so a fixed certificate heals readiness by itself.
+        {
+            let store = store.clone();
+            let stop = background.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => if store.tls_failing() {
+                            let _ = store.ping().await;
+                        },
+                    }
+                }
+            });
+        }
+
         let public = crate::server::bind(config.listen_addr)
             .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
         let admin = crate::server::bind(config.admin_listen_addr)

@@ -148,7 +148,9 @@ impl App {
 }
 
 async fn readyz(State(a): State<Arc<Admin>>) -> Response {
-    if !a.draining.is_cancelled() && a.publisher.outlet.is_ready() {
+    // A Postgres certificate that does not verify keeps the pod unready (its ERROR line says
+    // why); an unreachable Postgres does not: cached configs keep serving (docs/decisions.md).
+    if !a.draining.is_cancelled() && a.publisher.outlet.is_ready() && !a.publisher.store.tls_failing() {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

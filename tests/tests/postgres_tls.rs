@@ -149,9 +149,10 @@ async fn require_works_without_a_root_certificate_and_plain_tcp_is_refused() {
     }
 }
 
-/// A server certificate from another CA: both processes stay up (and ready: readiness
-/// ignores Postgres by design), the gateway's `/health` fails with the reason, both log once
-/// that the certificate did not verify, and no log line at TRACE holds the password.
+/// A server certificate from another CA: both processes stay up but not ready (issue 16: a
+/// certificate that does not verify keeps the pod unready), the gateway's `/health` fails
+/// with the reason, both log once that the certificate did not verify, and no log line at
+/// TRACE holds the password.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_from_another_ca_keeps_the_processes_up_and_says_why() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -173,6 +174,9 @@ async fn a_certificate_from_another_ca_keeps_the_processes_up_and_says_why() {
     gw.wait_for_log("Postgres server certificate did not verify", WAIT)
         .await
         .expect("the gateway says why");
+    gw.wait_not_ready(WAIT)
+        .await
+        .expect("the gateway is not ready while the certificate does not verify");
 
     let publisher = Service::spawn(
         Bin::Publisher,
@@ -192,7 +196,10 @@ async fn a_certificate_from_another_ca_keeps_the_processes_up_and_says_why() {
         .wait_for_log("Postgres server certificate did not verify", WAIT)
         .await
         .expect("the publisher's LISTEN connection says why");
-    publisher.wait_ready(WAIT).await.expect("publisher up");
+    publisher
+        .wait_not_ready(WAIT)
+        .await
+        .expect("the publisher is up but not ready");
 
     // The admin CLI fails (exit 1) without printing the URL either.
     let out = run_cli(

@@ -54,6 +54,14 @@ impl PgTls {
     }
 }
 
+impl PgTls {
+    /// A TLS handshake failed (a certificate that did not verify, most often) and none has
+    /// succeeded since: the processes report not ready meanwhile.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+}
+
 impl<S> MakeTlsConnect<S> for PgTls
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -20,7 +20,7 @@ pub fn router(state: AppState) -> Router {
 /// Postgres is not part of it: open streams keep flowing without it, and failing every pod
 /// at once would only turn a partial outage into a total one.
 pub fn is_ready(state: &AppState) -> bool {
-    !state.draining.is_cancelled() && state.hub.broker().is_ready()
+    !state.draining.is_cancelled() && state.hub.broker().is_ready() && !state.store.tls_failing()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
