@@ -68,6 +68,7 @@ impl App {
                     &config.redis_tls_files(),
                     names,
                     config.redis_stall_timeout,
+                    config.history.retention(),
                     publisher_metrics.clone(),
                     &tasks,
                     stop.clone(),
@@ -80,6 +81,7 @@ impl App {
                     &config.redis_tls_files(),
                     names,
                     config.redis_stall_timeout,
+                    config.history.retention(),
                 )?;
                 outlet.watch("default", publisher_metrics.clone(), &tasks, stop.clone());
                 outlet
