@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn version_two_carries_the_offset() {
         let mut buf = Vec::new();
-        let offset = Offset { ms: 1733512345678, seq: 3 };
+        let offset = Offset {
+            ms: 1733512345678,
+            seq: 3,
+        };
         write_header_v2(&mut buf, 42, offset);
         assert!(buf.starts_with(b"2 42 1733512345678-3\n"));
         buf.extend_from_slice(br#"{"event":"x"}"#);

@@ -159,8 +159,10 @@ impl App {
                         url.expose_secret(),
                         &config.redis_tls_files(),
                         names.clone(),
-                        config.redis_stall_timeout,
-                        config.history.retention(),
+                        ryze_publisher::outlet::RedisOptions {
+                            stall_timeout: config.redis_stall_timeout,
+                            history: config.history.retention(),
+                        },
                     )?;
                     outlet.watch(
                         "default",

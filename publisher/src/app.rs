@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::outlet::regions::{parse_regions, RegionsOutlet};
-use crate::outlet::{Outlet, RedisOutlet};
+use crate::outlet::{Outlet, RedisOptions, RedisOutlet};
 use crate::{Publisher, Settings};
 use anyhow::Context;
 use axum::extract::State;
@@ -67,8 +67,10 @@ impl App {
                     &regions,
                     &config.redis_tls_files(),
                     names,
-                    config.redis_stall_timeout,
-                    config.history.retention(),
+                    RedisOptions {
+                        stall_timeout: config.redis_stall_timeout,
+                        history: config.history.retention(),
+                    },
                     publisher_metrics.clone(),
                     &tasks,
                     stop.clone(),
@@ -80,8 +82,10 @@ impl App {
                     url.expose_secret(),
                     &config.redis_tls_files(),
                     names,
-                    config.redis_stall_timeout,
-                    config.history.retention(),
+                    RedisOptions {
+                        stall_timeout: config.redis_stall_timeout,
+                        history: config.history.retention(),
+                    },
                 )?;
                 outlet.watch("default", publisher_metrics.clone(), &tasks, stop.clone());
                 outlet

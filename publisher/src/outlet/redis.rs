@@ -4,12 +4,11 @@
 //! offset.
 
 use super::history::{is_noscript, HistoryScript};
-use super::{Audience, Outgoing, Outlet, OutletError};
+use super::{Audience, Outgoing, Outlet, OutletError, RedisOptions};
 use crate::metrics::Metrics;
 use fred::prelude::*;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::{ControlMessage, Names};
-use ryze_core::history::Retention;
 use ryze_core::liveness::{probe_interval, Pulse};
 use ryze_core::redis::RedisTarget;
 use ryze_core::tls::TlsFiles;
@@ -40,15 +39,17 @@ pub struct RedisOutlet {
 impl RedisOutlet {
     /// Creates the client and starts connecting (readiness reports when it is connected and
     /// answering; see [`RedisOutlet::watch`]). `tls` is read only when the URL asks for TLS.
-    /// `history`: the retention with history on, `None` for plain publishes (version 1).
     /// On a `redis-cluster://` URL the names are hash-tagged, as the gateway's are.
     pub fn connect(
         url: &str,
         tls: &TlsFiles,
         names: Names,
-        stall_timeout: Duration,
-        history: Option<Retention>,
+        options: RedisOptions,
     ) -> Result<Arc<RedisOutlet>, OutletError> {
+        let RedisOptions {
+            stall_timeout,
+            history,
+        } = options;
         let target = RedisTarget::parse(url)?
             .with_tls_files(tls)?
             .with_stall_timeout(stall_timeout);
@@ -190,7 +191,10 @@ impl RedisOutlet {
         if missing.is_empty() {
             return Ok(());
         }
-        tracing::debug!(calls = missing.len(), "history script not cached; sending it");
+        tracing::debug!(
+            calls = missing.len(),
+            "history script not cached; sending it"
+        );
         let pipeline = self.client.pipeline();
         for i in missing {
             let (key, args) = &calls[i];

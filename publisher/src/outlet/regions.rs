@@ -9,7 +9,7 @@
 //! With history on, each region's outlet runs the history script on its own Redis: every
 //! region keeps its own history, and offsets are region-local (D37).
 
-use super::{Audience, Outgoing, Outlet, OutletError, RedisOutlet};
+use super::{Audience, Outgoing, Outlet, OutletError, RedisOptions, RedisOutlet};
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::{ControlMessage, Names};
@@ -100,20 +100,19 @@ pub struct RegionsOutlet {
 
 impl RegionsOutlet {
     /// Connects every region and starts one worker each (tracked, stopped by `stop`). With
-    /// `history`, each region appends to its own history.
+    /// history on (`options.history`), each region appends to its own history.
     pub fn connect(
         regions: &[(String, String)],
         tls: &ryze_core::tls::TlsFiles,
         names: Names,
-        stall_timeout: Duration,
-        history: Option<ryze_core::history::Retention>,
+        options: RedisOptions,
         metrics: Metrics,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<RegionsOutlet, OutletError> {
         let mut out = Vec::new();
         for (name, url) in regions {
-            let outlet = RedisOutlet::connect(url, tls, names.clone(), stall_timeout, history)?;
+            let outlet = RedisOutlet::connect(url, tls, names.clone(), options)?;
             outlet.watch(name, metrics.clone(), tasks, stop.clone());
             let (tx, rx) = mpsc::channel(QUEUE_JOBS);
             tasks.spawn(worker(
