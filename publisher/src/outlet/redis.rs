@@ -162,9 +162,10 @@ impl RedisOutlet {
     }
 
     /// Runs the history script for every message in one pipeline, in order. Calls refused with
-    /// `NOSCRIPT` (nothing of them ran) go again as `EVAL`, in order; another publisher loading
-    /// the script in the middle of this pipeline could let a later frame of an instance
-    /// overtake a retried one (the gateway then replays by offset, D38).
+    /// `NOSCRIPT` (none of their commands ran) go again as `EVAL`, in order. Only if another
+    /// publisher loads the script in the middle of this pipeline can a later frame of the
+    /// request overtake a retried one; history and channel still agree (each call appends and
+    /// publishes together), only the request's array order is lost for that pair.
     async fn append(
         &self,
         script: &HistoryScript,
