@@ -5,6 +5,7 @@
 //! - [`envelope`]: the frame a client receives (`{"event","data","instanceData"}`), built once.
 //! - [`wire`]: the Redis message body: a one-line header followed by the frame bytes.
 //! - [`channel`]: Redis channel and key names, and the control-channel messages.
+//! - [`history`]: `HISTORY_SIZE`/`HISTORY_TTL`, the per-instance history's retention (D37).
 //! - [`close`]: the WebSocket close-code table (SPEC D7).
 //! - [`config`]: parsing helpers shared by both binaries' configuration (durations, byte sizes).
 //! - [`token`]: token hashing for lookup and AES-256-GCM sealing at rest.
@@ -22,6 +23,7 @@ pub mod close;
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod history;
 pub mod liveness;
 pub mod redis;
 pub mod shutdown;

@@ -60,7 +60,14 @@ impl App {
         )?;
         let metrics = Metrics::new(config.metrics_instance_labels);
         metrics.set_connection_cap(connection_cap);
-        let names = Names::new(config.redis_prefix.clone());
+        // Hash-tagged with Redis Cluster, as the publishers name them (history key and shard
+        // channel in one slot).
+        let clustered = config
+            .redis_url
+            .as_ref()
+            .and_then(|url| RedisTarget::parse(url.expose_secret()).ok())
+            .is_some_and(|target| target.clustered);
+        let names = Names::new(config.redis_prefix.clone()).with_hash_tags(clustered);
         let tasks = TaskTracker::new();
         let background = CancellationToken::new();
         let cache = Arc::new(AuthCache::new(config.config_cache_ttl));
@@ -152,7 +159,10 @@ impl App {
                         url.expose_secret(),
                         &config.redis_tls_files(),
                         names.clone(),
-                        config.redis_stall_timeout,
+                        ryze_publisher::outlet::RedisOptions {
+                            stall_timeout: config.redis_stall_timeout,
+                            history: config.history.retention(),
+                        },
                     )?;
                     outlet.watch(
                         "default",

@@ -5,6 +5,7 @@
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
+use ryze_core::history::HistoryConfig;
 use ryze_core::tls::TlsFiles;
 use ryze_core::token::TokenCipher;
 use secrecy::{ExposeSecret, SecretString};
@@ -68,6 +69,10 @@ pub struct Config {
     /// Longest time a positive auth lookup is cached (SPEC D30).
     #[arg(long, env = "CONFIG_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub config_cache_ttl: Duration,
+    /// Per-instance history in Redis (SPEC D37): what the embedded publisher appends, and
+    /// what resumable clients replay from.
+    #[command(flatten)]
+    pub history: HistoryConfig,
     /// Extra browser origins allowed to open /ws (comma-separated; `*` = any).
     #[arg(long, env = "ALLOWED_WS_ORIGINS")]
     pub allowed_ws_origins: Option<String>,
@@ -147,6 +152,7 @@ impl Config {
                 problems.extend(ryze_core::config::database_url_problem(url.expose_secret()))
             }
         }
+        problems.extend(self.history.problems());
         let mut uses_tls = false;
         match &self.redis_url {
             None if !self.embedded_publisher => {

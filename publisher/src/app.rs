@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::outlet::regions::{parse_regions, RegionsOutlet};
-use crate::outlet::{Outlet, RedisOutlet};
+use crate::outlet::{Outlet, RedisOptions, RedisOutlet};
 use crate::{Publisher, Settings};
 use anyhow::Context;
 use axum::extract::State;
@@ -67,7 +67,10 @@ impl App {
                     &regions,
                     &config.redis_tls_files(),
                     names,
-                    config.redis_stall_timeout,
+                    RedisOptions {
+                        stall_timeout: config.redis_stall_timeout,
+                        history: config.history.retention(),
+                    },
                     publisher_metrics.clone(),
                     &tasks,
                     stop.clone(),
@@ -79,7 +82,10 @@ impl App {
                     url.expose_secret(),
                     &config.redis_tls_files(),
                     names,
-                    config.redis_stall_timeout,
+                    RedisOptions {
+                        stall_timeout: config.redis_stall_timeout,
+                        history: config.history.retention(),
+                    },
                 )?;
                 outlet.watch("default", publisher_metrics.clone(), &tasks, stop.clone());
                 outlet
@@ -150,7 +156,10 @@ impl App {
 async fn readyz(State(a): State<Arc<Admin>>) -> Response {
     // A Postgres certificate that does not verify keeps the pod unready (its ERROR line says
     // why); an unreachable Postgres does not: cached configs keep serving (docs/decisions.md).
-    if !a.draining.is_cancelled() && a.publisher.outlet.is_ready() && !a.publisher.store.tls_failing() {
+    if !a.draining.is_cancelled()
+        && a.publisher.outlet.is_ready()
+        && !a.publisher.store.tls_failing()
+    {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

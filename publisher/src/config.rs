@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
+use ryze_core::history::HistoryConfig;
 use ryze_core::tls::TlsFiles;
 use ryze_core::token::TokenCipher;
 use secrecy::{ExposeSecret, SecretString};
@@ -71,6 +72,9 @@ pub struct Config {
     /// `/readyz` fails, and the connection is replaced (SPEC D38).
     #[arg(long, env = "REDIS_STALL_TIMEOUT", default_value = "3s", value_parser = parse_duration, global = true)]
     pub redis_stall_timeout: Duration,
+    /// Per-instance history in Redis (SPEC D37).
+    #[command(flatten)]
+    pub history: HistoryConfig,
     /// Safety-net TTL of the config cache (NOTIFY normally invalidates at once).
     #[arg(long, env = "CONFIG_CACHE_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
     pub config_cache_ttl: Duration,
@@ -163,6 +167,7 @@ impl Config {
             self.otel_exporter_otlp_certificate.as_deref(),
         ));
 
+        problems.extend(self.history.problems());
         if self.redis_stall_timeout < Duration::from_millis(30) {
             problems.push("REDIS_STALL_TIMEOUT must be at least 30ms".to_owned());
         }

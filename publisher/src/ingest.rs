@@ -4,7 +4,7 @@
 use crate::cache::Delivery;
 use crate::error::IngestError;
 use crate::metrics::Outcome;
-use crate::outlet::Outgoing;
+use crate::outlet::{Audience, Outgoing};
 use crate::Publisher;
 use ryze_core::envelope::{encode_message, InstanceData};
 use ryze_core::event::EventType;
@@ -39,7 +39,8 @@ pub struct Counts {
     pub published: usize,
     /// Dropped by the instance's config (disabled, or not in `events`).
     pub filtered: usize,
-    /// Skipped: nobody is listening to the instance.
+    /// Not published: no gateway holds a client of the instance. With history on, an instance
+    /// a resumable client may come back to still gets the frame appended to its history.
     #[serde(rename = "noListeners")]
     pub no_listeners: usize,
     /// The id names no instance.
@@ -95,22 +96,24 @@ pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
         .get_many(&p.store, &distinct)
         .await
         .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
-    // Who is listening, asked once per request for the instances that passed the filter.
+    // Who is listening (live, or resumable with history on), asked once per request for the
+    // instances that passed the filter.
     let wanted: Vec<Uuid> = deliveries
         .iter()
         .filter(|(_, d)| d.as_ref().is_some_and(|d| d.enabled))
         .map(|(id, _)| *id)
         .collect();
-    let listening = p
+    let audience = p
         .outlet
-        .listening(&wanted)
+        .audience(&wanted)
         .await
         .map_err(|e| IngestError::PublishFailed(Box::new(e)))?;
-    let listening: HashMap<Uuid, bool> = wanted.into_iter().zip(listening).collect();
+    let audience: HashMap<Uuid, Audience> = wanted.into_iter().zip(audience).collect();
 
     let stamp = now_micros();
     let mut outgoing = Vec::new();
     let mut published: Vec<EventType> = Vec::new();
+    let mut history_only: Vec<EventType> = Vec::new();
     for (id, event, data) in items {
         let Some(Some(d)) = deliveries.get(&id) else {
             counts.unknown_instance += 1;
@@ -127,7 +130,8 @@ pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
             p.metrics.event(event.as_str(), Outcome::Filtered);
             continue;
         }
-        if !listening.get(&id).copied().unwrap_or(false) {
+        let audience = audience.get(&id).copied().unwrap_or(Audience::Nobody);
+        if audience == Audience::Nobody {
             counts.no_listeners += 1;
             p.metrics.event(event.as_str(), Outcome::NoListeners);
             continue;
@@ -139,11 +143,14 @@ pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
         };
         let body = encode_message(event, data, instance_data, d.media_base64, stamp)
             .map_err(|_| IngestError::InvalidBody)?;
-        outgoing.push(Outgoing {
-            instance_id: id,
-            body: body.into(),
-        });
-        published.push(event);
+        let live = audience == Audience::Live;
+        outgoing.push(Outgoing::new(id, body.into(), stamp, live));
+        if live {
+            published.push(event);
+        } else {
+            // Appended to history for a resumable client, but nobody was live to receive it.
+            history_only.push(event);
+        }
     }
     let span = tracing::info_span!("publish", frames = outgoing.len());
     p.outlet
@@ -154,6 +161,10 @@ pub async fn ingest(p: &Publisher, body: &[u8]) -> Result<Counts, IngestError> {
     counts.published = published.len();
     for e in published {
         p.metrics.event(e.as_str(), Outcome::Published);
+    }
+    counts.no_listeners += history_only.len();
+    for e in history_only {
+        p.metrics.event(e.as_str(), Outcome::NoListeners);
     }
     Ok(counts)
 }

@@ -1,27 +1,94 @@
 //! Where published frames go: Redis (standalone or embedded with Redis), or the gateway's hub
 //! (embedded without Redis). One trait so the ingest path is the same for both.
+//!
+//! - [`redis`]: [`RedisOutlet`], one Redis (plain, Sentinel or Cluster), with history (D37).
+//! - [`history`]: the script that appends a frame to history and publishes it atomically.
+//! - [`regions`]: [`regions::RegionsOutlet`], every region of `REGION_REDIS_URLS`.
 
-use crate::metrics::Metrics;
-use fred::prelude::*;
 use futures_util::future::BoxFuture;
-use ryze_core::channel::{ControlMessage, Names};
-use ryze_core::liveness::{probe_interval, Pulse};
-use ryze_core::redis::{RedisTarget, RedisUrlError};
-use ryze_core::tls::{TlsError, TlsFiles};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use ryze_core::channel::ControlMessage;
+use ryze_core::redis::RedisUrlError;
+use ryze_core::tls::TlsError;
 use uuid::Uuid;
+
+pub mod history;
+pub mod redis;
+pub mod regions;
+
+pub use self::redis::RedisOutlet;
 
 /// One message to publish: the wire header plus the frame, built once.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     /// Target instance (channel `<prefix>:ws:<id>`).
     pub instance_id: Uuid,
-    /// The exact Redis message body (shared, not copied, across regions).
+    /// The exact version-1 Redis message body: header, then frame (shared, not copied, across
+    /// regions). With history on, the outlet sends [`Outgoing::frame`] and Redis builds the
+    /// version-2 header around the offset it assigns.
     pub body: bytes::Bytes,
+    /// The publish stamp written in the header, in Unix microseconds.
+    pub published_micros: u64,
+    /// Where the frame starts in `body` (the header's length).
+    pub header_len: usize,
+    /// Publish on the instance's channel (some gateway may hold a client). `false`: append to
+    /// history only, for a resumable client that may come back ([`Audience::Resumable`]).
+    pub live: bool,
+}
+
+impl Outgoing {
+    /// A message from a version-1 body (`1 <micros>\n<frame>`, as
+    /// [`ryze_core::envelope::encode_message`] builds it).
+    pub fn new(instance_id: Uuid, body: bytes::Bytes, published_micros: u64, live: bool) -> Self {
+        let header_len = body
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(0, |newline| newline + 1);
+        Outgoing {
+            instance_id,
+            body,
+            published_micros,
+            header_len,
+            live,
+        }
+    }
+
+    /// The frame text without the header (what history stores), sharing `body`.
+    pub fn frame(&self) -> bytes::Bytes {
+        self.body.slice(self.header_len..)
+    }
+}
+
+/// How each Redis of an outlet is used.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisOptions {
+    /// `REDIS_STALL_TIMEOUT`: the bound on every round trip, and the liveness rule (D38).
+    pub stall_timeout: std::time::Duration,
+    /// The retention with history on (`HISTORY_SIZE` > 0), `None` for plain publishes
+    /// (version-1 headers).
+    pub history: Option<ryze_core::history::Retention>,
+}
+
+/// Who may want an instance's frames (the ingest fast path), in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Audience {
+    /// Nobody: skip the frame (counted `noListeners`); nothing reaches Redis.
+    Nobody,
+    /// No gateway holds a client, but a resumable client may come back (`<prefix>:resume:<id>`
+    /// exists): append to history without publishing (still counted `noListeners`).
+    Resumable,
+    /// Some gateway may hold a client: append (with history on) and publish.
+    Live,
+}
+
+impl Audience {
+    /// From the live answer alone (outlets without history).
+    pub fn from_listening(listening: bool) -> Audience {
+        if listening {
+            Audience::Live
+        } else {
+            Audience::Nobody
+        }
+    }
 }
 
 /// The bus could not take the messages.
@@ -49,7 +116,20 @@ pub trait Outlet: Send + Sync + 'static {
     /// For each id: could some gateway hold a client of it? Must never answer `false` for an
     /// instance whose client already got its 101 (false positives are harmless).
     fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>>;
-    /// Publishes in order.
+    /// For each id: who may want its frames. Same rule as [`Outlet::listening`] for
+    /// [`Audience::Live`]; outlets with history also answer [`Audience::Resumable`]. The
+    /// default knows only `listening`.
+    fn audience<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<Audience>, OutletError>> {
+        Box::pin(async move {
+            let live = self.listening(ids).await?;
+            Ok(live.into_iter().map(Audience::from_listening).collect())
+        })
+    }
+    /// Publishes in order (per instance, at least). Messages with `live == false` go only to
+    /// history; an outlet without history drops them.
     fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>>;
     /// Sends a control message to every gateway.
     fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>>;
@@ -59,205 +139,16 @@ pub trait Outlet: Send + Sync + 'static {
     }
 }
 
-/// The Redis bus: `PUBLISH` (or `SPUBLISH` on a cluster) on the instance channels.
-pub struct RedisOutlet {
-    client: Client,
-    names: Names,
-    clustered: bool,
-    /// `REDIS_STALL_TIMEOUT`: the bound on every round trip, and the liveness rule (D38).
-    stall_timeout: Duration,
-    /// Last round trip Redis completed (the probe's PING, at least).
-    alive: Pulse,
-    /// Seen stalled and not answered since (not ready meanwhile).
-    stalled: AtomicBool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl RedisOutlet {
-    /// Creates the client and starts connecting (readiness reports when it is connected and
-    /// answering; see [`RedisOutlet::watch`]). `tls` is read only when the URL asks for TLS.
-    pub fn connect(
-        url: &str,
-        tls: &TlsFiles,
-        names: Names,
-        stall_timeout: Duration,
-    ) -> Result<Arc<RedisOutlet>, OutletError> {
-        let target = RedisTarget::parse(url)?
-            .with_tls_files(tls)?
-            .with_stall_timeout(stall_timeout);
-        let client = target.client(32)?;
-        client.connect();
-        Ok(Arc::new(RedisOutlet {
-            client,
-            names,
-            clustered: target.clustered,
-            stall_timeout,
-            alive: Pulse::new(),
-            stalled: AtomicBool::new(false),
-        }))
-    }
-
-    /// Whether the connection is up.
-    pub fn is_connected(&self) -> bool {
-        self.client.is_connected()
-    }
-
-    /// Starts the liveness probe (D38): a PING every probe interval. One unanswered within the
-    /// stall timeout counts a stall (`ryze_publisher_redis_stalls_total{region}`), logs a WARN
-    /// line and replaces the connection; readiness fails until a PING is answered again. A
-    /// black-holed connection would otherwise hold every publish until its timeout.
-    pub fn watch(
-        self: &Arc<Self>,
-        region: &str,
-        metrics: Metrics,
-        tasks: &TaskTracker,
-        stop: CancellationToken,
-    ) {
-        let outlet = self.clone();
-        let region = region.to_owned();
-        tasks.spawn(async move {
-            let stall = outlet.stall_timeout;
-            let mut tick = tokio::time::interval(probe_interval(stall));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if !outlet.client.is_connected() {
-                    continue;
-                }
-                match tokio::time::timeout(stall, outlet.client.ping::<String>(None)).await {
-                    Ok(Ok(_)) => {
-                        outlet.alive.beat();
-                        outlet.stalled.store(false, Ordering::Relaxed);
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(region = %region, error = %e, "liveness probe failed");
-                        outlet.judge(&region, &metrics);
-                    }
-                    Err(_) => outlet.judge(&region, &metrics),
-                }
-            }
-        });
-    }
-
-    /// After a failed probe: silent past the stall timeout is a stall (fred's own check of
-    /// unanswered commands may already be replacing the connection; replacing it once more
-    /// is harmless). Counted and logged once per episode, which ends at the next answer.
-    fn judge(&self, region: &str, metrics: &Metrics) {
-        let silent = self.alive.silent_for();
-        if silent <= self.stall_timeout || self.stalled.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        metrics.redis_stall(region);
-        tracing::warn!(
-            region = %region,
-            connection = "publisher",
-            silent_ms = silent.as_millis() as u64,
-            "redis connection stalled: nothing came back for longer than REDIS_STALL_TIMEOUT; replacing it"
-        );
-        let client = self.client.clone();
-        let stall = self.stall_timeout;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(stall * 4, client.force_reconnection()).await;
-        });
-    }
-
-    /// Connected and answering: a probe completed within the stall timeout (plus the probe
-    /// interval it may be waiting for).
-    fn is_live(&self) -> bool {
-        let stall = self.stall_timeout;
-        self.client.is_connected()
-            && !self.stalled.load(Ordering::Relaxed)
-            && self
-                .alive
-                .last()
-                .is_some_and(|at| at.elapsed() <= stall + probe_interval(stall))
-    }
-
-    /// Runs one round trip bounded by the stall timeout (a stalled connection answers 503
-    /// instead of holding the request).
-    async fn bounded<T>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, fred::error::Error>>,
-    ) -> Result<T, OutletError> {
-        match tokio::time::timeout(self.stall_timeout, f).await {
-            Ok(r) => {
-                let value = r?;
-                self.alive.beat();
-                Ok(value)
-            }
-            Err(_) => Err(OutletError::Timeout),
-        }
-    }
-}
-
-pub mod regions;
-
-impl Outlet for RedisOutlet {
-    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
-        Box::pin(async move {
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            if !self.client.is_connected() {
-                return Err(OutletError::Unavailable);
-            }
-            self.bounded(async {
-                let pipeline = self.client.pipeline();
-                for id in ids {
-                    let _: () = pipeline.exists(self.names.live_key(*id)).await?;
-                }
-                let counts: Vec<i64> = pipeline.all().await?;
-                Ok(counts.into_iter().map(|n| n > 0).collect())
-            })
-            .await
-        })
-    }
-
-    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>> {
-        Box::pin(async move {
-            if messages.is_empty() {
-                return Ok(());
-            }
-            // Fail fast while disconnected: the client would hold the commands for the
-            // reconnect, and a caller told 503 could still see them published later.
-            if !self.client.is_connected() {
-                return Err(OutletError::Unavailable);
-            }
-            self.bounded(async {
-                let pipeline = self.client.pipeline();
-                for m in messages {
-                    let channel = self.names.instance_channel(m.instance_id);
-                    let body = m.body;
-                    if self.clustered {
-                        let _: () = pipeline.spublish(channel, body).await?;
-                    } else {
-                        let _: () = pipeline.publish(channel, body).await?;
-                    }
-                }
-                let _: Vec<Value> = pipeline.all().await?;
-                Ok(())
-            })
-            .await
-        })
-    }
-
-    fn is_ready(&self) -> bool {
-        self.is_live()
-    }
-
-    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {
-        Box::pin(async move {
-            let body = serde_json::to_string(msg).unwrap_or_default();
-            self.bounded(async {
-                let _: i64 = self
-                    .client
-                    .publish(self.names.control_channel(), body)
-                    .await?;
-                Ok(())
-            })
-            .await
-        })
+    #[test]
+    fn the_frame_is_the_body_past_its_header() {
+        let body = bytes::Bytes::from_static(b"1 42\n{\"event\":\"x\"}");
+        let m = Outgoing::new(Uuid::nil(), body, 42, true);
+        assert_eq!(m.header_len, 5);
+        assert_eq!(&m.frame()[..], b"{\"event\":\"x\"}");
+        assert!(Audience::Live > Audience::Resumable && Audience::Resumable > Audience::Nobody);
     }
 }

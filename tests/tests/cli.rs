@@ -83,6 +83,7 @@ async fn gateway_with_bad_config_lists_every_problem_and_exits_64() {
     let env = vec![
         ("ENCRYPTION_KEY", "c2hvcnQ=".to_owned()),
         ("WS_SEND_QUEUE", "0".to_owned()),
+        ("HISTORY_TTL", "0s".to_owned()),
     ];
     let out = run_cli(Bin::Gateway, &[], &env).await.unwrap();
     assert_eq!(out.status.code(), Some(64));
@@ -92,6 +93,7 @@ async fn gateway_with_bad_config_lists_every_problem_and_exits_64() {
         "REDIS_URL is required",
         "ENCRYPTION_KEY",
         "WS_SEND_QUEUE",
+        "HISTORY_TTL must be at least 1ms when HISTORY_SIZE is above 0",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in {err}");
     }
@@ -117,6 +119,7 @@ async fn refused_values_and_missing_settings_are_listed_in_one_message() {
         &[
             ("CONFIG_CACHE_TTL", "soon".to_owned()),
             ("MAX_INGEST_BYTES", "8 parsecs".to_owned()),
+            ("HISTORY_SIZE", "lots".to_owned()),
         ],
     )
     .await
@@ -137,6 +140,7 @@ async fn refused_values_and_missing_settings_are_listed_in_one_message() {
             &[
                 "CONFIG_CACHE_TTL: invalid value 'soon'",
                 "MAX_INGEST_BYTES: invalid value '8 parsecs'",
+                "HISTORY_SIZE: invalid value 'lots'",
                 "DATABASE_URL is required",
                 "PUBLISHER_API_KEY is required",
                 "PUBLIC_BASE_URL is required",
@@ -162,13 +166,18 @@ async fn publisher_without_required_settings_exits_64() {
     let out = run_cli(
         Bin::Publisher,
         &[],
-        &[("DATABASE_URL", "postgres://x@127.0.0.1:1/x".to_owned())],
+        &[
+            ("DATABASE_URL", "postgres://x@127.0.0.1:1/x".to_owned()),
+            ("HISTORY_SIZE", "5".to_owned()),
+            ("HISTORY_TTL", "0ms".to_owned()),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
+        "HISTORY_TTL must be at least 1ms when HISTORY_SIZE is above 0",
         "REDIS_URL (or REGION_REDIS_URLS) is required",
         "PUBLISHER_API_KEY is required",
         "PUBLIC_BASE_URL is required",

@@ -5,8 +5,11 @@
 //! per message and region), so its latency does not depend on any region. A full queue drops
 //! that region's messages and counts them; the region recovers by itself when its Redis
 //! answers again. Control messages take the same queues, so they stay ordered after frames.
+//!
+//! With history on, each region's outlet runs the history script on its own Redis: every
+//! region keeps its own history, and offsets are region-local (D37).
 
-use super::{Outgoing, Outlet, OutletError, RedisOutlet};
+use super::{Audience, Outgoing, Outlet, OutletError, RedisOptions, RedisOutlet};
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::{ControlMessage, Names};
@@ -96,19 +99,20 @@ pub struct RegionsOutlet {
 }
 
 impl RegionsOutlet {
-    /// Connects every region and starts one worker each (tracked, stopped by `stop`).
+    /// Connects every region and starts one worker each (tracked, stopped by `stop`). With
+    /// history on (`options.history`), each region appends to its own history.
     pub fn connect(
         regions: &[(String, String)],
         tls: &ryze_core::tls::TlsFiles,
         names: Names,
-        stall_timeout: Duration,
+        options: RedisOptions,
         metrics: Metrics,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<RegionsOutlet, OutletError> {
         let mut out = Vec::new();
         for (name, url) in regions {
-            let outlet = RedisOutlet::connect(url, tls, names.clone(), stall_timeout)?;
+            let outlet = RedisOutlet::connect(url, tls, names.clone(), options)?;
             outlet.watch(name, metrics.clone(), tasks, stop.clone());
             let (tx, rx) = mpsc::channel(QUEUE_JOBS);
             tasks.spawn(worker(
@@ -143,7 +147,7 @@ impl RegionsOutlet {
         let (stalled, checking) = (r.stalled.clone(), r.checking.clone());
         let (name, ids) = (r.name.clone(), ids.to_vec());
         self.tasks.spawn(async move {
-            let answer = tokio::time::timeout(STALLED_CHECK_TIMEOUT, outlet.listening(&ids)).await;
+            let answer = tokio::time::timeout(STALLED_CHECK_TIMEOUT, outlet.audience(&ids)).await;
             if let Ok(Ok(_)) = answer {
                 stalled.store(false, Ordering::Release);
                 tracing::info!(region = %name, "region answers again; ingest waits for it again");
@@ -202,6 +206,18 @@ async fn worker(
 impl Outlet for RegionsOutlet {
     fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
         Box::pin(async move {
+            let audience = self.audience(ids).await?;
+            Ok(audience.into_iter().map(|a| a == Audience::Live).collect())
+        })
+    }
+
+    /// The widest answer of any region: a frame goes to every region, so one live region makes
+    /// it live everywhere (a wasted publish elsewhere is harmless).
+    fn audience<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<Audience>, OutletError>> {
+        Box::pin(async move {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
@@ -215,7 +231,7 @@ impl Outlet for RegionsOutlet {
                     self.check_stalled(r, ids);
                     return None;
                 }
-                match tokio::time::timeout(LISTENING_TIMEOUT, r.outlet.listening(ids)).await {
+                match tokio::time::timeout(LISTENING_TIMEOUT, r.outlet.audience(ids)).await {
                     Ok(Ok(v)) => Some(v),
                     Ok(Err(_)) => None,
                     Err(_) => {
@@ -230,11 +246,11 @@ impl Outlet for RegionsOutlet {
                 }
             }))
             .await;
-            let mut out = vec![false; ids.len()];
+            let mut out = vec![Audience::Nobody; ids.len()];
             for answer in answers {
                 match answer {
-                    None => return Ok(vec![true; ids.len()]),
-                    Some(v) => out.iter_mut().zip(v).for_each(|(o, l)| *o |= l),
+                    None => return Ok(vec![Audience::Live; ids.len()]),
+                    Some(v) => out.iter_mut().zip(v).for_each(|(o, a)| *o = (*o).max(a)),
                 }
             }
             Ok(out)

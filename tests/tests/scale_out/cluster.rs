@@ -1,5 +1,7 @@
 //! Redis Cluster (`REDIS_URL=redis-cluster://…`): sharded pub/sub across masters, recovery
-//! after a master restart, the control channel and the shared rate-limit bucket.
+//! after a master restart, the control channel and the shared rate-limit bucket, and history
+//! (D37) next to the shard channel: instance ids are hash-tagged on a cluster
+//! (`<prefix>:ws:{<id>}`, `<prefix>:hist:{<id>}`), so one slot holds both.
 
 use serde_json::json;
 
@@ -55,8 +57,14 @@ impl Setup {
         }
     }
 
+    /// The instance's shard channel (hash-tagged on a cluster).
     fn channel(&self, inst: &Instance) -> String {
-        format!("{}:ws:{}", self.env.prefix, inst.id)
+        format!("{}:ws:{{{}}}", self.env.prefix, inst.id)
+    }
+
+    /// The instance's history key (same hash tag as its channel).
+    fn history_key(&self, inst: &Instance) -> String {
+        format!("{}:hist:{{{}}}", self.env.prefix, inst.id)
     }
 
     /// Creates and enables instances until two have channels whose slots are served by
@@ -168,6 +176,13 @@ async fn sharded_delivery_spans_masters_and_resumes_on_the_same_sockets_after_a_
             c.next_text(WAIT).await.unwrap(),
             frame("message.exchange", data, inst)
         );
+    }
+    // History (on by default) went to the master that owns the channel's slot.
+    for (inst, owner) in [(&x, &x_owner), (&y, &y_owner)] {
+        let key = s.history_key(inst);
+        assert_eq!(cluster.owner_of(&key).await.unwrap().index, owner.index);
+        let len = cluster.cli(owner.index, &["XLEN", &key]).await.unwrap();
+        assert_eq!(len.trim(), "1", "history of {key} on its master");
     }
 
     // Stop the master serving x's channel and bring it back on the same port and nodes.conf.

@@ -128,6 +128,12 @@ async fn every_region_receives_and_a_stopped_region_delays_nothing_and_resumes_b
             );
         }
     }
+    // Each region keeps its own history (on by default, D37), with its own offsets.
+    let key = format!("{}:hist:{}", w.env.prefix, inst.id);
+    for r in &w.regions {
+        let len = r.redis.cli(&["XLEN", &key]).await.unwrap();
+        assert_eq!(len.trim(), "3", "history of region {}", r.name);
+    }
 
     // ap's Redis goes away. Its gateway reports not ready; its client stays connected.
     let ap = &w.regions[2];

@@ -1,0 +1,318 @@
+//! [`RedisOutlet`]: one Redis (plain, Sentinel or Cluster). With history off, `PUBLISH` (or
+//! `SPUBLISH` on a cluster) of the version-1 body; with history on, one script call per frame
+//! ([`super::history`]) that appends it to the instance's stream and publishes it with its
+//! offset.
+
+use super::history::{is_noscript, HistoryScript};
+use super::{Audience, Outgoing, Outlet, OutletError, RedisOptions};
+use crate::metrics::Metrics;
+use fred::prelude::*;
+use futures_util::future::BoxFuture;
+use ryze_core::channel::{ControlMessage, Names};
+use ryze_core::liveness::{probe_interval, Pulse};
+use ryze_core::redis::RedisTarget;
+use ryze_core::tls::TlsFiles;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// The Redis bus: `PUBLISH` (or `SPUBLISH` on a cluster) on the instance channels, through the
+/// history script when history is on.
+pub struct RedisOutlet {
+    client: Client,
+    /// Hash-tagged on a cluster ([`Names::with_hash_tags`]).
+    names: Names,
+    /// `Some` with history on (`HISTORY_SIZE` > 0).
+    history: Option<HistoryScript>,
+    clustered: bool,
+    /// `REDIS_STALL_TIMEOUT`: the bound on every round trip, and the liveness rule (D38).
+    stall_timeout: Duration,
+    /// Last round trip Redis completed (the probe's PING, at least).
+    alive: Pulse,
+    /// Seen stalled and not answered since (not ready meanwhile).
+    stalled: AtomicBool,
+}
+
+impl RedisOutlet {
+    /// Creates the client and starts connecting (readiness reports when it is connected and
+    /// answering; see [`RedisOutlet::watch`]). `tls` is read only when the URL asks for TLS.
+    /// On a `redis-cluster://` URL the names are hash-tagged, as the gateway's are.
+    pub fn connect(
+        url: &str,
+        tls: &TlsFiles,
+        names: Names,
+        options: RedisOptions,
+    ) -> Result<Arc<RedisOutlet>, OutletError> {
+        let RedisOptions {
+            stall_timeout,
+            history,
+        } = options;
+        let target = RedisTarget::parse(url)?
+            .with_tls_files(tls)?
+            .with_stall_timeout(stall_timeout);
+        let client = target.client(32)?;
+        client.connect();
+        Ok(Arc::new(RedisOutlet {
+            client,
+            names: names.with_hash_tags(target.clustered),
+            history: history.map(HistoryScript::new),
+            clustered: target.clustered,
+            stall_timeout,
+            alive: Pulse::new(),
+            stalled: AtomicBool::new(false),
+        }))
+    }
+
+    /// Whether the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// Starts the liveness probe (D38): a PING every probe interval. One unanswered within the
+    /// stall timeout counts a stall (`ryze_publisher_redis_stalls_total{region}`), logs a WARN
+    /// line and replaces the connection; readiness fails until a PING is answered again. A
+    /// black-holed connection would otherwise hold every publish until its timeout.
+    pub fn watch(
+        self: &Arc<Self>,
+        region: &str,
+        metrics: Metrics,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let outlet = self.clone();
+        let region = region.to_owned();
+        tasks.spawn(async move {
+            let stall = outlet.stall_timeout;
+            let mut tick = tokio::time::interval(probe_interval(stall));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if !outlet.client.is_connected() {
+                    continue;
+                }
+                match tokio::time::timeout(stall, outlet.client.ping::<String>(None)).await {
+                    Ok(Ok(_)) => {
+                        outlet.alive.beat();
+                        outlet.stalled.store(false, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(region = %region, error = %e, "liveness probe failed");
+                        outlet.judge(&region, &metrics);
+                    }
+                    Err(_) => outlet.judge(&region, &metrics),
+                }
+            }
+        });
+    }
+
+    /// After a failed probe: silent past the stall timeout is a stall (fred's own check of
+    /// unanswered commands may already be replacing the connection; replacing it once more
+    /// is harmless). Counted and logged once per episode, which ends at the next answer.
+    fn judge(&self, region: &str, metrics: &Metrics) {
+        let silent = self.alive.silent_for();
+        if silent <= self.stall_timeout || self.stalled.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        metrics.redis_stall(region);
+        tracing::warn!(
+            region = %region,
+            connection = "publisher",
+            silent_ms = silent.as_millis() as u64,
+            "redis connection stalled: nothing came back for longer than REDIS_STALL_TIMEOUT; replacing it"
+        );
+        let client = self.client.clone();
+        let stall = self.stall_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(stall * 4, client.force_reconnection()).await;
+        });
+    }
+
+    /// Connected and answering: a probe completed within the stall timeout (plus the probe
+    /// interval it may be waiting for).
+    fn is_live(&self) -> bool {
+        let stall = self.stall_timeout;
+        self.client.is_connected()
+            && !self.stalled.load(Ordering::Relaxed)
+            && self
+                .alive
+                .last()
+                .is_some_and(|at| at.elapsed() <= stall + probe_interval(stall))
+    }
+
+    /// Runs one round trip bounded by the stall timeout (a stalled connection answers 503
+    /// instead of holding the request).
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, OutletError> {
+        match tokio::time::timeout(self.stall_timeout, f).await {
+            Ok(r) => {
+                let value = r?;
+                self.alive.beat();
+                Ok(value)
+            }
+            Err(_) => Err(OutletError::Timeout),
+        }
+    }
+
+    /// Runs the history script for every message in one pipeline, in order. Calls refused with
+    /// `NOSCRIPT` (none of their commands ran) go again as `EVAL`, in order. Only if another
+    /// publisher loads the script in the middle of this pipeline can a later frame of the
+    /// request overtake a retried one; history and channel still agree (each call appends and
+    /// publishes together), only the request's array order is lost for that pair.
+    async fn append(
+        &self,
+        script: &HistoryScript,
+        messages: Vec<Outgoing>,
+    ) -> Result<(), fred::error::Error> {
+        let pipeline = self.client.pipeline();
+        let calls: Vec<_> = messages
+            .iter()
+            .map(|m| script.call(&self.names, self.clustered, m))
+            .collect();
+        for (key, args) in &calls {
+            let (cmd, args) = script.evalsha(key, args);
+            let _: () = pipeline.custom(cmd, args).await?;
+        }
+        let results: Vec<Result<Value, fred::error::Error>> = pipeline.try_all().await;
+        let mut missing = Vec::new();
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(_) => {}
+                Err(e) if is_noscript(&e) => missing.push(i),
+                Err(e) => return Err(e),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            calls = missing.len(),
+            "history script not cached; sending it"
+        );
+        let pipeline = self.client.pipeline();
+        for i in missing {
+            let (key, args) = &calls[i];
+            let (cmd, args) = script.eval(key, args);
+            let _: () = pipeline.custom(cmd, args).await?;
+        }
+        let _: Vec<Value> = pipeline.all().await?;
+        Ok(())
+    }
+}
+
+impl Outlet for RedisOutlet {
+    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            if !self.client.is_connected() {
+                return Err(OutletError::Unavailable);
+            }
+            self.bounded(async {
+                let pipeline = self.client.pipeline();
+                for id in ids {
+                    let _: () = pipeline.exists(self.names.live_key(*id)).await?;
+                }
+                let counts: Vec<i64> = pipeline.all().await?;
+                Ok(counts.into_iter().map(|n| n > 0).collect())
+            })
+            .await
+        })
+    }
+
+    fn audience<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<Audience>, OutletError>> {
+        Box::pin(async move {
+            if self.history.is_none() {
+                let live = self.listening(ids).await?;
+                return Ok(live.into_iter().map(Audience::from_listening).collect());
+            }
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            if !self.client.is_connected() {
+                return Err(OutletError::Unavailable);
+            }
+            // One round trip: the live key and the resume marker of every instance.
+            self.bounded(async {
+                let pipeline = self.client.pipeline();
+                for id in ids {
+                    let _: () = pipeline.exists(self.names.live_key(*id)).await?;
+                    let _: () = pipeline.exists(self.names.resume_key(*id)).await?;
+                }
+                let counts: Vec<i64> = pipeline.all().await?;
+                Ok(counts
+                    .chunks(2)
+                    .map(|pair| match pair {
+                        [live, _] if *live > 0 => Audience::Live,
+                        [_, resume] if *resume > 0 => Audience::Resumable,
+                        _ => Audience::Nobody,
+                    })
+                    .collect())
+            })
+            .await
+        })
+    }
+
+    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>> {
+        Box::pin(async move {
+            if messages.is_empty() {
+                return Ok(());
+            }
+            // Fail fast while disconnected: the client would hold the commands for the
+            // reconnect, and a caller told 503 could still see them published later.
+            if !self.client.is_connected() {
+                return Err(OutletError::Unavailable);
+            }
+            if let Some(script) = &self.history {
+                return self.bounded(self.append(script, messages)).await;
+            }
+            self.bounded(async {
+                let pipeline = self.client.pipeline();
+                for m in messages {
+                    if !m.live {
+                        continue;
+                    }
+                    let channel = self.names.instance_channel(m.instance_id);
+                    let body = m.body;
+                    if self.clustered {
+                        let _: () = pipeline.spublish(channel, body).await?;
+                    } else {
+                        let _: () = pipeline.publish(channel, body).await?;
+                    }
+                }
+                let _: Vec<Value> = pipeline.all().await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.is_live()
+    }
+
+    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {
+        Box::pin(async move {
+            let body = serde_json::to_string(msg).unwrap_or_default();
+            self.bounded(async {
+                let _: i64 = self
+                    .client
+                    .publish(self.names.control_channel(), body)
+                    .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+}
