@@ -560,7 +560,8 @@ def gateway_config_keys_match_the_contract():
                 "RUST_LOG", "SHUTDOWN_TIMEOUT", "CONFIG_CACHE_TTL", "RATE_LIMIT_PER_MINUTE", "WS_PING_INTERVAL",
                 "WS_PONG_TIMEOUT", "WS_MAX_MESSAGE_BYTES", "WS_SEND_QUEUE", "WS_SEND_QUEUE_BYTES", "MAX_CONNECTIONS",
                 "DRAIN_RATE", "UNSUBSCRIBE_DELAY", "TRUST_PROXY_HEADERS", "METRICS_INSTANCE_LABELS", "CONSOLE_ENABLED",
-                "WS_SLOW_CONSUMER_GRACE", "HTTP_HEADER_TIMEOUT", "REDIS_STALL_TIMEOUT"}
+                "WS_SLOW_CONSUMER_GRACE", "HTTP_HEADER_TIMEOUT", "REDIS_STALL_TIMEOUT",
+                "HISTORY_SIZE", "HISTORY_TTL"}
     assert set(env) == expected, set(env) ^ expected
     assert env["REDIS_STALL_TIMEOUT"] == "3s"
     assert env["CONSOLE_ENABLED"] == "false" and env["WS_SEND_QUEUE_BYTES"] == "8388608" and env["MAX_CONNECTIONS"] == "100000"

@@ -80,6 +80,7 @@ impl App {
                     &target,
                     names.clone(),
                     metrics.clone(),
+                    config.history.history_ttl,
                 )?)
             }
             None => Broker::Memory(Arc::new(MemoryBroker::default())),

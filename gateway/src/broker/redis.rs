@@ -71,6 +71,9 @@ pub struct RedisBroker {
     commands_alive: Pulse,
     /// The command connection was seen stalled and no probe has been answered since.
     commands_stalled: AtomicBool,
+    /// `HISTORY_TTL`: how long a resume key outlives the last resumable client, so the
+    /// publisher keeps appending for as long as the client may come back.
+    resume_ttl: Duration,
 }
 
 impl RedisBroker {
@@ -80,6 +83,7 @@ impl RedisBroker {
         target: &RedisTarget,
         names: Names,
         metrics: Metrics,
+        resume_ttl: Duration,
     ) -> Result<Arc<RedisBroker>, fred::error::Error> {
         let subscriber = target.client(BROADCAST_CAPACITY)?;
         let commands = target.client(32)?;
@@ -97,6 +101,7 @@ impl RedisBroker {
             subscriber_silence: Silence::new(target.stall_timeout),
             commands_alive: Pulse::new(),
             commands_stalled: AtomicBool::new(false),
+            resume_ttl,
         }))
     }
 

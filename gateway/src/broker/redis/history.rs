@@ -31,11 +31,6 @@ fn script() -> &'static Script {
     SCRIPT.get_or_init(|| Script::from_lua(READ))
 }
 
-/// How long a resume key outlives the last resumable client: the history's own retention
-/// (`HISTORY_TTL`'s default), so frames keep reaching history for as long as the client may
-/// come back and resume.
-pub const RESUME_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-
 impl RedisBroker {
     /// A resumable client of `id` joined: its resume key is set now (in the background) and
     /// refreshed with the live keys while this pod holds the instance.
@@ -48,7 +43,7 @@ impl RedisBroker {
     }
 
     /// Heartbeat: refresh the resume keys of instances still held; forget the others (their
-    /// keys expire on their own, `RESUME_TTL` after the last refresh).
+    /// keys expire on their own, `HISTORY_TTL` after the last refresh).
     pub(super) async fn refresh_resumable(&self) {
         let held: Vec<Uuid> = {
             let mut s = self.lock();
@@ -67,7 +62,7 @@ impl RedisBroker {
                     .set(
                         self.names.resume_key(*id),
                         1,
-                        Some(Expiration::PX(RESUME_TTL.as_millis() as i64)),
+                        Some(Expiration::PX(self.resume_ttl.as_millis().max(1) as i64)),
                         None,
                         false,
                     )
