@@ -250,3 +250,35 @@ impl Config {
         TokenCipher::from_setting(self.encryption_key.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use clap::Parser;
+
+    fn problems(args: &[&str]) -> Vec<String> {
+        let mut argv = vec!["ryze-gateway", "--database-url", "postgres://u@h/db"];
+        argv.extend_from_slice(args);
+        let config = Config::try_parse_from(argv).expect("parses");
+        config.validate().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn rebalance_settings_are_validated() {
+        let ok = ["--redis-url", "redis://127.0.0.1:6379"];
+        assert!(problems(&ok).iter().all(|p| !p.contains("REBALANCE")));
+        for t in ["0", "1", "1.25", "3"] {
+            let p = problems(&[ok[0], ok[1], "--rebalance-threshold", t]);
+            assert!(p.iter().all(|p| !p.contains("REBALANCE")), "{t}: {p:?}");
+        }
+        for t in ["0.5", "-1", "NaN", "inf"] {
+            let arg = format!("--rebalance-threshold={t}");
+            let p = problems(&[ok[0], ok[1], &arg]);
+            assert!(p.iter().any(|p| p.contains("REBALANCE_THRESHOLD")), "{t}");
+        }
+        let p = problems(&[ok[0], ok[1], "--rebalance-rate", "0"]);
+        assert!(p.iter().any(|p| p.contains("REBALANCE_RATE")));
+        let p = problems(&[ok[0], ok[1], "--rebalance-interval", "10ms"]);
+        assert!(p.iter().any(|p| p.contains("REBALANCE_INTERVAL")));
+    }
+}
