@@ -195,6 +195,8 @@ impl App {
                 },
             );
             tasks.spawn(rebalancer.run(background.clone()));
+        } else {
+            tracing::info!("rebalancing off: no Redis (single process)");
         }
 
         // Expired cache entries are swept so the maps stay bounded.

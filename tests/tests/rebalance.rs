@@ -10,6 +10,8 @@
 //!   not ready (a record written by the test), or with `REBALANCE_THRESHOLD=0`; once the
 //!   fake pod turns ready, the pod closes exactly its excess (its clients do not reconnect).
 //!
+//! - `off_without_redis`: the embedded single-process mode never evaluates.
+//!
 //! No sleeps: every wait polls `/metrics` under a timeout.
 
 mod common;
@@ -309,4 +311,38 @@ async fn holds_still_without_cause() {
     let _more = clients_on(&off, &inst, 30).await;
     holds_for_three(&off, "off", "threshold 0").await;
     assert!(metric(&off, "ryze_gateway_fleet_share").await > 1.25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_without_redis() {
+    let db = ryze_tests::pg().await.fresh_database().await.unwrap();
+    let env = Env::with(db.url, None, None).await;
+    let mut settings = fast(&[]);
+    settings.extend([
+        ("EMBEDDED_PUBLISHER", "true".to_owned()),
+        ("PUBLISHER_API_KEY", common::API_KEY.to_owned()),
+        ("PUBLIC_BASE_URL", common::BASE_URL.to_owned()),
+    ]);
+    let gw = env.gateway(&settings).await;
+    gw.wait_for_log("rebalancing off: no Redis", CONVERGE)
+        .await
+        .unwrap();
+    let text = ryze_tests::http()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in text
+        .lines()
+        .filter(|l| l.contains("rebalance_decisions_total"))
+    {
+        assert!(line.ends_with(" 0"), "evaluated without Redis: {line}");
+    }
+    assert!(
+        !gw.logs().contains("rebalancing records started"),
+        "rebalancing started without Redis"
+    );
 }
