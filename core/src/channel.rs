@@ -108,6 +108,18 @@ impl Names {
     pub fn live_key(&self, instance_id: Uuid) -> String {
         format!("{}:live:{}", self.prefix, instance_id)
     }
+
+    /// `<prefix>:pod:<pod_id>`: one gateway's load record for rebalancing (D39),
+    /// `"<connections> <ready 0|1>"`, written with a TTL of three rebalance intervals.
+    pub fn pod_key(&self, pod_id: Uuid) -> String {
+        format!("{}:pod:{}", self.prefix, pod_id)
+    }
+
+    /// `<prefix>:pods`: the index of pod records, a sorted set of pod ids scored by the unix
+    /// milliseconds of their last write (so readers never SCAN; stale ids are pruned).
+    pub fn pods_index(&self) -> String {
+        format!("{}:pods", self.prefix)
+    }
 }
 
 /// What a control message announces.

@@ -16,6 +16,12 @@ pub const SHUTDOWN: CloseCode = CloseCode {
     code: 1001,
     reason: "server shutting down",
 };
+/// The pod holds more than its share of the fleet's connections (D39): reconnect (with backoff,
+/// passing `since` to lose nothing); the load balancer will likely pick a less loaded pod.
+pub const REBALANCING: CloseCode = CloseCode {
+    code: 1001,
+    reason: "rebalancing",
+};
 /// No PONG within the pong timeout: the server dropped you; reconnect when the network is back.
 pub const PONG_TIMEOUT: CloseCode = CloseCode {
     code: 1001,

@@ -561,8 +561,11 @@ def gateway_config_keys_match_the_contract():
                 "WS_PONG_TIMEOUT", "WS_MAX_MESSAGE_BYTES", "WS_SEND_QUEUE", "WS_SEND_QUEUE_BYTES", "MAX_CONNECTIONS",
                 "DRAIN_RATE", "UNSUBSCRIBE_DELAY", "TRUST_PROXY_HEADERS", "METRICS_INSTANCE_LABELS", "CONSOLE_ENABLED",
                 "WS_SLOW_CONSUMER_GRACE", "HTTP_HEADER_TIMEOUT", "REDIS_STALL_TIMEOUT",
-                "HISTORY_SIZE", "HISTORY_TTL"}
+                "HISTORY_SIZE", "HISTORY_TTL",
+                "REBALANCE_THRESHOLD", "REBALANCE_INTERVAL", "REBALANCE_RATE", "REBALANCE_MIN_AGE", "REBALANCE_WARMUP"}
     assert set(env) == expected, set(env) ^ expected
+    assert env["REBALANCE_THRESHOLD"] == "1.25" and env["REBALANCE_INTERVAL"] == "5s" and env["REBALANCE_RATE"] == "50"
+    assert env["REBALANCE_MIN_AGE"] == "60s" and env["REBALANCE_WARMUP"] == "60s"
     assert env["REDIS_STALL_TIMEOUT"] == "3s"
     assert env["CONSOLE_ENABLED"] == "false" and env["WS_SEND_QUEUE_BYTES"] == "8388608" and env["MAX_CONNECTIONS"] == "100000"
     assert env["DRAIN_RATE"] == "2000" and env["WS_PING_INTERVAL"] == "54s"
@@ -814,6 +817,15 @@ def values_schema_rejects_unknown_keys():
     assert "replicas" in err, err
     err = render_fails(*REQUIRED, "--set", "gateway.config.drainRate=fast")
     assert "drainRate" in err, err
+    for bad in ["0.5", "-1"]:
+        err = render_fails(*REQUIRED, "--set-json", f"gateway.config.rebalanceThreshold={bad}")
+        assert "rebalanceThreshold" in err, (bad, err)
+    err = render_fails(*REQUIRED, "--set", "gateway.config.rebalanceRate=0")
+    assert "rebalanceRate" in err, err
+    for ok, want in [("0", "0"), ("1", "1"), ("1.5", "1.5")]:
+        docs = render(*REQUIRED, "--set-json", f"gateway.config.rebalanceThreshold={ok}")
+        env = configmap_env(docs, one(docs, "Deployment", "-gateway"))
+        assert env["REBALANCE_THRESHOLD"] == want, (ok, env["REBALANCE_THRESHOLD"])
 
 
 # --- runner -------------------------------------------------------------------------------------

@@ -190,6 +190,26 @@ impl App {
             tasks.spawn(ryze_publisher::relay::run(publisher, background.clone()));
         }
 
+        if let Broker::Redis(redis) = &broker {
+            let rebalancer = crate::rebalance::Rebalancer::new(
+                state.clone(),
+                redis.clone(),
+                names.clone(),
+                crate::rebalance::Settings {
+                    policy: crate::rebalance::decision::Policy {
+                        threshold: config.rebalance_threshold,
+                        warmup: config.rebalance_warmup,
+                    },
+                    interval: config.rebalance_interval,
+                    rate: config.rebalance_rate,
+                    min_age: config.rebalance_min_age,
+                },
+            );
+            tasks.spawn(rebalancer.run(background.clone()));
+        } else {
+            tracing::info!("rebalancing off: no Redis (single process)");
+        }
+
         // Expired cache entries are swept so the maps stay bounded.
         {
             let cache = cache.clone();

@@ -108,6 +108,24 @@ pub struct Config {
     /// Connections closed per second during shutdown.
     #[arg(long, env = "DRAIN_RATE", default_value_t = 2000)]
     pub drain_rate: u32,
+    /// Rebalancing (SPEC D39): a pod above this many times the fleet's mean connection count
+    /// closes its excess with 1001 `rebalancing`. 0 = off; otherwise at least 1.0.
+    #[arg(long, env = "REBALANCE_THRESHOLD", default_value_t = 1.25)]
+    pub rebalance_threshold: f64,
+    /// How often each pod shares its connection count and readiness through Redis and reads
+    /// the fleet's (records live three intervals).
+    #[arg(long, env = "REBALANCE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub rebalance_interval: Duration,
+    /// Connections closed per second at most while rebalancing (each reconnect costs an auth
+    /// lookup and a subscription on the pod it lands on).
+    #[arg(long, env = "REBALANCE_RATE", default_value_t = 50)]
+    pub rebalance_rate: u32,
+    /// Rebalancing never closes a connection younger than this.
+    #[arg(long, env = "REBALANCE_MIN_AGE", default_value = "60s", value_parser = parse_duration)]
+    pub rebalance_min_age: Duration,
+    /// Rebalancing does nothing during the pod's own first this-long.
+    #[arg(long, env = "REBALANCE_WARMUP", default_value = "60s", value_parser = parse_duration)]
+    pub rebalance_warmup: Duration,
     /// A Redis connection silent this long while a probe is due is stalled: the pod turns not
     /// ready, replaces the connection and resubscribes (SPEC D38). Probes run three times per
     /// timeout.
@@ -207,6 +225,16 @@ impl Config {
         if self.drain_rate == 0 {
             problems.push("DRAIN_RATE must be greater than 0".into());
         }
+        let t = self.rebalance_threshold;
+        if !(t == 0.0 || (t.is_finite() && t >= 1.0)) {
+            problems.push("REBALANCE_THRESHOLD must be 0 (off) or at least 1.0".into());
+        }
+        if self.rebalance_rate == 0 {
+            problems.push("REBALANCE_RATE must be greater than 0".into());
+        }
+        if self.rebalance_interval < Duration::from_millis(100) {
+            problems.push("REBALANCE_INTERVAL must be at least 100ms".into());
+        }
         if self.rate_limit_per_minute == 0 {
             problems.push("RATE_LIMIT_PER_MINUTE must be greater than 0".into());
         }
@@ -226,5 +254,37 @@ impl Config {
     /// The token cipher from `ENCRYPTION_KEY`.
     pub fn cipher(&self) -> Result<TokenCipher, ryze_core::token::TokenError> {
         TokenCipher::from_setting(self.encryption_key.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use clap::Parser;
+
+    fn problems(args: &[&str]) -> Vec<String> {
+        let mut argv = vec!["ryze-gateway", "--database-url", "postgres://u@h/db"];
+        argv.extend_from_slice(args);
+        let config = Config::try_parse_from(argv).expect("parses");
+        config.validate().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn rebalance_settings_are_validated() {
+        let ok = ["--redis-url", "redis://127.0.0.1:6379"];
+        assert!(problems(&ok).iter().all(|p| !p.contains("REBALANCE")));
+        for t in ["0", "1", "1.25", "3"] {
+            let p = problems(&[ok[0], ok[1], "--rebalance-threshold", t]);
+            assert!(p.iter().all(|p| !p.contains("REBALANCE")), "{t}: {p:?}");
+        }
+        for t in ["0.5", "-1", "NaN", "inf"] {
+            let arg = format!("--rebalance-threshold={t}");
+            let p = problems(&[ok[0], ok[1], &arg]);
+            assert!(p.iter().any(|p| p.contains("REBALANCE_THRESHOLD")), "{t}");
+        }
+        let p = problems(&[ok[0], ok[1], "--rebalance-rate", "0"]);
+        assert!(p.iter().any(|p| p.contains("REBALANCE_RATE")));
+        let p = problems(&[ok[0], ok[1], "--rebalance-interval", "10ms"]);
+        assert!(p.iter().any(|p| p.contains("REBALANCE_INTERVAL")));
     }
 }

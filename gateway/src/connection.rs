@@ -49,6 +49,7 @@ impl Ended {
             Ended::ClientClosed => "client_close",
             Ended::Gone => "gone",
             Ended::Closed(c) if c == close::SHUTDOWN => "shutdown",
+            Ended::Closed(c) if c == close::REBALANCING => "rebalancing",
             Ended::Closed(c) if c == close::PONG_TIMEOUT => "pong_timeout",
             Ended::Closed(c) if c == close::SLOW_CONSUMER => "slow_consumer",
             Ended::Closed(c) if c == close::INSTANCE_DELETED => "instance_deleted",

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 mod catch_up;
+mod pick;
 
 const SHARDS: usize = 64;
 
@@ -62,6 +63,16 @@ struct Inner {
     next_conn: AtomicU64,
 }
 
+/// A connected client of an instance on this pod.
+#[derive(Clone)]
+struct Client {
+    conn: u64,
+    outbox: Arc<Outbox>,
+    /// When it attached: rebalancing never closes a connection younger than
+    /// `REBALANCE_MIN_AGE` (D39). Read only by rebalancing, never per frame.
+    opened: Instant,
+}
+
 enum Sub {
     Idle,
     /// SUBSCRIBE in flight; the watch flips when it resolves.
@@ -74,7 +85,7 @@ enum Sub {
 struct Entry {
     /// Memberships: upgrades waiting for their 101 plus connected clients.
     holders: usize,
-    clients: Vec<(u64, Arc<Outbox>)>,
+    clients: Vec<Client>,
     /// Connection ids among `clients` that resume (`since`): while any, each frame also gets
     /// its offset-carrying text, made once here rather than once per connection.
     resumable: Vec<u64>,
@@ -280,7 +291,7 @@ impl Hub {
             let mut shard = self.shard(id);
             let Some(e) = shard.get_mut(&id) else { return };
             if let Some(conn) = conn {
-                if let Some(pos) = e.clients.iter().position(|(c, _)| *c == conn) {
+                if let Some(pos) = e.clients.iter().position(|c| c.conn == conn) {
                     e.clients.swap_remove(pos);
                 }
                 if let Some(pos) = e.resumable.iter().position(|c| *c == conn) {
@@ -476,8 +487,8 @@ impl Hub {
         if msg.op == ControlOp::InstanceDeleted {
             let shard = self.shard(msg.instance_id);
             if let Some(e) = shard.get(&msg.instance_id) {
-                for (_, outbox) in &e.clients {
-                    outbox.close(close::INSTANCE_DELETED);
+                for client in &e.clients {
+                    client.outbox.close(close::INSTANCE_DELETED);
                 }
             }
         }
@@ -515,7 +526,7 @@ impl Hub {
             outboxes.extend(
                 shard
                     .values()
-                    .flat_map(|e| e.clients.iter().map(|(_, o)| o.clone()))
+                    .flat_map(|e| e.clients.iter().map(|c| c.outbox.clone()))
                     .filter(|o| o.close_requested().is_none()),
             );
         }
@@ -547,11 +558,11 @@ impl Hub {
 }
 
 /// Pushes to every outbox; returns the full ones.
-fn push_all(clients: &[(u64, Arc<Outbox>)], frame: &Frame) -> Vec<Arc<Outbox>> {
+fn push_all(clients: &[Client], frame: &Frame) -> Vec<Arc<Outbox>> {
     clients
         .iter()
-        .filter(|(_, outbox)| outbox.push(frame.clone()) == Push::Full)
-        .map(|(_, outbox)| outbox.clone())
+        .filter(|c| c.outbox.push(frame.clone()) == Push::Full)
+        .map(|c| c.outbox.clone())
         .collect()
 }
 
@@ -579,7 +590,11 @@ impl Membership {
         let conn = self.hub.0.next_conn.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.hub.shard(self.id);
         if let Some(e) = shard.get_mut(&self.id) {
-            e.clients.push((conn, outbox));
+            e.clients.push(Client {
+                conn,
+                outbox,
+                opened: Instant::now(),
+            });
             if resumable {
                 e.resumable.push(conn);
             }

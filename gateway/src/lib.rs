@@ -12,6 +12,8 @@
 //! - [`outbox`]: a connection's bounded queue; [`connection`]: its socket loop.
 //! - [`broker`]: where frames come from (Redis, or in process); [`resume`]: `since`, replay
 //!   and gaps (SPEC §5.7).
+//! - [`rebalance`]: pods share their connection counts through Redis; a pod well above the
+//!   fleet mean closes its excess, paced, with 1001 `rebalancing` (SPEC D39).
 //! - [`metrics`], [`error`], [`state`], [`console`]; logs and traces are set up by
 //!   `ryze_core::telemetry`.
 
@@ -28,6 +30,7 @@ pub mod open_files;
 pub mod origin;
 pub mod outbox;
 pub mod ratelimit;
+pub mod rebalance;
 pub mod resume;
 pub mod routes;
 pub mod server;

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -32,8 +33,65 @@ struct Instance {
     instance: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// Rebalancing's view of the fleet (D39).
+struct FleetGauges {
+    mean: Gauge<f64, AtomicU64>,
+    share: Gauge<f64, AtomicU64>,
+    pods: Gauge,
+    decisions: Family<Outcome, Counter>,
+}
+
+impl FleetGauges {
+    fn register(registry: &mut Registry) -> FleetGauges {
+        let fleet = FleetGauges {
+            mean: Gauge::default(),
+            share: Gauge::default(),
+            pods: Gauge::default(),
+            decisions: Family::default(),
+        };
+        for outcome in [
+            "off",
+            "warmup",
+            "single_pod",
+            "not_ready",
+            "balanced",
+            "closing",
+            "unknown",
+        ] {
+            let _ = fleet.decisions.get_or_create(&Outcome { outcome });
+        }
+        registry.register(
+            "ryze_gateway_fleet_mean_connections",
+            "Mean open connections per gateway pod, from the pods' Redis records (0 without Redis)",
+            fleet.mean.clone(),
+        );
+        registry.register(
+            "ryze_gateway_fleet_share",
+            "This pod's open connections over the fleet mean (rebalancing acts above REBALANCE_THRESHOLD)",
+            fleet.share.clone(),
+        );
+        registry.register(
+            "ryze_gateway_fleet_pods",
+            "Gateway pods with a live Redis record, this one included",
+            fleet.pods.clone(),
+        );
+        registry.register(
+            "ryze_gateway_rebalance_decisions",
+            "Rebalancing evaluations, by outcome (unknown: the fleet could not be read)",
+            fleet.decisions.clone(),
+        );
+        fleet
+    }
+}
+
 struct Inner {
     registry: Registry,
+    fleet: FleetGauges,
     connections: Gauge,
     opened: Counter,
     closed: Family<Reason, Counter>,
@@ -184,8 +242,10 @@ impl Metrics {
             "Reconnections of the Redis subscriber connection",
             redis_reconnects.clone(),
         );
+        let fleet = FleetGauges::register(&mut registry);
         Metrics(Arc::new(Inner {
             registry,
+            fleet,
             connections,
             opened,
             closed,
@@ -284,6 +344,22 @@ impl Metrics {
     /// `accept()` failed; `reason` is `open_files` (EMFILE/ENFILE) or `other`.
     pub fn accept_error(&self, reason: &'static str) {
         self.0.accept_errors.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Rebalancing read the fleet: `pods` with a record, `mean` connections, this pod's `share`.
+    pub fn fleet_observed(&self, pods: usize, mean: f64, share: f64) {
+        self.0.fleet.pods.set(pods as i64);
+        self.0.fleet.mean.set(mean);
+        self.0.fleet.share.set(share);
+    }
+
+    /// One rebalancing evaluation ended with `outcome`.
+    pub fn rebalance_decision(&self, outcome: &'static str) {
+        self.0
+            .fleet
+            .decisions
+            .get_or_create(&Outcome { outcome })
+            .inc();
     }
 
     /// One more reconnect of the subscriber connection.

@@ -14,6 +14,8 @@
 //! - [`proxy`]: [`FaultProxy`], a loopback TCP proxy in front of Redis/Postgres that
 //!   black-holes or resets connections on demand (silent network failures a stopped server
 //!   cannot produce).
+//! - [`balancer`]: [`Balancer`], a loopback round-robin TCP load balancer whose backend list a
+//!   test changes at runtime (as a Kubernetes Service gains pods).
 //! - [`certs`]: a throwaway CA with server and client certificates (`openssl` CLI), and
 //!   [`PgServer::start_private_tls`] for a TLS-only Postgres.
 //! - [`client`]: the shared [`http()`] client and [`WsClient`], whose [`WsConnectError`] carries
@@ -24,6 +26,7 @@
 //! Tests await conditions (`/readyz`, a frame, a log line, a close code), each under a timeout
 //! as upper bound; none sleeps.
 
+pub mod balancer;
 pub mod bench;
 pub mod certs;
 pub mod client;
@@ -36,6 +39,7 @@ pub mod sentinel;
 mod supervisor;
 pub mod tls;
 
+pub use balancer::Balancer;
 pub use certs::Certs;
 pub use client::{http, WsClient, WsConnectError};
 pub use cluster::{ClusterNode, RedisCluster, SlotOwner};

@@ -1,0 +1,270 @@
+//! Rebalancing after scale-out (SPEC D39): a pod holding more than `REBALANCE_THRESHOLD` times
+//! the fleet's mean connection count closes its excess with 1001 `rebalancing`, paced, so the
+//! clients reconnect (through the load balancer) onto the pods the autoscaler added.
+//!
+//! **Fleet records.** Every `REBALANCE_INTERVAL` each pod writes `<prefix>:pod:<pod id>` =
+//! `"<connections> <ready 0|1>"` with `SET … PX` three intervals (so a dead pod drops out by
+//! itself), and adds its id to the sorted set `<prefix>:pods` scored by the write's unix
+//! milliseconds. Readers take at most [`MAX_PODS`] ids from that index and `GET` their records
+//! in one pipeline; ids whose record expired are ignored, and ids not written for
+//! [`PRUNE_AFTER`] are removed, so the index stays bounded without any `SCAN` (which would walk
+//! the whole keyspace, and every master of a cluster). Clock skew between pods only affects
+//! pruning, never liveness (that is the record's TTL).
+//!
+//! **Closing.** The decision is [`decision::decide`]. Candidates are spread across instances
+//! (round-robin, oldest first within one) and never younger than `REBALANCE_MIN_AGE`. Closes
+//! are paced at `REBALANCE_RATE` per second; between closes the pod re-evaluates with its live
+//! count (and a fleet re-read every interval) and stops as soon as it is within the threshold.
+//! Without Redis (embedded single-process mode) rebalancing does not run.
+
+pub mod decision;
+
+use crate::broker::redis::RedisBroker;
+use crate::state::AppState;
+use decision::{decide, Decision, Fleet, PodLoad, Policy};
+use fred::prelude::*;
+use ryze_core::channel::Names;
+use ryze_core::close;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Most pods read from the index (a fleet larger than this is read partially: the mean is
+/// still a fair estimate).
+pub const MAX_PODS: i64 = 1024;
+/// An index entry not refreshed for this long is pruned (its record expired long before).
+pub const PRUNE_AFTER: Duration = Duration::from_secs(300);
+/// The pod's own count is recounted at least this often while closing (a recount walks every
+/// client; in between, each close requested lowers it by one).
+const RECOUNT: Duration = Duration::from_millis(100);
+/// Shortest pause between two batches of closes.
+const STEP: Duration = Duration::from_millis(10);
+
+/// Rebalancing settings (`REBALANCE_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `REBALANCE_THRESHOLD` (0 = off) and `REBALANCE_WARMUP`.
+    pub policy: Policy,
+    /// `REBALANCE_INTERVAL`: how often records are written and read.
+    pub interval: Duration,
+    /// `REBALANCE_RATE`: closes per second at most.
+    pub rate: u32,
+    /// `REBALANCE_MIN_AGE`: younger connections are never closed.
+    pub min_age: Duration,
+}
+
+/// Why the fleet could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RebalanceError {
+    /// Redis refused or could not be reached.
+    #[error("fleet records unavailable")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// The rebalancing loop of one pod.
+pub struct Rebalancer {
+    state: AppState,
+    redis: Arc<RedisBroker>,
+    names: Names,
+    pod: Uuid,
+    settings: Settings,
+    started: Instant,
+}
+
+impl Rebalancer {
+    /// A rebalancer for the pod serving `state`, sharing its records through `redis`.
+    pub fn new(
+        state: AppState,
+        redis: Arc<RedisBroker>,
+        names: Names,
+        settings: Settings,
+    ) -> Rebalancer {
+        Rebalancer {
+            state,
+            redis,
+            names,
+            pod: Uuid::new_v4(),
+            settings,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs until `stop`; then removes this pod's record (best effort).
+    pub async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(pod.id = %self.pod, threshold = self.settings.policy.threshold, "rebalancing records started");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(fleet) = self.observe().await else {
+                continue;
+            };
+            let decision = decide(&fleet, self.settings.policy, self.started.elapsed());
+            self.state.metrics.rebalance_decision(decision.label());
+            if let Decision::Close(n) = decision {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = self.close_excess(fleet, n) => {}
+                }
+                // Start the next interval afresh: the fleet was re-read while closing.
+                tick.reset();
+            }
+        }
+        let _ = self.remove_record().await;
+    }
+
+    /// Writes this pod's record and reads the fleet's; updates the gauges. `None` (logged)
+    /// when Redis fails: nothing is decided on a partial view.
+    async fn observe(&self) -> Option<Fleet> {
+        let own = self.state.hub.open_clients() as u64;
+        let own_ready = crate::routes::admin::is_ready(&self.state);
+        match self.exchange(own, own_ready).await {
+            Ok(others) => {
+                let fleet = Fleet {
+                    own,
+                    own_ready,
+                    others,
+                };
+                self.state
+                    .metrics
+                    .fleet_observed(fleet.pods(), fleet.mean(), fleet.share());
+                Some(fleet)
+            }
+            Err(e) => {
+                self.state.metrics.rebalance_decision("unknown");
+                tracing::warn!(error = %e, error.chain = ?e, "rebalancing: fleet records unavailable");
+                None
+            }
+        }
+    }
+
+    /// One round trip to write, one to read the index, one to read the records.
+    async fn exchange(&self, own: u64, ready: bool) -> Result<Vec<PodLoad>, RebalanceError> {
+        let redis = self.redis.commands();
+        let index = self.names.pods_index();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as f64;
+        let ttl = self.settings.interval * 3;
+        let me = self.pod.to_string();
+        let record = PodLoad {
+            connections: own,
+            ready,
+        };
+        let write = redis.pipeline();
+        let _: () = write
+            .set(
+                self.names.pod_key(self.pod),
+                record.encode(),
+                Some(Expiration::PX(ttl.as_millis() as i64)),
+                None,
+                false,
+            )
+            .await?;
+        let _: () = write
+            .zadd(&index, None, None, false, false, (now_ms, me.as_str()))
+            .await?;
+        let _: () = write
+            .zremrangebyscore(
+                &index,
+                f64::NEG_INFINITY,
+                now_ms - PRUNE_AFTER.as_millis() as f64,
+            )
+            .await?;
+        let _: () = write
+            .pexpire(&index, PRUNE_AFTER.as_millis() as i64, None)
+            .await?;
+        let _: Vec<Value> = write.all().await?;
+        let ids: Vec<String> = redis
+            .zrange(&index, 0, MAX_PODS - 1, None, false, None, false)
+            .await?;
+        let ids: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| **id != me)
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One GET per record (not MGET): records hash to different slots on a cluster.
+        let read = redis.pipeline();
+        for id in &ids {
+            let _: () = read.get(self.names.pod_key(*id)).await?;
+        }
+        let values: Vec<Option<String>> = read.all().await?;
+        Ok(values
+            .iter()
+            .flatten()
+            .filter_map(|v| PodLoad::parse(v))
+            .collect())
+    }
+
+    /// Closes up to `n` connections, paced, re-evaluating before each batch.
+    async fn close_excess(&self, mut fleet: Fleet, n: u64) {
+        let hub = &self.state.hub;
+        let candidates = hub.rebalance_candidates(n as usize, self.settings.min_age);
+        if candidates.is_empty() {
+            tracing::debug!(excess = n, "rebalancing: no connection old enough to close");
+            return;
+        }
+        tracing::info!(
+            pod.id = %self.pod,
+            own = fleet.own,
+            mean = fleet.mean(),
+            excess = n,
+            candidates = candidates.len(),
+            "rebalancing: closing excess connections"
+        );
+        let rate = f64::from(self.settings.rate.max(1));
+        let step = STEP.max(Duration::from_secs_f64(1.0 / rate));
+        let per_step = ((rate * step.as_secs_f64()).round() as usize).max(1);
+        let mut pace = tokio::time::interval(step);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_observe = Instant::now() + self.settings.interval;
+        let mut next_recount = Instant::now() + RECOUNT;
+        let mut closed = 0u64;
+        for batch in candidates.chunks(per_step) {
+            pace.tick().await;
+            let now = Instant::now();
+            if now >= next_observe {
+                // Refreshes this pod's record too, so it never expires while closing.
+                let Some(fresh) = self.observe().await else {
+                    break;
+                };
+                fleet = fresh;
+                next_observe = now + self.settings.interval;
+                next_recount = now + RECOUNT;
+            } else if now >= next_recount {
+                fleet.own = hub.open_clients() as u64;
+                next_recount = now + RECOUNT;
+            }
+            let remaining = match decide(&fleet, self.settings.policy, self.started.elapsed()) {
+                Decision::Close(m) => m as usize,
+                _ => break,
+            };
+            for outbox in batch.iter().take(remaining) {
+                if outbox.close_requested().is_none() {
+                    outbox.close(close::REBALANCING);
+                    fleet.own = fleet.own.saturating_sub(1);
+                    closed += 1;
+                }
+            }
+        }
+        tracing::info!(pod.id = %self.pod, closed, "rebalancing: round done");
+    }
+
+    async fn remove_record(&self) -> Result<(), RebalanceError> {
+        let redis = self.redis.commands();
+        let _: i64 = redis.del(self.names.pod_key(self.pod)).await?;
+        let _: i64 = redis
+            .zrem(self.names.pods_index(), self.pod.to_string())
+            .await?;
+        Ok(())
+    }
+}
