@@ -4,7 +4,7 @@
 //     --gateway ws://127.0.0.1:8080 --instance sales --token <token> \
 //     --publisher http://127.0.0.1:8081 --key <PUBLISHER_API_KEY> --instance-id <uuid> \
 //     [--count 200] [--batch 50] [--resume|--no-resume] [--timeout-ms 20000]
-//     [--control-dir DIR --expect-stop REASON]
+//     [--control-dir DIR --expect-stop REASON] [--control-dir DIR --restart-at N [--pace-ms MS]]
 //
 // Every option can also come from the environment: GATEWAY_URL, INSTANCE, TOKEN, PUBLISHER_URL,
 // PUBLISHER_KEY, INSTANCE_ID, COUNT, BATCH, RESUME (true/false), TIMEOUT_MS. Arguments win.
@@ -21,11 +21,15 @@
 // `node --test clients/js/test/` also loads this file (every file under a `test` directory is a
 // test file for Node 20's runner); without a gateway to talk to it registers one skipped test.
 //
-// TODO(issue 17, resume): once the gateway serves `since` (SPEC §5.7), a `--restart-at <n>`
-// mode goes here: publish up to n, hand over to the Rust test (control file) which SIGTERMs the
-// gateway and starts a new one on the same port while publishing continues, then check that the
-// client resumed with since=<last offset> and still saw every seq once, in order. The Rust side
-// is the #[ignore]d test in tests/tests/js_client.rs.
+// With `--restart-at N --control-dir DIR` (resume on) it publishes continuously instead, one
+// batch every `--pace-ms` (default 20) ms: once the application has seen N events it writes
+// DIR/restart, and the test (tests/tests/js_client.rs) kills the gateway and starts a new one on
+// the same address while the script keeps publishing. Publishing stops once the client is open
+// again and at least COUNT events were published; the application must then have seen every
+// published seq exactly once, in order, with no gap, and the client must have reconnected with
+// `since=<an offset>`. While no gateway holds the client the publisher may answer
+// `noListeners` (the frames still go to history, D37): those count as published, and a frame
+// that really went nowhere shows up as a missing seq.
 
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -35,7 +39,7 @@ import { connect } from "../ryze-events.js";
 const USAGE =
   "usage: node --experimental-websocket e2e.mjs --gateway URL --instance NAME --token TOKEN " +
   "--publisher URL --key KEY --instance-id ID [--count N] [--batch N] [--resume|--no-resume] [--timeout-ms MS] " +
-  "[--control-dir DIR --expect-stop REASON]";
+  "[--control-dir DIR --expect-stop REASON] [--control-dir DIR --restart-at N [--pace-ms MS]]";
 
 function options(argv, env) {
   const o = {
@@ -51,6 +55,8 @@ function options(argv, env) {
     timeoutMs: env.TIMEOUT_MS ?? "20000",
     controlDir: env.CONTROL_DIR,
     expectStop: env.EXPECT_STOP,
+    restartAt: env.RESTART_AT,
+    paceMs: env.PACE_MS ?? "20",
   };
   const names = {
     "--gateway": "gateway",
@@ -64,6 +70,8 @@ function options(argv, env) {
     "--timeout-ms": "timeoutMs",
     "--control-dir": "controlDir",
     "--expect-stop": "expectStop",
+    "--restart-at": "restartAt",
+    "--pace-ms": "paceMs",
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -77,7 +85,7 @@ function options(argv, env) {
 
 const configured = (o) => o.gateway && o.instance && o.token && o.publisher && o.key && o.instanceId;
 
-async function publish(o, from, to) {
+async function publish(o, from, to, historyOnlyOk = false) {
   const items = [];
   for (let seq = from; seq <= to; seq++) {
     items.push({ instanceId: o.instanceId, event: "message.status", data: { seq } });
@@ -91,7 +99,8 @@ async function publish(o, from, to) {
   const text = await resp.text();
   if (resp.status !== 202) throw new Error(`POST ${url}: ${resp.status} ${text}`);
   const counts = JSON.parse(text);
-  if (counts.published !== items.length) {
+  const delivered = counts.published + (historyOnlyOk ? counts.noListeners : 0);
+  if (delivered !== items.length) {
     throw new Error(`POST ${url}: ${items.length} items but ${text} (is the client connected?)`);
   }
 }
@@ -120,7 +129,13 @@ async function run(o) {
   const gaps = [];
   const states = [];
   const offsets = [];
+  const sinces = [];
+  let opens = 0;
   let stopReason = null;
+  // With --restart-at: events published so far, and that count when the first connection
+  // closed and when the next one opened (the difference went out while the client was away).
+  let published = 0;
+  const away = { closedAt: null, reopenedAt: null };
   const stream = connect({
     url: o.gateway,
     instance: o.instance,
@@ -137,23 +152,53 @@ async function run(o) {
     },
     onState(state, detail) {
       if (state === "stopped") stopReason = detail.reason;
+      if (state === "connecting") sinces.push(detail.since);
+      if (state === "open") opens += 1;
+      if (state === "closed" && away.closedAt === null) away.closedAt = published;
+      if (state === "open" && opens === 2) away.reopenedAt = published;
       states.push(state === "closed" ? `closed ${detail.code} ${detail.reason}`.trim() : state);
       process.stderr.write(`e2e: ${state} ${JSON.stringify(detail)}\n`);
     },
   });
+  const restartAt = o.restartAt === undefined ? null : Number(o.restartAt);
   const summary = { resume, count, received: 0, gaps, states, ok: false };
+  let total = count;
   try {
     await waitFor(() => stream.state === "open", timeoutMs, "the connection to open");
-    for (let from = 1; from <= count; from += batch) {
-      await publish(o, from, Math.min(count, from + batch - 1));
+    if (restartAt === null) {
+      for (let from = 1; from <= count; from += batch) {
+        await publish(o, from, Math.min(count, from + batch - 1));
+      }
+    } else {
+      if (!o.controlDir) throw new Error("--restart-at needs --control-dir");
+      if (!resume) throw new Error("--restart-at needs --resume");
+      const paceMs = Number(o.paceMs);
+      const deadline = Date.now() + 4 * timeoutMs;
+      let signalled = false;
+      // Until the client is open on the new gateway and COUNT events are out.
+      while (published < count || opens < 2) {
+        if (Date.now() > deadline) {
+          throw new Error(`gave up publishing after ${published} events: opens=${opens}, restart signalled=${signalled}`);
+        }
+        await publish(o, published + 1, published + batch, true);
+        published += batch;
+        if (!signalled && seqs.length >= restartAt) {
+          writeFileSync(join(o.controlDir, "restart"), "");
+          signalled = true;
+        }
+        await new Promise((r) => setTimeout(r, paceMs));
+      }
+      total = published;
+      summary.count = total;
+      summary.publishedWhileAway = away.reopenedAt - away.closedAt;
     }
-    await waitFor(() => seqs.length >= count, timeoutMs, `${count} events (got ${seqs.length})`);
+    await waitFor(() => seqs.length >= total, timeoutMs, `${total} events (got ${seqs.length})`);
     // A little longer, so a duplicate arriving after the last seq is caught too.
     await new Promise((r) => setTimeout(r, 200));
     summary.received = seqs.length;
     const problems = [];
-    const expected = Array.from({ length: count }, (_, i) => i + 1);
-    if (seqs.length !== count) problems.push(`received ${seqs.length} events, expected ${count}`);
+    const expected = Array.from({ length: total }, (_, i) => i + 1);
+    if (seqs.length !== total) problems.push(`received ${seqs.length} events, expected ${total}`);
     const firstWrong = seqs.findIndex((s, i) => s !== expected[i]);
     if (firstWrong !== -1) {
       problems.push(`out of order or duplicated at index ${firstWrong}: ${seqs.slice(Math.max(0, firstWrong - 2), firstWrong + 3)}`);
@@ -161,6 +206,15 @@ async function run(o) {
     if (gaps.length) problems.push(`unexpected stream.gap: ${gaps}`);
     if (new Set(offsets).size !== offsets.length) problems.push("repeated offsets");
     if (!resume && offsets.length) problems.push("offsets on a connection without since");
+    summary.sinces = sinces;
+    if (restartAt !== null) {
+      // The first connection asks for `now`; every later one must resume from an offset.
+      if (sinces[0] !== "now") problems.push(`first connection with since=${sinces[0]}`);
+      if (sinces.length < 2) problems.push("never reconnected");
+      if (sinces.slice(1).some((s) => typeof s !== "string" || s === "now" || !offsets.includes(s))) {
+        problems.push(`a reconnect without a seen offset: ${JSON.stringify(sinces)}`);
+      }
+    }
     summary.offsets = offsets.length;
     if (o.expectStop && problems.length === 0) {
       if (!o.controlDir) throw new Error("--expect-stop needs --control-dir");
