@@ -25,8 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::process::free_port;
-use crate::redis::launch_redis_server;
+use crate::redis::{launch_redis_server, tls_server_args};
 use crate::supervisor::{log_tail, server_dir, Supervisor};
+use crate::tls::TestCerts;
 
 /// Masters in the cluster.
 pub const NODES: usize = 3;
@@ -50,6 +51,8 @@ pub struct ClusterNode {
     bus_port: u16,
     dir: PathBuf,
     sup: Arc<Supervisor>,
+    /// TLS-only nodes: the certificates they serve.
+    tls: Option<Arc<TestCerts>>,
 }
 
 impl ClusterNode {
@@ -95,7 +98,7 @@ impl ClusterNode {
 
     /// `redis-cli -h 127.0.0.1 -p <port> <args>`, trimmed stdout (see [`redis_cli`]).
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        redis_cli(self.port, args).await
+        redis_cli(self.port, self.tls.as_deref(), args).await
     }
 }
 
@@ -113,15 +116,28 @@ pub struct SlotOwner {
 /// A private 3-master Redis Cluster. Dropping it stops every node and removes their dirs.
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
+    tls: Option<Arc<TestCerts>>,
 }
 
 impl RedisCluster {
     /// Starts three masters on free 127.0.0.1 ports, creates the cluster (slots split evenly,
     /// no replicas) and waits until every node reports `cluster_state:ok`.
     pub async fn start() -> anyhow::Result<RedisCluster> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`RedisCluster::start`], with TLS-only nodes (`--port 0 --tls-port P`) serving
+    /// `certs`' server certificate, the cluster bus and replication over TLS too
+    /// (`--tls-cluster yes`, `--tls-replication yes`), client certificates not asked for.
+    /// [`RedisCluster::url`] is then `rediss-cluster://…`; every harness command speaks TLS.
+    pub async fn start_tls(certs: Arc<TestCerts>) -> anyhow::Result<RedisCluster> {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(tls: Option<Arc<TestCerts>>) -> anyhow::Result<RedisCluster> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once().await {
+            match Self::start_once(tls.clone()).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last_err = Some(e),
             }
@@ -129,19 +145,20 @@ impl RedisCluster {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("the redis cluster did not start")))
     }
 
-    async fn start_once() -> anyhow::Result<RedisCluster> {
+    async fn start_once(tls: Option<Arc<TestCerts>>) -> anyhow::Result<RedisCluster> {
         let mut nodes = Vec::with_capacity(NODES);
         for _ in 0..NODES {
-            nodes.push(launch_node().await?);
+            nodes.push(launch_node(tls.clone()).await?);
         }
         // Dropping `cluster` on any error below stops the nodes started so far.
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls };
         for node in &cluster.nodes {
             wait_ping(node, READY_TIMEOUT).await?;
         }
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(cluster.nodes.iter().map(ClusterNode::addr));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let mut args = cluster.tls.as_deref().map(cli_tls_args).unwrap_or_default();
+        args.extend(["--cluster".into(), "create".into()]);
+        args.extend(cluster.nodes.iter().map(|n| n.addr().into()));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(Into::into));
         let out = tokio::time::timeout(
             READY_TIMEOUT,
             tokio::process::Command::new("redis-cli")
@@ -164,10 +181,15 @@ impl RedisCluster {
         Ok(cluster)
     }
 
-    /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`, for `REDIS_URL`.
+    /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3` (`rediss-cluster://` for a
+    /// TLS cluster), for `REDIS_URL`.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self.nodes.iter().map(ClusterNode::addr).collect();
-        format!("redis-cluster://{}", hosts.join(","))
+        let scheme = match self.tls {
+            None => "redis-cluster",
+            Some(_) => "rediss-cluster",
+        };
+        format!("{scheme}://{}", hosts.join(","))
     }
 
     /// The masters, in start order (indexes used by every other method).
@@ -428,13 +450,14 @@ impl NodesLine {
     }
 }
 
-/// Starts one cluster-enabled redis-server under a supervisor (not waiting for it).
-async fn launch_node() -> anyhow::Result<ClusterNode> {
+/// Starts one cluster-enabled redis-server under a supervisor (not waiting for it); with
+/// `tls`, TLS only (see [`RedisCluster::start_tls`]).
+async fn launch_node(tls: Option<Arc<TestCerts>>) -> anyhow::Result<ClusterNode> {
     let port = free_port();
     let bus_port = free_port();
     let dir = server_dir("ryze-redis-cluster-", None)?;
     let log = dir.join("redis.log");
-    let cluster = [
+    let mut args = vec![
         "--cluster-enabled".to_owned(),
         "yes".to_owned(),
         "--cluster-port".to_owned(),
@@ -444,29 +467,49 @@ async fn launch_node() -> anyhow::Result<ClusterNode> {
         "--cluster-node-timeout".to_owned(),
         NODE_TIMEOUT_MS.to_string(),
     ];
-    let sup =
-        launch_redis_server("redis-server (cluster)", &dir, &log, None, port, &cluster).await?;
+    let plain_port = match &tls {
+        None => port,
+        Some(certs) => {
+            args.extend(tls_server_args(certs, port));
+            args.extend(["--tls-cluster", "yes", "--tls-auth-clients", "no"].map(String::from));
+            0
+        }
+    };
+    let sup = launch_redis_server(
+        "redis-server (cluster)",
+        &dir,
+        &log,
+        None,
+        plain_port,
+        &args,
+    )
+    .await?;
     Ok(ClusterNode {
         port,
         bus_port,
         dir,
         sup,
+        tls,
     })
 }
 
 /// Runs `redis-cli -h 127.0.0.1 -p <port> <args>` (no `-c`: answers come from that node) and
-/// returns its trimmed stdout. Errors if redis-cli fails or prints an error reply.
-pub async fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+/// returns its trimmed stdout; with `tls`, over TLS (`--tls`, verifying against the CA, with
+/// the client certificate). Errors if redis-cli fails or prints an error reply.
+pub async fn redis_cli(
+    port: u16,
+    tls: Option<&TestCerts>,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let mut cmd = tokio::process::Command::new("redis-cli");
+    cmd.arg("-h")
+        .arg("127.0.0.1")
+        .arg("-p")
+        .arg(port.to_string());
+    cmd.args(tls.map(cli_tls_args).unwrap_or_default());
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::process::Command::new("redis-cli")
-            .arg("-h")
-            .arg("127.0.0.1")
-            .arg("-p")
-            .arg(port.to_string())
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
+        cmd.args(args).kill_on_drop(true).output(),
     )
     .await
     .with_context(|| format!("redis-cli -p {port} {args:?} did not finish"))?
@@ -485,11 +528,28 @@ pub async fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
     Ok(stdout)
 }
 
+/// redis-cli's options to speak TLS to servers serving `certs`.
+fn cli_tls_args(certs: &TestCerts) -> Vec<std::ffi::OsString> {
+    vec![
+        "--tls".into(),
+        "--cacert".into(),
+        certs.ca().into(),
+        "--cert".into(),
+        certs.client_cert().into(),
+        "--key".into(),
+        certs.client_key().into(),
+    ]
+}
+
 /// Polls PING until `+PONG`; fails early with the log tail if the process died.
 async fn wait_ping(node: &ClusterNode, timeout: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if ping(node.port).await {
+        let answers = match &node.tls {
+            None => ping(node.port).await,
+            Some(_) => node.cli(&["PING"]).await.is_ok_and(|pong| pong == "PONG"),
+        };
+        if answers {
             return Ok(());
         }
         if !node.is_running() {

@@ -86,16 +86,23 @@ impl RedisServer {
     }
 
     /// Like [`RedisServer::start`], replicating `primary` (`--replicaof`); returns once the
-    /// replica answers PING (the initial sync may still be under way).
+    /// replica answers PING (the initial sync may still be under way). The replica of a
+    /// TLS-only primary is TLS-only too, with the same certificates (client certificates
+    /// optional), and replicates over TLS.
     pub async fn start_replica_of(primary: &RedisServer) -> anyhow::Result<RedisServer> {
-        let extra = ["--replicaof", "127.0.0.1", &primary.port.to_string()].map(String::from);
-        Self::start_with(&extra, None).await
+        let mut extra: Vec<String> = ["--replicaof", "127.0.0.1", &primary.port.to_string()]
+            .map(String::from)
+            .into();
+        if primary.tls.is_some() {
+            extra.extend(["--tls-auth-clients", "optional"].map(String::from));
+        }
+        Self::start_with(&extra, primary.tls.clone()).await
     }
 
     /// A TLS-only redis-server (`--port 0 --tls-port P`) serving `certs`' server certificate,
     /// trusting `certs`' CA for client certificates under `auth`. [`RedisServer::url`] is then
     /// `rediss://127.0.0.1:P`; [`RedisServer::cli`] and readiness speak TLS with the client
-    /// certificate.
+    /// certificate. Replication (should it become a replica) goes over TLS too.
     pub async fn start_tls(certs: Arc<TestCerts>, auth: ClientAuth) -> anyhow::Result<RedisServer> {
         let mode = match auth {
             ClientAuth::Optional => "optional",
@@ -128,21 +135,8 @@ impl RedisServer {
         let log = dir.join("redis.log");
         let (plain_port, mut args) = match &tls {
             None => (port, Vec::new()),
-            Some(certs) => {
-                let path = |p: PathBuf| p.to_string_lossy().into_owned();
-                let args = vec![
-                    "--tls-port".to_owned(),
-                    port.to_string(),
-                    "--tls-cert-file".to_owned(),
-                    path(certs.server_cert()),
-                    "--tls-key-file".to_owned(),
-                    path(certs.server_key()),
-                    "--tls-ca-cert-file".to_owned(),
-                    path(certs.ca()),
-                ];
-                // Port 0: no plain listener at all.
-                (0, args)
-            }
+            // Port 0: no plain listener at all.
+            Some(certs) => (0, tls_server_args(certs, port)),
         };
         args.extend(extra.iter().cloned());
         let sup = launch_redis_server("redis-server", &dir, &log, None, plain_port, &args).await?;
@@ -301,6 +295,25 @@ impl RedisServer {
         }
         Ok(())
     }
+}
+
+/// The options of a TLS-only server (or Sentinel) on `tls_port`, serving `certs`' server
+/// certificate and trusting their CA; with no plain port, replication goes over TLS too (the
+/// server certificate doubles as the client certificate of outgoing links).
+pub(crate) fn tls_server_args(certs: &TestCerts, tls_port: u16) -> Vec<String> {
+    let path = |p: PathBuf| p.to_string_lossy().into_owned();
+    vec![
+        "--tls-port".to_owned(),
+        tls_port.to_string(),
+        "--tls-cert-file".to_owned(),
+        path(certs.server_cert()),
+        "--tls-key-file".to_owned(),
+        path(certs.server_key()),
+        "--tls-ca-cert-file".to_owned(),
+        path(certs.ca()),
+        "--tls-replication".to_owned(),
+        "yes".to_owned(),
+    ]
 }
 
 /// One inline-command PING on a plain port; true on `+PONG`.

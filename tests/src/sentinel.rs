@@ -7,7 +7,8 @@
 //! temp dir, monitoring the primary as [`SERVICE`] with quorum 2, `down-after-milliseconds`
 //! [`DOWN_AFTER_MS`] and `failover-timeout` [`FAILOVER_TIMEOUT_MS`]. It returns once every
 //! Sentinel knows the replica and the two other Sentinels, so a failover can happen at once.
-//! [`RedisSentinel::url`] is the `REDIS_URL` the binaries take.
+//! [`RedisSentinel::url`] is the `REDIS_URL` the binaries take. [`RedisSentinel::start_tls`]
+//! is the same setup with every process TLS only.
 //!
 //! Every process runs under a [`crate::supervisor`] wrapper: nothing outlives the test.
 
@@ -20,8 +21,9 @@ use anyhow::{bail, Context};
 
 use crate::cluster::redis_cli;
 use crate::process::free_port;
-use crate::redis::{launch_redis_server, ping, RedisServer};
+use crate::redis::{launch_redis_server, ping, tls_server_args, ClientAuth, RedisServer};
 use crate::supervisor::{log_tail, server_dir, Supervisor};
+use crate::tls::TestCerts;
 
 /// The primary's name in the Sentinels (`sentinelServiceName`).
 pub const SERVICE: &str = "ryze-primary";
@@ -42,6 +44,8 @@ pub struct SentinelNode {
     port: u16,
     dir: PathBuf,
     sup: Arc<Supervisor>,
+    /// A TLS-only Sentinel: the certificates it serves.
+    tls: Option<Arc<TestCerts>>,
 }
 
 impl SentinelNode {
@@ -62,7 +66,12 @@ impl SentinelNode {
 
     /// `SENTINEL MASTER <SERVICE>` as a field map (`num-slaves`, `num-other-sentinels`, ...).
     pub async fn master_info(&self) -> anyhow::Result<HashMap<String, String>> {
-        let out = redis_cli(self.port, &["SENTINEL", "MASTER", SERVICE]).await?;
+        let out = redis_cli(
+            self.port,
+            self.tls.as_deref(),
+            &["SENTINEL", "MASTER", SERVICE],
+        )
+        .await?;
         let lines: Vec<&str> = out.lines().map(str::trim).collect();
         Ok(lines
             .chunks(2)
@@ -75,7 +84,8 @@ impl SentinelNode {
 
     /// The primary's port as this Sentinel names it now.
     pub async fn primary_port(&self) -> anyhow::Result<u16> {
-        let out = redis_cli(self.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]).await?;
+        let args = ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE];
+        let out = redis_cli(self.port, self.tls.as_deref(), &args).await?;
         out.lines()
             .nth(1)
             .and_then(|p| p.trim().parse().ok())
@@ -93,7 +103,23 @@ pub struct RedisSentinel {
 impl RedisSentinel {
     /// Starts everything and waits until a failover could happen (see the module docs).
     pub async fn start() -> anyhow::Result<RedisSentinel> {
-        let primary = RedisServer::start().await?;
+        Self::start_with(None).await
+    }
+
+    /// Like [`RedisSentinel::start`], all TLS only: the primary and the replica
+    /// ([`RedisServer::start_tls`], replicating over TLS) and the Sentinels (`port 0`,
+    /// `tls-port`, `tls-replication yes` so their links to the servers and to each other are
+    /// TLS too), all serving `certs`' server certificate. [`RedisSentinel::url`] is then
+    /// `rediss-sentinel://…`.
+    pub async fn start_tls(certs: Arc<TestCerts>) -> anyhow::Result<RedisSentinel> {
+        Self::start_with(Some(certs)).await
+    }
+
+    async fn start_with(tls: Option<Arc<TestCerts>>) -> anyhow::Result<RedisSentinel> {
+        let primary = match &tls {
+            None => RedisServer::start().await?,
+            Some(certs) => RedisServer::start_tls(certs.clone(), ClientAuth::Optional).await?,
+        };
         let replica = RedisServer::start_replica_of(&primary).await?;
         wait_until("the replica in sync", READY_TIMEOUT, || async {
             let info = replica.cli(&["INFO", "replication"]).await?;
@@ -106,7 +132,7 @@ impl RedisSentinel {
         .await?;
         let mut sentinels = Vec::with_capacity(SENTINELS);
         for _ in 0..SENTINELS {
-            sentinels.push(launch_sentinel(primary.port()).await?);
+            sentinels.push(launch_sentinel(primary.port(), tls.clone()).await?);
         }
         let setup = RedisSentinel {
             primary,
@@ -115,7 +141,13 @@ impl RedisSentinel {
         };
         for s in &setup.sentinels {
             wait_until("a Sentinel to answer PING", READY_TIMEOUT, || async {
-                if ping(s.port).await {
+                let answers = match &s.tls {
+                    None => ping(s.port).await,
+                    Some(_) => redis_cli(s.port, s.tls.as_deref(), &["PING"])
+                        .await
+                        .is_ok_and(|pong| pong == "PONG"),
+                };
+                if answers {
                     Ok(())
                 } else if !s.sup.is_running() {
                     bail!(
@@ -154,15 +186,21 @@ impl RedisSentinel {
         Ok(setup)
     }
 
-    /// `redis-sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3?sentinelServiceName=…`.
+    /// `redis-sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3?sentinelServiceName=…`
+    /// (`rediss-sentinel://` under TLS).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
+        let scheme = if self.sentinels.iter().any(|s| s.tls.is_some()) {
+            "rediss-sentinel"
+        } else {
+            "redis-sentinel"
+        };
         format!(
-            "redis-sentinel://{}?sentinelServiceName={SERVICE}",
+            "{scheme}://{}?sentinelServiceName={SERVICE}",
             hosts.join(",")
         )
     }
@@ -209,35 +247,52 @@ impl RedisSentinel {
     }
 }
 
-/// One Sentinel monitoring the primary on `primary_port`.
-async fn launch_sentinel(primary_port: u16) -> anyhow::Result<SentinelNode> {
+/// One Sentinel monitoring the primary on `primary_port`; with `tls`, TLS only.
+async fn launch_sentinel(
+    primary_port: u16,
+    tls: Option<Arc<TestCerts>>,
+) -> anyhow::Result<SentinelNode> {
     let port = free_port();
     let dir = server_dir("ryze-sentinel-", None)?;
     let conf = dir.join("sentinel.conf");
     // resolve-hostnames no: the harness uses IPs only; the other directives are the test's
     // failover timing (module docs).
-    std::fs::write(
-        &conf,
-        format!(
-            "sentinel resolve-hostnames no\n\
-             sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n\
-             sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n\
-             sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n\
-             sentinel parallel-syncs {SERVICE} 1\n"
-        ),
-    )
-    .context("writing sentinel.conf")?;
+    let mut text = format!(
+        "sentinel resolve-hostnames no\n\
+         sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n\
+         sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n\
+         sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n\
+         sentinel parallel-syncs {SERVICE} 1\n"
+    );
+    // TLS: the server options as config lines (`--tls-port P` → `tls-port P`), no client
+    // certificates asked for; the plain port is 0 below.
+    if let Some(certs) = &tls {
+        for pair in tls_server_args(certs, port).chunks(2) {
+            text.push_str(&format!(
+                "{} {}\n",
+                pair[0].trim_start_matches("--"),
+                pair[1]
+            ));
+        }
+        text.push_str("tls-auth-clients no\n");
+    }
+    std::fs::write(&conf, text).context("writing sentinel.conf")?;
     let log = dir.join("sentinel.log");
     let sup = launch_redis_server(
         "redis-server --sentinel",
         &dir,
         &log,
         Some(&conf),
-        port,
+        if tls.is_some() { 0 } else { port },
         &["--sentinel".to_owned()],
     )
     .await?;
-    Ok(SentinelNode { port, dir, sup })
+    Ok(SentinelNode {
+        port,
+        dir,
+        sup,
+        tls,
+    })
 }
 
 /// Polls `check` until it succeeds; errors at `timeout` with its last error.

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{configure, connect, merge, Env, API_KEY, BASE_URL, WAIT};
-use ryze_tests::{pg, run_cli, Bin, ClientAuth, RedisServer, Service, TestCerts};
+use ryze_tests::{
+    pg, run_cli, Bin, ClientAuth, RedisCluster, RedisSentinel, RedisServer, Service, TestCerts,
+};
 use serde_json::json;
 
 /// What the log line of a failed handshake says (core/src/redis.rs).
@@ -67,8 +69,13 @@ async fn assert_up_but_unready(svc: &Service, log_line: &str) {
 }
 
 /// Configures `name` through the gateway, connects a client and delivers one event through
-/// the publisher: the whole path over TLS.
-async fn assert_delivery(env: &Env, gw: &Service, publisher: &Service, name: &str) {
+/// the publisher: the whole path over TLS. Returns the instance.
+async fn assert_delivery(
+    env: &Env,
+    gw: &Service,
+    publisher: &Service,
+    name: &str,
+) -> common::Instance {
     let inst = env.create_instance(name).await;
     configure(gw, name, &env.account_token, json!({"enabled": true})).await;
     let mut client = connect(gw, name, &env.account_token).await;
@@ -86,6 +93,7 @@ async fn assert_delivery(env: &Env, gw: &Service, publisher: &Service, name: &st
         client.next_text(WAIT).await.unwrap(),
         common::frame("instance.state", data, &inst)
     );
+    inst
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,6 +103,47 @@ async fn gateway_and_publisher_deliver_over_rediss_with_a_ca_file() {
     let gw = env.gateway(&tls).await;
     let publisher = env.publisher(&tls).await;
     assert_delivery(&env, &gw, &publisher, "tls").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_and_publisher_deliver_over_rediss_sentinel_with_a_ca_file() {
+    let certs = Arc::new(TestCerts::generate().await.unwrap());
+    let setup = RedisSentinel::start_tls(certs.clone()).await.unwrap();
+    let url = setup.url();
+    assert!(url.starts_with("rediss-sentinel://127.0.0.1:"), "{url}");
+    let db = pg().await.fresh_database().await.unwrap();
+    let env = Env::with(db.url, Some(url), None).await;
+    let tls = certs.redis_env(false);
+    let gw = env.gateway(&tls).await;
+    let publisher = env.publisher(&tls).await;
+    let inst = assert_delivery(&env, &gw, &publisher, "tls-sentinel").await;
+    // The gateway found the primary through the Sentinels and subscribed there.
+    assert_eq!(
+        common::numsub(setup.primary(), &env.prefix, &inst.id).await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_and_publisher_deliver_over_rediss_cluster_with_a_ca_file() {
+    let certs = Arc::new(TestCerts::generate().await.unwrap());
+    let cluster = RedisCluster::start_tls(certs.clone()).await.unwrap();
+    let url = cluster.url();
+    assert!(url.starts_with("rediss-cluster://127.0.0.1:"), "{url}");
+    let db = pg().await.fresh_database().await.unwrap();
+    let env = Env::with(db.url, Some(url), None).await;
+    let tls = certs.redis_env(false);
+    let gw = env.gateway(&tls).await;
+    let publisher = env.publisher(&tls).await;
+    let inst = assert_delivery(&env, &gw, &publisher, "tls-cluster").await;
+    // Sharded pub/sub: the gateway subscribed on the master serving the channel's slot.
+    let channel = format!("{}:ws:{{{}}}", env.prefix, inst.id);
+    let owner = cluster.owner_of(&channel).await.unwrap();
+    let out = cluster
+        .cli(owner.index, &["PUBSUB", "SHARDNUMSUB", &channel])
+        .await
+        .unwrap();
+    assert_eq!(out.lines().nth(1).map(str::trim), Some("1"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

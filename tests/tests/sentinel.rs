@@ -1,5 +1,6 @@
 //! Redis Sentinel (issue 16, item 3): both binaries on `redis-sentinel://…` follow a failover
-//! on their own. A real primary, replica and three Sentinels ([`ryze_tests::RedisSentinel`]).
+//! on their own, in plain text and over TLS. A real primary, replica and three Sentinels
+//! ([`ryze_tests::RedisSentinel`]).
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{configure, connect, Env, API_KEY, READY, WAIT};
-use ryze_tests::{pg, RedisSentinel};
+use ryze_tests::{pg, RedisSentinel, TestCerts};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,11 +25,27 @@ const PERIOD: Duration = Duration::from_millis(50);
 #[tokio::test(flavor = "multi_thread")]
 async fn both_binaries_follow_a_sentinel_failover_after_the_primary_is_killed() {
     let setup = RedisSentinel::start().await.unwrap();
+    follow_failover(&setup, &[]).await;
+}
+
+/// The same over TLS (`rediss-sentinel://`, every server and Sentinel TLS only): after the
+/// failover both binaries reach the promoted replica over TLS, verified against the CA file.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_binaries_follow_a_sentinel_failover_over_tls() {
+    let certs = Arc::new(TestCerts::generate().await.unwrap());
+    let setup = RedisSentinel::start_tls(certs.clone()).await.unwrap();
+    assert!(setup.url().starts_with("rediss-sentinel://"));
+    follow_failover(&setup, &certs.redis_env(false)).await;
+}
+
+/// Kills the primary of `setup` under traffic; a gateway and a publisher (with `extra`
+/// settings) become unready, follow the promoted replica and deliver again.
+async fn follow_failover(setup: &RedisSentinel, extra: &[(&'static str, String)]) {
     let db = pg().await.fresh_database().await.unwrap();
     let env = Env::with(db.url, Some(setup.url()), None).await;
     let inst = env.create_instance("ha").await;
-    let gw = env.gateway(&[]).await;
-    let publisher = env.publisher(&[]).await;
+    let gw = env.gateway(extra).await;
+    let publisher = env.publisher(extra).await;
     configure(&gw, "ha", &env.account_token, json!({"enabled": true})).await;
     let mut client = connect(&gw, "ha", &env.account_token).await;
     let ingest = publisher.url("/v1/events");
