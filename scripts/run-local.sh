@@ -85,10 +85,13 @@ Health: curl -sS http://127.0.0.1:$PORT/health    Metrics: curl -sS http://127.0
 
 INFO
 
+# The gateway ends with this script even when the script is killed outright (SIGKILL).
+DEATHSIG=()
+if command -v setpriv >/dev/null 2>&1; then DEATHSIG=(setpriv --pdeathsig TERM --); fi
 LISTEN_ADDR=127.0.0.1:$PORT ADMIN_LISTEN_ADDR=127.0.0.1:$ADMIN_PORT \
 EMBEDDED_PUBLISHER=true PUBLISHER_API_KEY=$API_KEY PUBLIC_BASE_URL=http://127.0.0.1:$PORT \
 CONSOLE_ENABLED=true RUST_LOG=${RUST_LOG:-info} \
-  "$BIN/ryze-gateway" &
+  ${DEATHSIG[@]+"${DEATHSIG[@]}"} "$BIN/ryze-gateway" &
 gw=$!
 trap 'kill -TERM $gw 2>/dev/null; wait $gw 2>/dev/null; stop_pg' EXIT INT TERM
 wait $gw
