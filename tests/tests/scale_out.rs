@@ -158,3 +158,76 @@ async fn metric(url: &str, sample: &str) -> Option<f64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The next frame's (`data.seq`, `offset`, text).
+async fn next_seq(c: &mut WsClient) -> (Option<u64>, Option<String>, String) {
+    let text = c.next_text(WAIT).await.expect("a frame");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON frame");
+    (
+        v["data"]["seq"].as_u64(),
+        v["offset"].as_str().map(str::to_owned),
+        text,
+    )
+}
+
+/// SPEC §5.7 on this deployment: a `since=now` client on `a` sees offsets; a client resuming on
+/// `b` from the second offset gets exactly the frames after it (with the same offsets), then
+/// live frames. Returns the offsets seen.
+async fn resume_round_trip(
+    publisher: &Service,
+    a: &Service,
+    b: &Service,
+    inst: &Instance,
+    token: &str,
+) -> Vec<String> {
+    let connect_since = |gw: &Service, since: String| {
+        let url = format!("{}?since={since}", common::ws_url(gw, &inst.name));
+        let token = token.to_owned();
+        async move {
+            WsClient::connect(&url, &[("token", token.as_str())])
+                .await
+                .unwrap_or_else(|e| panic!("since={since}: {e}"))
+        }
+    };
+    let mut live = connect_since(a, "now".to_owned()).await;
+    let mut offsets = Vec::new();
+    for seq in 1..=4u64 {
+        common::publish_expect(
+            publisher,
+            &item(&inst.id, "message.status", &format!(r#"{{"seq":{seq}}}"#)),
+            1,
+            0,
+            0,
+            0,
+        )
+        .await;
+        let (got, offset, text) = next_seq(&mut live).await;
+        assert_eq!(got, Some(seq), "{text}");
+        offsets.push(offset.unwrap_or_else(|| panic!("no offset on a since=now frame: {text}")));
+    }
+    let mut resumed = connect_since(b, offsets[1].clone()).await;
+    for seq in 3..=4u64 {
+        let (got, offset, text) = next_seq(&mut resumed).await;
+        assert_eq!(
+            got,
+            Some(seq),
+            "replayed after the offset, nothing before: {text}"
+        );
+        assert_eq!(offset.as_deref(), Some(offsets[seq as usize - 1].as_str()));
+    }
+    common::publish_expect(
+        publisher,
+        &item(&inst.id, "message.status", r#"{"seq":5}"#),
+        1,
+        0,
+        0,
+        0,
+    )
+    .await;
+    for c in [&mut live, &mut resumed] {
+        let (got, offset, text) = next_seq(c).await;
+        assert_eq!(got, Some(5), "then live: {text}");
+        offsets.push(offset.expect("offset"));
+    }
+    offsets
+}

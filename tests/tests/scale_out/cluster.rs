@@ -363,3 +363,14 @@ async fn subscriptions_follow_a_slot_migrated_to_another_master() {
     )
     .await;
 }
+
+/// §5.7 on a cluster: history and the shard channel share a slot; a client resuming on the
+/// other gateway gets exactly the frames after its offset, then live ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_works_on_a_cluster() {
+    let cluster = RedisCluster::start().await.expect("cluster");
+    let setup = start(&cluster, &[]).await;
+    let inst = setup.env.create_instance("resumable").await;
+    configure(&setup.a, "resumable", &inst.token, json!({"enabled": true})).await;
+    crate::resume_round_trip(&setup.publisher, &setup.a, &setup.b, &inst, &inst.token).await;
+}

@@ -404,3 +404,21 @@ async fn a_hung_region_delays_neither_ingest_nor_the_other_regions() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// §5.7, D37 in every region: each region keeps its own history with region-local offsets, and
+/// resuming works in each against that region's gateway.
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_works_in_every_region_with_region_local_offsets() {
+    let world = start_world(&[]).await;
+    let inst = world.env.create_instance("resumable").await;
+    configure(
+        &world.regions[0].gw,
+        "resumable",
+        &world.env.account_token,
+        json!({"enabled": true}),
+    )
+    .await;
+    for r in &world.regions[..2] {
+        crate::resume_round_trip(&world.publisher, &r.gw, &r.gw, &inst, &inst.token).await;
+    }
+}
