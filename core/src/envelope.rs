@@ -78,47 +78,31 @@ pub fn encode_message(
 /// common case costs one scan and no allocation). Bytes inside strings, escapes included, are
 /// never touched, so keys, their order and every value's spelling are unchanged.
 pub fn compact(text: &str) -> Option<String> {
-    let is_ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     let bytes = text.as_bytes();
-    let mut in_string = false;
-    let mut escaped = false;
-    // Find the first whitespace byte outside a string; nothing to do without one.
-    let first = bytes.iter().position(|&b| {
-        if in_string {
+    // Allocated at the first whitespace outside a string: compact input costs no copy.
+    let mut out: Option<Vec<u8>> = None;
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        let drop = if in_string {
             match (escaped, b) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-            false
-        } else if b == b'"' {
-            in_string = true;
             false
         } else {
-            is_ws(b)
-        }
-    })?;
-    let mut out = Vec::with_capacity(text.len());
-    out.extend_from_slice(&bytes[..first]);
-    for &b in &bytes[first..] {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            out.push(b);
-        } else if b == b'"' {
-            in_string = true;
-            out.push(b);
-        } else if !is_ws(b) {
-            out.push(b);
+            in_string = b == b'"';
+            matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+        };
+        match (&mut out, drop) {
+            (Some(out), false) => out.push(b),
+            (None, true) => out = Some(bytes[..i].to_vec()),
+            _ => {}
         }
     }
     // Only ASCII whitespace outside strings was removed, so the text is still UTF-8.
-    String::from_utf8(out).ok()
+    out.and_then(|o| String::from_utf8(o).ok())
 }
 
 /// Removes `message.media.base64` from `data` by cutting its bytes out of the original text:

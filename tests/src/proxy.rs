@@ -80,6 +80,16 @@ impl Shared {
 }
 
 impl FaultProxy {
+    /// A proxy in front of a private or shared `redis-server` on loopback.
+    pub async fn in_front_of(server: &crate::RedisServer) -> anyhow::Result<FaultProxy> {
+        FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], server.port()))).await
+    }
+
+    /// `redis://127.0.0.1:<proxy port>`: the `REDIS_URL` that goes through the proxy.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port())
+    }
+
     /// Binds `127.0.0.1:0` and starts forwarding every accepted connection to `upstream`.
     ///
     /// The listener is bound here and kept, so the port cannot be taken by anyone else between

@@ -288,14 +288,12 @@ async fn without_any_history_the_gap_comes_before_the_first_live_frame() {
 async fn after_a_black_hole_a_client_without_since_misses_nothing_history_retained() {
     let env = Env::new().await;
     let inst = env.create_instance("sales").await;
-    let server = ryze_tests::redis().await;
-    let proxy =
-        ryze_tests::FaultProxy::start(format!("127.0.0.1:{}", server.port()).parse().unwrap())
-            .await
-            .unwrap();
+    let proxy = ryze_tests::FaultProxy::in_front_of(ryze_tests::redis().await)
+        .await
+        .unwrap();
     let gw = env
         .gateway(&[
-            ("REDIS_URL", format!("redis://127.0.0.1:{}", proxy.port())),
+            ("REDIS_URL", proxy.redis_url()),
             ("REDIS_STALL_TIMEOUT", "1s".to_owned()),
         ])
         .await;

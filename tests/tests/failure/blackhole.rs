@@ -16,18 +16,11 @@ const AFTER: std::ops::Range<u64> = 2_000_000..2_000_100;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delivers_again() {
-    let server = redis().await;
-    let proxy = FaultProxy::start(
-        format!("127.0.0.1:{}", server.port())
-            .parse()
-            .expect("address"),
-    )
-    .await
-    .expect("proxy");
+    let proxy = FaultProxy::in_front_of(redis().await).await.expect("proxy");
     let env = Env::new().await;
     // The gateway reaches Redis through the proxy; the publisher directly.
     let via_proxy = [
-        ("REDIS_URL", format!("redis://127.0.0.1:{}", proxy.port())),
+        ("REDIS_URL", proxy.redis_url()),
         ("REDIS_STALL_TIMEOUT", STALL.to_owned()),
     ];
     let sys = System::start_in(env, "sales", json!({"enabled": true}), 1, &via_proxy, &[]).await;
@@ -98,17 +91,10 @@ async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delive
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_black_holed_publisher_answers_503_fails_readiness_and_recovers() {
-    let server = redis().await;
-    let proxy = FaultProxy::start(
-        format!("127.0.0.1:{}", server.port())
-            .parse()
-            .expect("address"),
-    )
-    .await
-    .expect("proxy");
+    let proxy = FaultProxy::in_front_of(redis().await).await.expect("proxy");
     let env = Env::new().await;
     let via_proxy = [
-        ("REDIS_URL", format!("redis://127.0.0.1:{}", proxy.port())),
+        ("REDIS_URL", proxy.redis_url()),
         ("REDIS_STALL_TIMEOUT", STALL.to_owned()),
     ];
     let sys = System::start_in(env, "sales", json!({"enabled": true}), 1, &[], &via_proxy).await;

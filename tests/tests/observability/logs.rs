@@ -219,13 +219,9 @@ async fn no_redis_password_appears_in_any_log_line_through_stalls_reconnects_and
         .cli(&["CONFIG", "SET", "requirepass", PASSWORD])
         .await
         .expect("set a password");
-    let proxy = ryze_tests::FaultProxy::start(
-        format!("127.0.0.1:{}", server.port())
-            .parse()
-            .expect("address"),
-    )
-    .await
-    .expect("proxy");
+    let proxy = ryze_tests::FaultProxy::in_front_of(&server)
+        .await
+        .expect("proxy");
     let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", proxy.port());
     let db = pg().await.fresh_database().await.expect("fresh database");
     let env = Env::with(db.url, Some(url), None).await;

@@ -24,8 +24,7 @@ impl RedisBroker {
     /// The probe loop on the command connection.
     pub(super) async fn probe_commands(self: Arc<Self>, shutdown: CancellationToken) {
         let stall = self.subscriber_silence.timeout();
-        let mut tick = tokio::time::interval(probe_interval(stall));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = ticker(stall);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -55,8 +54,7 @@ impl RedisBroker {
     /// The watch over the subscriber connection.
     pub(super) async fn watch_subscriber(self: Arc<Self>, shutdown: CancellationToken) {
         let stall = self.subscriber_silence.timeout();
-        let mut tick = tokio::time::interval(probe_interval(stall));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = ticker(stall);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -113,6 +111,13 @@ impl RedisBroker {
                 .last()
                 .is_some_and(|at| at.elapsed() <= stall + probe_interval(stall))
     }
+}
+
+/// One tick per probe interval; a late tick is not made up for.
+fn ticker(stall: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(probe_interval(stall));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
 }
 
 /// Drops the client's connections and opens new ones, in the background: fred's reconnect
