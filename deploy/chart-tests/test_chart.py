@@ -760,6 +760,20 @@ def alert_thresholds_follow_the_values():
 
 
 @test
+def rebalancing_alert_follows_the_threshold_and_is_absent_when_rebalancing_is_off():
+    on = ("--set", "prometheusRule.enabled=true", "--set", "prometheusRule.runbookBaseUrl=https://x.example.com/ops.md")
+    docs = render(*REQUIRED, *on, "--set-json", "gateway.config.rebalanceThreshold=1.5",
+                  "--set", "prometheusRule.rebalancingNotConvergingFor=20m")
+    rules = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    rule = rules["RyzeRebalancingNotConverging"]
+    assert "(ryze_gateway_fleet_share) > 1.5" in rule["expr"], rule
+    assert 'outcome="closing"}[20m]' in rule["expr"] and rule["for"] == "20m", rule
+    docs = render(*REQUIRED, *on, "--set-json", "gateway.config.rebalanceThreshold=0")
+    rules = {r["alert"] for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    assert "RyzeRebalancingNotConverging" not in rules, rules
+
+
+@test
 def prometheus_rule_needs_a_runbook_base_url():
     err = render_fails(*REQUIRED, "--set", "prometheusRule.enabled=true")
     assert "runbookBaseUrl" in err, err

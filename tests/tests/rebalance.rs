@@ -10,16 +10,26 @@
 //!   not ready (a record written by the test), or with `REBALANCE_THRESHOLD=0`; once the
 //!   fake pod turns ready, the pod closes exactly its excess (its clients do not reconnect).
 //!
+//! - `scale_out_loses_nothing_for_resumed_clients`: as `converges_onto_added_pods` with 150
+//!   resumable clients and a continuous feed through the real publisher: none loses or
+//!   repeats an event across its 1001 `rebalancing` close.
+//! - `convergence_time` (ignored, a measurement): 1 → 3 pods with many clients and the
+//!   default pacing; `scripts/rebalance-convergence.sh` runs it.
+//!
 //! - `off_without_redis`: the embedded single-process mode never evaluates.
 //!
 //! No sleeps: every wait polls `/metrics` under a timeout.
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{configure, segment, Env, Instance};
+use common::resumable::{
+    all_published, check_exactly_once, publish_end, resumable_client, wait_all, Feed, Progress,
+};
+use common::{configure, metric, segment, Env, Instance};
 use futures_util::StreamExt;
 use ryze_tests::{redis, Balancer, Service, WsClient};
 use serde_json::json;
@@ -30,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 const CONVERGE: Duration = Duration::from_secs(90);
 /// Pause between two polls of `/metrics`.
 const POLL: Duration = Duration::from_millis(100);
+/// `REBALANCE_THRESHOLD` (its default).
+const THRESHOLD: f64 = 1.25;
 const CLOSED: &str = r#"ryze_gateway_connections_closed_total{reason="rebalancing"}"#;
 
 /// Short timings so the tests take seconds (defaults are 60 s / 60 s / 5 s).
@@ -47,25 +59,6 @@ fn fast(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
         env.push((k, (*v).to_owned()));
     }
     env
-}
-
-/// The value of the sample named exactly `sample` (`name` or `name{labels}`); 0 when absent.
-async fn metric(gw: &Service, sample: &str) -> f64 {
-    let text = ryze_tests::http()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
 }
 
 /// Polls until `cond` holds on the gateways' metrics, or panics after [`CONVERGE`] with `what`.
@@ -179,7 +172,6 @@ fn reconnecting_client(
 async fn converges_onto_added_pods() {
     const CLIENTS: usize = 300;
     const INSTANCES: usize = 10;
-    const THRESHOLD: f64 = 1.25;
     let env = Env::new().await;
     let mut instances = Vec::new();
     for i in 0..INSTANCES {
@@ -344,5 +336,173 @@ async fn off_without_redis() {
     assert!(
         !gw.logs().contains("rebalancing records started"),
         "rebalancing started without Redis"
+    );
+}
+
+/// What [`scale_out_under_feed`] measured.
+struct ScaleOut {
+    /// From the added pods in the balancer (and the fleet ready) to every pod within the
+    /// threshold of the mean.
+    converged_in: Duration,
+    /// `ryze_gateway_connections_closed_total{reason="rebalancing"}` of the first pod.
+    closed: f64,
+    /// 1001 `rebalancing` closes the clients saw.
+    rebalanced: usize,
+}
+
+/// One gateway with `clients` resumable clients of `instances` instances behind the
+/// [`Balancer`], a publisher feeding one `{"seq":n}` per instance every `period`; two gateways
+/// are added and the test waits (publishing) until every pod is within [`THRESHOLD`] of the
+/// mean, publishes a while longer, stops, and publishes the end marker. Asserts that every
+/// client saw every seq after its first frame exactly once, in order, no `stream.gap`, and that
+/// every close was 1001 `rebalancing`.
+async fn scale_out_under_feed(
+    clients: usize,
+    instances: usize,
+    period: Duration,
+    settings: &[(&'static str, String)],
+) -> ScaleOut {
+    let env = Env::new().await;
+    let mut watcher = env.watcher().await;
+    let publisher = env.publisher(&[]).await;
+    let gw1 = env.gateway(settings).await;
+    let mut insts = Vec::new();
+    for i in 0..instances {
+        let inst = env.create_instance(&format!("scale-{i}")).await;
+        configure(
+            &gw1,
+            &inst.name,
+            &env.account_token,
+            json!({"enabled": true}),
+        )
+        .await;
+        watcher.wait("config_changed", &inst.id).await;
+        insts.push(inst);
+    }
+    let balancer = Balancer::start(vec![gw1.addr()]).await.unwrap();
+    let mut progress = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..clients {
+        let inst = &insts[i % instances];
+        let p = Arc::new(Progress::default());
+        let url = balancer.ws_url(&format!("/ws/{}", segment(&inst.name)));
+        handles.push((
+            format!("client {i} of {}", inst.name),
+            resumable_client(vec![url], 100, inst.token.clone(), p.clone()),
+        ));
+        progress.push(p);
+    }
+    wait_all("every client connected", &progress, |p| {
+        p.connected.load(Ordering::SeqCst)
+    })
+    .await;
+    let feed = Feed::start(&publisher, &insts, period);
+    // Each client has an offset to resume from before anything closes it.
+    wait_all("every client saw a frame", &progress, |p| {
+        p.frames.load(Ordering::SeqCst) > 0
+    })
+    .await;
+
+    // As in `converges_onto_added_pods`: hold rebalancing until both pods are in the balancer.
+    let gate = uuid::Uuid::new_v4().to_string();
+    fake_pod(&env, &gate, "0 0").await;
+    let (gw2, gw3) = tokio::join!(env.gateway(settings), env.gateway(settings));
+    balancer.set_backends(vec![gw1.addr(), gw2.addr(), gw3.addr()]);
+    let started = tokio::time::Instant::now();
+    redis()
+        .await
+        .cli(&["DEL", &format!("{}:pod:{gate}", env.prefix)])
+        .await
+        .unwrap();
+    let pods = [&gw1, &gw2, &gw3];
+    until("every pod within the threshold of the mean", || async {
+        let mut counts = Vec::new();
+        for gw in pods {
+            counts.push(metric(gw, "ryze_gateway_connections").await);
+        }
+        let total: f64 = counts.iter().sum();
+        let mean = total / counts.len() as f64;
+        total == clients as f64 && counts.iter().all(|c| *c <= THRESHOLD * mean)
+    })
+    .await;
+    let converged_in = started.elapsed();
+    // Keep publishing with the fleet balanced (every client connected), then end.
+    feed.wait_published(10, CONVERGE).await;
+    let rounds = feed.stop().await;
+    publish_end(&publisher, &insts).await;
+    let last = all_published(&rounds);
+
+    let mut rebalanced = 0;
+    for (name, handle) in handles {
+        let log = tokio::time::timeout(CONVERGE, handle)
+            .await
+            .expect("client finishes")
+            .unwrap();
+        check_exactly_once(&name, &log, last);
+        assert!(
+            log.closes
+                .iter()
+                .all(|c| *c == (1001, "rebalancing".to_owned())),
+            "{name}: {:?}",
+            log.closes
+        );
+        assert!(log.sinces[1..].iter().all(|s| s != "now"), "{name}");
+        rebalanced += log.closes.len();
+    }
+    let closed = metric(&gw1, CLOSED).await;
+    assert_eq!(metric(&gw2, CLOSED).await, 0.0, "second pod closed");
+    assert_eq!(metric(&gw3, CLOSED).await, 0.0, "third pod closed");
+    ScaleOut {
+        converged_in,
+        closed,
+        rebalanced,
+    }
+}
+
+/// Scale-out loses nothing (issue 18, "Tests"): 150 resumable clients of 10 instances on one
+/// gateway behind the balancer, 100 events/s published throughout; two gateways are added and
+/// the fleet converges. Every client saw every seq after its first frame once, in order, no
+/// gap; every close was 1001 `rebalancing`, and some clients were actually closed (otherwise
+/// the test would prove nothing about resuming across rebalancing).
+///
+/// What breaks it: rebalancing not acting (no close, or no convergence within [`CONVERGE`]), a
+/// close other than 1001 `rebalancing`, a resumed client missing or repeating frames published
+/// while it reconnected (replay/live seam, history not appended), a `stream.gap` for a retained
+/// offset, or a new pod closing connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_loses_nothing_for_resumed_clients() {
+    let out = scale_out_under_feed(150, 10, Duration::from_millis(100), &fast(&[])).await;
+    eprintln!(
+        "converged in {:?}; first pod closed {}, clients saw {} rebalancing closes",
+        out.converged_in, out.closed, out.rebalanced
+    );
+    assert!(out.rebalanced > 0, "no client was rebalanced");
+    assert_eq!(out.rebalanced as f64, out.closed, "closes seen by clients");
+}
+
+/// Convergence time (not a test assertion; `scripts/rebalance-convergence.sh` runs it): 1 → 3
+/// pods with `REBALANCE_BENCH_CLIENTS` resumable clients (default 1000) of 50 instances, 100
+/// events/s published throughout. Rebalancing runs with its default `REBALANCE_RATE` and
+/// `REBALANCE_INTERVAL`; only the warm-up and minimum age are shortened (the clients are
+/// seconds old). Prints the time from the added pods being in the balancer to every pod within
+/// the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run by scripts/rebalance-convergence.sh"]
+async fn convergence_time() {
+    let clients: usize = std::env::var("REBALANCE_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let settings = vec![
+        ("REBALANCE_WARMUP", "1s".to_owned()),
+        ("REBALANCE_MIN_AGE", "0s".to_owned()),
+        ("RATE_LIMIT_PER_MINUTE", "100000".to_owned()),
+    ];
+    let out = scale_out_under_feed(clients, 50, Duration::from_millis(500), &settings).await;
+    println!(
+        "CONVERGENCE clients={clients} pods=1->3 converged_in={:.1}s closes={} \
+         (REBALANCE_RATE and REBALANCE_INTERVAL at their defaults)",
+        out.converged_in.as_secs_f64(),
+        out.closed
     );
 }

@@ -14,277 +14,19 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{configure, item, Env, Instance, System, API_KEY, READY, WAIT};
-use ryze_tests::{pg, RedisServer, Service, WsClient};
-use serde_json::{json, Value as Json};
+use common::resumable::{
+    all_published, check_exactly_once, eventually, publish_end, resumable_client, wait_all, Feed,
+    Progress,
+};
+use common::{configure, Env, System, READY, WAIT};
+use ryze_tests::{pg, Balancer, RedisServer, WsClient};
+use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
-
-/// How often polled conditions are checked.
-const POLL: Duration = Duration::from_millis(25);
-
-/// The `data` of the frame that ends a client's run.
-const END: &str = r#"{"end":true}"#;
-
-/// Polls `check` until it returns `Ok`; panics with its last `Err` at `timeout`.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "{what}: not true within {timeout:?}; last: {last}"
-            ),
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// One ingest round of a [`Feed`].
-#[derive(Debug, Clone)]
-struct Round {
-    seq: u64,
-    sent: Instant,
-    /// 202 with every item `published` (appended to history and published).
-    published: bool,
-    /// Status and body otherwise.
-    answer: Option<(u16, String)>,
-}
-
-/// Every `period`, one `POST /v1/events` with one `message.status` `{"seq":n}` per instance
-/// (the same n for all), through the real publisher, until stopped.
-struct Feed {
-    stop: CancellationToken,
-    published: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
-    handle: JoinHandle<Vec<Round>>,
-}
-
-impl Feed {
-    fn start(publisher: &Service, instances: &[Instance], period: Duration) -> Feed {
-        let url = publisher.url("/v1/events");
-        let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
-        let stop = CancellationToken::new();
-        let published = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
-        let handle = tokio::spawn({
-            let (stop, published, refused) = (stop.clone(), published.clone(), refused.clone());
-            async move {
-                let want = format!(r#""published":{}"#, ids.len());
-                let mut rounds = Vec::new();
-                let mut tick = tokio::time::interval(period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                for seq in 1.. {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    let data = format!(r#"{{"seq":{seq}}}"#);
-                    let items: Vec<String> = ids
-                        .iter()
-                        .map(|id| item(id, "message.status", &data))
-                        .collect();
-                    let sent = Instant::now();
-                    let resp = ryze_tests::http()
-                        .post(&url)
-                        .header("authorization", format!("Bearer {API_KEY}"))
-                        .header("content-type", "application/json")
-                        .body(common::batch(&items))
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await;
-                    let (status, body) = match resp {
-                        Ok(r) => {
-                            let status = r.status().as_u16();
-                            (status, r.text().await.unwrap_or_default())
-                        }
-                        Err(e) => (0, e.to_string()),
-                    };
-                    let ok = status == 202 && body.contains(&want);
-                    if ok { &published } else { &refused }.fetch_add(1, Ordering::SeqCst);
-                    rounds.push(Round {
-                        seq,
-                        sent,
-                        published: ok,
-                        answer: (!ok).then_some((status, body)),
-                    });
-                }
-                rounds
-            }
-        });
-        Feed {
-            stop,
-            published,
-            refused,
-            handle,
-        }
-    }
-
-    /// Waits until `n` more rounds than now were fully published.
-    async fn wait_published(&self, n: u64, timeout: Duration) {
-        let target = self.published.load(Ordering::SeqCst) + n;
-        eventually("feed rounds published", timeout, || async {
-            let now = self.published.load(Ordering::SeqCst);
-            (now >= target)
-                .then_some(())
-                .ok_or(format!("{now} of {target}"))
-        })
-        .await;
-    }
-
-    /// Waits until `n` rounds in all were refused.
-    async fn wait_refused(&self, n: u64, timeout: Duration) {
-        eventually("feed rounds refused", timeout, || async {
-            let now = self.refused.load(Ordering::SeqCst);
-            (now >= n).then_some(()).ok_or(format!("{now} of {n}"))
-        })
-        .await;
-    }
-
-    async fn stop(self) -> Vec<Round> {
-        self.stop.cancel();
-        tokio::time::timeout(WAIT, self.handle)
-            .await
-            .expect("the feed stops")
-            .unwrap()
-    }
-}
-
-/// Publishes the end frame to every instance.
-async fn publish_end(publisher: &Service, instances: &[Instance]) {
-    let items: Vec<String> = instances
-        .iter()
-        .map(|i| item(&i.id, "message.status", END))
-        .collect();
-    common::publish_expect(publisher, &common::batch(&items), items.len(), 0, 0, 0).await;
-}
-
-/// A Redis stream id `<ms>-<n>`, for checking that offsets strictly increase (the offset is
-/// opaque to clients; the test knows the publisher uses stream ids, CONTRACT §5).
-fn stream_id(offset: &str) -> (u64, u64) {
-    let (ms, n) = offset
-        .split_once('-')
-        .unwrap_or_else(|| panic!("offset {offset:?} is not a stream id"));
-    (ms.parse().unwrap(), n.parse().unwrap())
-}
-
-/// What one resumable client saw.
-#[derive(Debug, Default)]
-struct Log {
-    /// `(data.seq, offset)` of every frame before the end marker, in arrival order.
-    frames: Vec<(u64, String)>,
-    /// `data.since` of every `stream.gap`.
-    gaps: Vec<String>,
-    /// Close code and reason of each connection that ended before the end marker.
-    closes: Vec<(u16, String)>,
-    /// The `since` of each connection, in order.
-    sinces: Vec<String>,
-    /// Whatever ended the run other than the end marker.
-    error: Option<String>,
-}
-
-/// Progress a test can poll.
-#[derive(Default)]
-struct Progress {
-    /// The first connection is open.
-    connected: AtomicBool,
-    /// Frames seen so far.
-    frames: AtomicU64,
-    /// Connected to the second gateway.
-    moved: AtomicBool,
-}
-
-/// A resumable client with its own reconnect loop: connects to `urls[0]` with `since=now`; when
-/// the server closes with 1001 it connects to the next URL with `since=<last offset seen>`.
-/// Reads until the end marker. At most `urls.len()` connections.
-fn resumable_client(urls: Vec<String>, token: String, progress: Arc<Progress>) -> JoinHandle<Log> {
-    tokio::spawn(async move {
-        let mut log = Log::default();
-        let mut since = "now".to_owned();
-        for (i, url) in urls.iter().enumerate() {
-            log.sinces.push(since.clone());
-            let full = format!("{url}?since={since}");
-            let mut c = match WsClient::connect(&full, &[("token", &token)]).await {
-                Ok(c) => c,
-                Err(e) => {
-                    log.error = Some(format!("connect {full}: {e}"));
-                    return log;
-                }
-            };
-            if i == 0 {
-                progress.connected.store(true, Ordering::SeqCst);
-            } else {
-                progress.moved.store(true, Ordering::SeqCst);
-            }
-            loop {
-                let msg = match c.next_message(WAIT).await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        log.error = Some(format!("on {url}: {e:#}"));
-                        return log;
-                    }
-                };
-                match msg {
-                    Message::Text(text) => {
-                        let v: Json = serde_json::from_str(text.as_str()).unwrap();
-                        if v["event"] == "stream.gap" {
-                            log.gaps.push(v["data"]["since"].to_string());
-                            continue;
-                        }
-                        if v["data"]["end"] == true {
-                            return log;
-                        }
-                        let seq = v["data"]["seq"]
-                            .as_u64()
-                            .unwrap_or_else(|| panic!("frame without data.seq: {text}"));
-                        let offset = v["offset"]
-                            .as_str()
-                            .unwrap_or_else(|| panic!("frame without offset: {text}"))
-                            .to_owned();
-                        assert!(
-                            text.as_str()
-                                .ends_with(&format!(",\"offset\":\"{offset}\"}}")),
-                            "offset is not the last key: {text}"
-                        );
-                        since = offset.clone();
-                        log.frames.push((seq, offset));
-                        progress.frames.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Message::Close(frame) => {
-                        let close = frame
-                            .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                            .unwrap_or((1005, String::new()));
-                        let code = close.0;
-                        log.closes.push(close);
-                        if code != 1001 {
-                            log.error = Some(format!("closed with {code} on {url}"));
-                            return log;
-                        }
-                        break; // reconnect to the next gateway
-                    }
-                    _ => {}
-                }
-            }
-            if log.frames.is_empty() {
-                log.error = Some("drained before any frame: nothing to resume from".into());
-                return log;
-            }
-        }
-        log.error = Some("closed by the last gateway too".into());
-        log
-    })
-}
 
 /// Drain (issue 17, "Tests"): 20 resumable clients over 4 instances on gateway A; about 200
 /// events/s in all through the real publisher; SIGTERM A. Each client's own loop reconnects to
@@ -321,7 +63,7 @@ async fn draining_a_gateway_loses_nothing_for_resumed_clients() {
         for _ in 0..CLIENTS_PER_INSTANCE {
             let progress = Arc::new(Progress::default());
             let urls = vec![common::ws_url(a, &inst.name), common::ws_url(b, &inst.name)];
-            let handle = resumable_client(urls, inst.token.clone(), progress.clone());
+            let handle = resumable_client(urls, 2, inst.token.clone(), progress.clone());
             clients.push((inst.name.clone(), progress, handle));
         }
     }
@@ -366,14 +108,7 @@ async fn draining_a_gateway_loses_nothing_for_resumed_clients() {
     let rounds = feed.stop().await;
     publish_end(&sys.publisher, &instances).await;
 
-    for r in &rounds {
-        assert!(
-            r.published,
-            "round {} not fully published: {:?}",
-            r.seq, r.answer
-        );
-    }
-    let last = rounds.last().unwrap().seq;
+    let last = all_published(&rounds);
     let replayed = ryze_tests::http()
         .get(b.admin_url("/metrics"))
         .send()
@@ -390,8 +125,7 @@ async fn draining_a_gateway_loses_nothing_for_resumed_clients() {
             .await
             .expect("client finishes")
             .unwrap();
-        assert!(log.error.is_none(), "{name}: {:?}; {log:?}", log.error);
-        assert!(log.gaps.is_empty(), "{name}: stream.gap {:?}", log.gaps);
+        check_exactly_once(&name, &log, last);
         assert_eq!(
             log.closes,
             [(1001, "server shutting down".to_owned())],
@@ -399,30 +133,6 @@ async fn draining_a_gateway_loses_nothing_for_resumed_clients() {
         );
         assert_eq!(log.sinces.len(), 2, "{name}");
         assert_ne!(log.sinces[1], "now", "{name}");
-        let first = log.frames[0].0;
-        let seqs: Vec<u64> = log.frames.iter().map(|(s, _)| *s).collect();
-        let expected: Vec<u64> = (first..=last).collect();
-        if seqs != expected {
-            let bad = seqs
-                .iter()
-                .zip(&expected)
-                .position(|(s, e)| s != e)
-                .unwrap_or(seqs.len().min(expected.len()));
-            panic!(
-                "{name}: {} frames, expected {}..={last}; first difference at index {bad}: \
-                 got {:?}, resumed with since={}",
-                seqs.len(),
-                first,
-                &seqs[bad.saturating_sub(3)..(bad + 3).min(seqs.len())],
-                log.sinces[1]
-            );
-        }
-        assert!(
-            log.frames
-                .windows(2)
-                .all(|w| stream_id(&w[0].1) < stream_id(&w[1].1)),
-            "{name}: offsets do not strictly increase"
-        );
     }
     let status = sys.gateways[0].wait_exit(WAIT).await.unwrap();
     assert!(status.success(), "gateway A after SIGTERM: {status:?}");
@@ -548,4 +258,121 @@ fn collect_plain(mut c: WsClient) -> JoinHandle<(Vec<u64>, Option<String>)> {
             seen.push(v["data"]["seq"].as_u64().expect("data.seq"));
         }
     })
+}
+
+/// Rolling restart (issue 18, "Tests"): three gateways behind the harness's round-robin
+/// [`Balancer`] (as a Kubernetes Service), 60 resumable clients of 4 instances spread over them
+/// through it, about 100 events/s through the real publisher. Each gateway in turn gets SIGTERM,
+/// exits, and is replaced in the balancer's backend list by a new one, ready, while the feed
+/// goes on. Each client's loop reconnects through the balancer with `since=<last offset>` on
+/// 1001 (retrying when the balancer forwards it to the gateway that is shutting down). Every
+/// client must see every seq from its first frame to the last exactly once, in order, no
+/// `stream.gap`, and must have been drained at least once (its first gateway was restarted).
+///
+/// Rebalancing is off here (`REBALANCE_THRESHOLD=0`) so that every close is a drain's;
+/// `rebalance::scale_out_loses_nothing_for_resumed_clients` covers resume across rebalancing.
+///
+/// What breaks it: a restart losing frames published while clients reconnect (history not
+/// appended, a resume served from the wrong offset), a duplicate at the replay/live seam, a
+/// drain closing with anything but 1001, a new gateway refusing resumes, or a client still
+/// disconnected when the end marker is published (it would then time out).
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_restart_of_three_gateways_loses_nothing_for_resumed_clients() {
+    const CLIENTS_PER_INSTANCE: usize = 15;
+    const INSTANCES: usize = 4;
+    let settings = [("REBALANCE_THRESHOLD", "0".to_owned())];
+    let mut sys = System::start("roll-0", json!({"enabled": true}), 3, &settings).await;
+    let mut instances = vec![sys.inst.clone()];
+    for i in 1..INSTANCES {
+        let name = format!("roll-{i}");
+        let inst = sys.env.create_instance(&name).await;
+        configure(
+            sys.gw(),
+            &name,
+            &sys.env.account_token,
+            json!({"enabled": true}),
+        )
+        .await;
+        sys.watcher.wait("config_changed", &inst.id).await;
+        instances.push(inst);
+    }
+    let balancer = Balancer::start(sys.gateways.iter().map(|g| g.addr()).collect())
+        .await
+        .unwrap();
+    let mut progress = Vec::new();
+    let mut clients = Vec::new();
+    for inst in &instances {
+        for _ in 0..CLIENTS_PER_INSTANCE {
+            let p = Arc::new(Progress::default());
+            let url = balancer.ws_url(&format!("/ws/{}", common::segment(&inst.name)));
+            clients.push((
+                inst.name.clone(),
+                resumable_client(vec![url], 50, inst.token.clone(), p.clone()),
+            ));
+            progress.push(p);
+        }
+    }
+    wait_all("every client connected", &progress, |p| {
+        p.connected.load(Ordering::SeqCst)
+    })
+    .await;
+    // 4 events every 40 ms: 100 events/s.
+    let feed = Feed::start(&sys.publisher, &instances, Duration::from_millis(40));
+    wait_all("every client saw a frame", &progress, |p| {
+        p.frames.load(Ordering::SeqCst) > 0
+    })
+    .await;
+
+    for i in 0..sys.gateways.len() {
+        sys.gateways[i].sigterm();
+        let status = sys.gateways[i].wait_exit(WAIT).await.unwrap();
+        assert!(status.success(), "gateway {i} after SIGTERM: {status:?}");
+        sys.gateways[i] = sys.env.gateway(&settings).await; // ready
+        balancer.set_backends(sys.gateways.iter().map(|g| g.addr()).collect());
+        feed.wait_published(10, WAIT).await;
+    }
+    // Everyone is connected again before the end marker (a client still reconnecting would
+    // get it from history anyway, but this proves the fleet carries all of them).
+    let total = (CLIENTS_PER_INSTANCE * INSTANCES) as f64;
+    eventually(
+        "every client connected after the restarts",
+        WAIT,
+        || async {
+            let mut sum = 0.0;
+            for gw in &sys.gateways {
+                sum += common::metric(gw, "ryze_gateway_connections").await;
+            }
+            (sum == total)
+                .then_some(())
+                .ok_or(format!("{sum} of {total}"))
+        },
+    )
+    .await;
+    feed.wait_published(10, WAIT).await;
+    let rounds = feed.stop().await;
+    publish_end(&sys.publisher, &instances).await;
+
+    let last = all_published(&rounds);
+    let mut resumes = 0;
+    for (name, handle) in clients {
+        let log = tokio::time::timeout(WAIT * 2, handle)
+            .await
+            .expect("client finishes")
+            .unwrap();
+        check_exactly_once(&name, &log, last);
+        assert!(!log.closes.is_empty(), "{name}: never drained");
+        assert!(
+            log.closes
+                .iter()
+                .all(|c| *c == (1001, "server shutting down".to_owned())),
+            "{name}: {:?}",
+            log.closes
+        );
+        assert!(log.sinces[1..].iter().all(|s| s != "now"), "{name}");
+        resumes += log.closes.len();
+    }
+    println!(
+        "rolling restart: {} rounds of {INSTANCES} events, {resumes} resumes",
+        rounds.len()
+    );
 }

@@ -16,6 +16,8 @@ use ryze_tests::{pg, redis, run_cli_json, unique_prefix, Bin, Service, WsClient}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod resumable;
+
 /// Upper bound for anything a test awaits (a frame, a close, readiness, a relay message).
 pub const WAIT: Duration = Duration::from_secs(20);
 /// Upper bound for a service to become ready.
@@ -459,6 +461,26 @@ impl Drop for ControlWatcher {
             });
         }
     }
+}
+
+/// The value of the `/metrics` sample named exactly `sample` (`name` or `name{labels}`) of
+/// `svc`; 0 when absent.
+pub async fn metric(svc: &Service, sample: &str) -> f64 {
+    let text = ryze_tests::http()
+        .get(svc.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("/metrics body");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }
 
 /// A service plus its environment's instance and watcher: what most tests start from.
