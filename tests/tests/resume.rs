@@ -326,3 +326,21 @@ async fn after_a_black_hole_a_client_without_since_misses_nothing_history_retain
         assert_eq!(text, w.history.frame(seq), "no offset without since");
     }
 }
+
+/// D35 for resume: a client that reads keeps its connection through a replay of a whole
+/// history's worth of frames (1,000 here, HISTORY_SIZE's default), far more than its 256-frame
+/// send queue: replayed frames are written by the session itself, outside the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reading_client_survives_replaying_a_whole_history() {
+    let w = world().await;
+    let first = w.history.publish(0).await;
+    let mut offsets = vec![(0, first.clone())];
+    for seq in 1..=1000 {
+        offsets.push((seq, w.history.publish(seq).await));
+    }
+    let mut c = connect_since(&w, &first).await;
+    expect_seqs(&mut c, &w, 1..=1000, &offsets).await;
+    // Still open and live afterwards (a slow-consumer close would have ended the stream).
+    let live = w.history.publish(1001).await;
+    expect_seqs(&mut c, &w, 1001..=1001, &[(1001, live)]).await;
+}
