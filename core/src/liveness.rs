@@ -7,12 +7,16 @@
 //! - [`Pulse`]: when a connection last showed a sign of life, read without locks.
 //! - [`Silence`]: the rule "a probe went out after the last sign of life, and the silence has
 //!   lasted longer than the stall timeout": the connection is stalled.
+//! - [`Answers`]: a connection judged by the answers to its own probes (request/response, as
+//!   PING or PUBLISH): a failed probe after more than the timeout of silence opens a stall
+//!   episode, counted once; the next answer closes it.
+//! - [`ticker`] and [`replace`]: the probe clock and the bounded reconnect both processes use.
 //!
 //! The processes decide what the probe is (the gateway publishes to its own probe channel
 //! through the command connection and waits to see it on the subscriber; the publisher
 //! PINGs), what counts as life, and what to do about a stall (count, log, reconnect).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -123,6 +127,86 @@ impl Silence {
     }
 }
 
+/// A connection judged by the answers to its probes.
+#[derive(Debug)]
+pub struct Answers {
+    timeout: Duration,
+    /// The last answer (a probe's, or any other round trip's).
+    alive: Pulse,
+    /// A stall episode is open: seen stalled, no probe answered since.
+    stalled: AtomicBool,
+}
+
+impl Answers {
+    /// A connection that counts as stalled after `timeout` without an answer.
+    pub fn new(timeout: Duration) -> Answers {
+        Answers {
+            timeout,
+            alive: Pulse::new(),
+            stalled: AtomicBool::new(false),
+        }
+    }
+
+    /// The stall timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Some round trip completed (proof of life; does not close an open episode).
+    pub fn heard(&self) {
+        self.alive.beat();
+    }
+
+    /// A probe was answered: proof of life, and the end of any stall episode.
+    pub fn answered(&self) {
+        self.alive.beat();
+        self.stalled.store(false, Ordering::Relaxed);
+    }
+
+    /// A probe failed or timed out. Returns how long the connection has been silent when this
+    /// opens a stall episode (silent past the timeout, none open yet): the caller counts, logs
+    /// and replaces the connection once per episode.
+    pub fn failed(&self) -> Option<Duration> {
+        let silent = self.alive.silent_for();
+        (silent > self.timeout && !self.stalled.swap(true, Ordering::Relaxed)).then_some(silent)
+    }
+
+    /// No episode open, and an answer within the timeout plus the probe interval it may be
+    /// waiting for.
+    pub fn is_live(&self) -> bool {
+        !self.stalled.load(Ordering::Relaxed)
+            && self
+                .alive
+                .last()
+                .is_some_and(|at| at.elapsed() <= self.timeout + probe_interval(self.timeout))
+    }
+}
+
+/// One tick per probe interval for `stall_timeout`; a late tick is not made up for.
+pub fn ticker(stall_timeout: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(probe_interval(stall_timeout));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Drops the client's connections and opens new ones, in the background: fred's reconnect
+/// loop retries with backoff for as long as Redis stays unreachable, and the caller must keep
+/// watching meanwhile. The reconnect is reported on the client's reconnect stream.
+pub fn replace(client: fred::clients::Client, stall_timeout: Duration) {
+    use fred::interfaces::ClientLike;
+    tokio::spawn(async move {
+        match tokio::time::timeout(stall_timeout * 4, client.force_reconnection()).await {
+            Ok(Ok(())) => tracing::info!("redis connection replaced"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "replacing the redis connection failed; retrying")
+            }
+            Err(_) => {
+                tracing::warn!("replacing the redis connection is taking long; still retrying")
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +263,24 @@ mod tests {
         assert_eq!(s.stalled(), None);
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(s.stalled().is_some(), "still silent a whole timeout later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_episode_is_reported_once_and_ends_at_the_next_answer() {
+        let a = Answers::new(Duration::from_secs(3));
+        assert!(!a.is_live(), "no answer yet");
+        a.answered();
+        assert!(a.is_live());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(a.failed(), None, "silent 2 s: within the timeout");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(a.failed().is_some(), "silent 3.5 s: a stall");
+        assert_eq!(a.failed(), None, "counted once per episode");
+        assert!(!a.is_live());
+        a.heard();
+        assert!(!a.is_live(), "other traffic does not end the episode");
+        a.answered();
+        assert!(a.is_live());
     }
 
     #[test]

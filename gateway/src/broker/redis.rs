@@ -16,11 +16,10 @@ use fred::prelude::*;
 use fred::types::cluster::ClusterRouting;
 use fred::types::Message;
 use ryze_core::channel::{ControlMessage, Names};
-use ryze_core::liveness::{Pulse, Silence};
+use ryze_core::liveness::{Answers, Silence};
 use ryze_core::redis::RedisTarget;
 use ryze_core::wire;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -67,10 +66,8 @@ pub struct RedisBroker {
     probe_channel: String,
     /// Probes published versus anything received on the subscriber connection.
     subscriber_silence: Silence,
-    /// Last command the command connection completed (the probe's PUBLISH, at least).
-    commands_alive: Pulse,
-    /// The command connection was seen stalled and no probe has been answered since.
-    commands_stalled: AtomicBool,
+    /// Answers to the probe PUBLISH on the command connection.
+    commands_alive: Answers,
     /// `HISTORY_TTL`: how long a resume key outlives the last resumable client, so the
     /// publisher keeps appending for as long as the client may come back.
     resume_ttl: Duration,
@@ -99,8 +96,7 @@ impl RedisBroker {
             confirmations: tokio::sync::watch::Sender::new(0),
             metrics,
             subscriber_silence: Silence::new(target.stall_timeout),
-            commands_alive: Pulse::new(),
-            commands_stalled: AtomicBool::new(false),
+            commands_alive: Answers::new(target.stall_timeout),
             resume_ttl,
         }))
     }

@@ -9,10 +9,9 @@ use crate::metrics::Metrics;
 use fred::prelude::*;
 use futures_util::future::BoxFuture;
 use ryze_core::channel::{ControlMessage, Names};
-use ryze_core::liveness::{probe_interval, Pulse};
+use ryze_core::liveness::{replace, ticker, Answers};
 use ryze_core::redis::RedisTarget;
 use ryze_core::tls::TlsFiles;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -30,10 +29,8 @@ pub struct RedisOutlet {
     clustered: bool,
     /// `REDIS_STALL_TIMEOUT`: the bound on every round trip, and the liveness rule (D38).
     stall_timeout: Duration,
-    /// Last round trip Redis completed (the probe's PING, at least).
-    alive: Pulse,
-    /// Seen stalled and not answered since (not ready meanwhile).
-    stalled: AtomicBool,
+    /// Answers from Redis: the probe PINGs judge stalls; any round trip proves life.
+    alive: Answers,
 }
 
 impl RedisOutlet {
@@ -61,8 +58,7 @@ impl RedisOutlet {
             history: history.map(HistoryScript::new),
             clustered: target.clustered,
             stall_timeout,
-            alive: Pulse::new(),
-            stalled: AtomicBool::new(false),
+            alive: Answers::new(stall_timeout),
         }))
     }
 
@@ -86,8 +82,7 @@ impl RedisOutlet {
         let region = region.to_owned();
         tasks.spawn(async move {
             let stall = outlet.stall_timeout;
-            let mut tick = tokio::time::interval(probe_interval(stall));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = ticker(stall);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -97,10 +92,7 @@ impl RedisOutlet {
                     continue;
                 }
                 match tokio::time::timeout(stall, outlet.client.ping::<String>(None)).await {
-                    Ok(Ok(_)) => {
-                        outlet.alive.beat();
-                        outlet.stalled.store(false, Ordering::Relaxed);
-                    }
+                    Ok(Ok(_)) => outlet.alive.answered(),
                     Ok(Err(e)) => {
                         tracing::debug!(region = %region, error = %e, "liveness probe failed");
                         outlet.judge(&region, &metrics);
@@ -115,10 +107,9 @@ impl RedisOutlet {
     /// unanswered commands may already be replacing the connection; replacing it once more
     /// is harmless). Counted and logged once per episode, which ends at the next answer.
     fn judge(&self, region: &str, metrics: &Metrics) {
-        let silent = self.alive.silent_for();
-        if silent <= self.stall_timeout || self.stalled.swap(true, Ordering::Relaxed) {
+        let Some(silent) = self.alive.failed() else {
             return;
-        }
+        };
         metrics.redis_stall(region);
         tracing::warn!(
             region = %region,
@@ -126,23 +117,13 @@ impl RedisOutlet {
             silent_ms = silent.as_millis() as u64,
             "redis connection stalled: nothing came back for longer than REDIS_STALL_TIMEOUT; replacing it"
         );
-        let client = self.client.clone();
-        let stall = self.stall_timeout;
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(stall * 4, client.force_reconnection()).await;
-        });
+        replace(self.client.clone(), self.stall_timeout);
     }
 
     /// Connected and answering: a probe completed within the stall timeout (plus the probe
     /// interval it may be waiting for).
     fn is_live(&self) -> bool {
-        let stall = self.stall_timeout;
-        self.client.is_connected()
-            && !self.stalled.load(Ordering::Relaxed)
-            && self
-                .alive
-                .last()
-                .is_some_and(|at| at.elapsed() <= stall + probe_interval(stall))
+        self.client.is_connected() && self.alive.is_live()
     }
 
     /// Runs one round trip bounded by the stall timeout (a stalled connection answers 503
@@ -154,7 +135,7 @@ impl RedisOutlet {
         match tokio::time::timeout(self.stall_timeout, f).await {
             Ok(r) => {
                 let value = r?;
-                self.alive.beat();
+                self.alive.heard();
                 Ok(value)
             }
             Err(_) => Err(OutletError::Timeout),

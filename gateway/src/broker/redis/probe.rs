@@ -14,8 +14,7 @@
 
 use super::RedisBroker;
 use fred::prelude::*;
-use ryze_core::liveness::probe_interval;
-use std::sync::atomic::Ordering;
+use ryze_core::liveness::{replace, ticker};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -38,8 +37,7 @@ impl RedisBroker {
                 .publish::<i64, _, _>(self.probe_channel.as_str(), "1");
             match tokio::time::timeout(stall, publish).await {
                 Ok(Ok(_receivers)) => {
-                    self.commands_alive.beat();
-                    self.commands_stalled.store(false, Ordering::Relaxed);
+                    self.commands_alive.answered();
                     self.subscriber_silence.probe_sent();
                 }
                 Ok(Err(e)) => {
@@ -83,12 +81,10 @@ impl RedisBroker {
     /// unanswered commands may already be replacing the connection; once more is harmless),
     /// counted and logged once per episode, which ends at the next answered probe.
     fn judge_commands(&self, stall: Duration) {
-        let silent = self.commands_alive.silent_for();
-        if silent <= stall || self.commands_stalled.swap(true, Ordering::Relaxed) {
-            return;
+        if let Some(silent) = self.commands_alive.failed() {
+            self.stalled("commands", silent);
+            replace(self.commands.clone(), stall);
         }
-        self.stalled("commands", silent);
-        replace(self.commands.clone(), stall);
     }
 
     fn stalled(&self, connection: &'static str, silent: Duration) {
@@ -103,37 +99,6 @@ impl RedisBroker {
     /// Neither connection stalled: the subscriber heard back from the last probe (or the
     /// timeout has not passed), and the command connection completed a probe recently.
     pub(super) fn is_live(&self) -> bool {
-        let stall = self.subscriber_silence.timeout();
-        self.subscriber_silence.stalled().is_none()
-            && !self.commands_stalled.load(Ordering::Relaxed)
-            && self
-                .commands_alive
-                .last()
-                .is_some_and(|at| at.elapsed() <= stall + probe_interval(stall))
+        self.subscriber_silence.stalled().is_none() && self.commands_alive.is_live()
     }
-}
-
-/// One tick per probe interval; a late tick is not made up for.
-fn ticker(stall: Duration) -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(probe_interval(stall));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
-}
-
-/// Drops the client's connections and opens new ones, in the background: fred's reconnect
-/// loop retries with backoff for as long as Redis stays unreachable, and the caller must keep
-/// watching meanwhile. The reconnect is reported on the client's reconnect stream, where the
-/// broker resubscribes.
-fn replace(client: Client, stall: Duration) {
-    tokio::spawn(async move {
-        match tokio::time::timeout(stall * 4, client.force_reconnection()).await {
-            Ok(Ok(())) => tracing::info!("redis connection replaced"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "replacing the redis connection failed; retrying")
-            }
-            Err(_) => {
-                tracing::warn!("replacing the redis connection is taking long; still retrying")
-            }
-        }
-    });
 }
