@@ -142,11 +142,13 @@ impl RedisOutlet {
         }
     }
 
-    /// Runs the history script for every message in one pipeline, in order. Calls refused with
-    /// `NOSCRIPT` (none of their commands ran) go again as `EVAL`, in order. Only if another
-    /// publisher loads the script in the middle of this pipeline can a later frame of the
-    /// request overtake a retried one; history and channel still agree (each call appends and
-    /// publishes together), only the request's array order is lost for that pair.
+    /// Runs the history script for every message in one pipeline, in order. Each instance's
+    /// first call is an `EVAL` (which also caches the script on the node that owns the
+    /// instance's slot) and its later calls `EVALSHA`: they run after it on that node, so none
+    /// can be refused with `NOSCRIPT` while an earlier frame of the same instance went through —
+    /// which would publish them out of order (another publisher loading the script in the middle
+    /// of the pipeline made that happen). Calls still refused with `NOSCRIPT` (only a
+    /// `SCRIPT FLUSH` racing the request) go again as `EVAL`, in order.
     async fn append(
         &self,
         script: &HistoryScript,
@@ -157,8 +159,13 @@ impl RedisOutlet {
             .iter()
             .map(|m| script.call(&self.names, self.clustered, m))
             .collect();
+        let mut loaded: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (key, args) in &calls {
-            let (cmd, args) = script.evalsha(key, args);
+            let (cmd, args) = if loaded.insert(key.as_str()) {
+                script.eval(key, args)
+            } else {
+                script.evalsha(key, args)
+            };
             let _: () = pipeline.custom(cmd, args).await?;
         }
         let results: Vec<Result<Value, fred::error::Error>> = pipeline.try_all().await;
