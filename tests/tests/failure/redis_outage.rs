@@ -91,6 +91,11 @@ async fn redis_restart_under_steady_traffic_keeps_clients_and_loses_nothing_once
         .map(|r| r.seq)
         .collect();
     let refused = rounds.len() - accepted.len();
+    let partial_202: Vec<u64> = rounds
+        .iter()
+        .filter(|r| r.refusal.as_ref().is_some_and(|(status, _)| *status == 202))
+        .map(|r| r.seq)
+        .collect();
     let refused_503: Vec<u64> = rounds
         .iter()
         .filter(|r| r.refusal.as_ref().is_some_and(|(status, _)| *status == 503))
@@ -141,12 +146,14 @@ async fn redis_restart_under_steady_traffic_keeps_clients_and_loses_nothing_once
             inst.name
         );
         // A round answered 503 may still have been published: the request timed out while
-        // the client held it for the reconnect (docs/decisions.md: retry the request). Frames
-        // of rounds that got any other answer, or none, must never appear.
+        // the client held it for the reconnect (docs/decisions.md: retry the request). A round
+        // answered 202 with some items counted `noListeners` (the restarted Redis had not yet
+        // got this pod's live keys back) published the others: its frames may appear too.
+        // Frames of rounds that got any other answer, or none, must never appear.
         for seq in &feed_seqs {
             assert!(
-                accepted.contains(seq) || refused_503.contains(seq),
-                "{}: seq {seq} was neither accepted nor refused with 503",
+                accepted.contains(seq) || refused_503.contains(seq) || partial_202.contains(seq),
+                "{}: seq {seq} was neither accepted, partly published (202) nor refused with 503",
                 inst.name
             );
         }
