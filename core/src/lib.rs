@@ -13,6 +13,8 @@
 //! - [`redis`]: `REDIS_URL` parsing (plain, TLS, Cluster, Sentinel) and client settings.
 //! - [`tls`]: rustls client configurations (CA bundle or system roots, optional client cert).
 //! - [`liveness`]: noticing a Redis connection that stopped delivering (D38).
+//! - [`settings`]: the setting groups both binaries flatten into their configuration
+//!   (Postgres, Redis, ingest), each with its checks.
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
 //! - [`trust`]: trust anchors (a CA file or the system store) and rustls settings (ring) for
@@ -27,6 +29,7 @@ pub mod event;
 pub mod history;
 pub mod liveness;
 pub mod redis;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod tls;

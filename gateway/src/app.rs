@@ -16,9 +16,6 @@ use crate::routes::{self, Extras};
 use crate::state::{AppState, Shared, WsLimits};
 use anyhow::Context;
 use ryze_core::channel::Names;
-use ryze_core::redis::RedisTarget;
-use ryze_core::store::{Store, StoreOptions};
-use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,19 +43,7 @@ impl App {
     pub async fn build(config: Config, mut guest: Option<Box<dyn Guest>>) -> anyhow::Result<App> {
         // Before anything opens a descriptor of its own.
         let connection_cap = connection_cap(&config);
-        let cipher = config.cipher()?;
-        let database_url = config
-            .database_url
-            .as_ref()
-            .context("DATABASE_URL is required")?;
-        let store = Store::new(
-            database_url.expose_secret(),
-            &StoreOptions {
-                pool_size: config.database_pool_size,
-                timeout: Duration::from_secs(2),
-            },
-            cipher,
-        )?;
+        let store = config.database.open()?;
         let metrics = Metrics::with(config.metrics_instance_labels, |registry| {
             if let Some(guest) = guest.as_mut() {
                 guest.register_metrics(registry);
@@ -68,20 +53,20 @@ impl App {
         // Hash-tagged with Redis Cluster, as the publishers name them (history key and shard
         // channel in one slot).
         let clustered = config
-            .redis_url
-            .as_ref()
-            .and_then(|url| RedisTarget::parse(url.expose_secret()).ok())
+            .redis
+            .target()
+            .and_then(Result::ok)
             .is_some_and(|target| target.clustered);
-        let names = Names::new(config.redis_prefix.clone()).with_hash_tags(clustered);
+        let names = Names::new(config.redis.prefix.clone()).with_hash_tags(clustered);
         let tasks = TaskTracker::new();
         let stops = Stops::new();
         let background = stops.background.clone();
         let cache = Arc::new(AuthCache::new(config.config_cache_ttl));
-        let broker = match &config.redis_url {
-            Some(url) => {
-                let target = RedisTarget::parse(url.expose_secret())?
-                    .with_tls_files(&config.redis_tls_files())?
-                    .with_stall_timeout(config.redis_stall_timeout);
+        let broker = match config.redis.target() {
+            Some(target) => {
+                let target = target?
+                    .with_tls_files(&config.redis.tls_files())?
+                    .with_stall_timeout(config.redis.stall_timeout);
                 Broker::Redis(RedisBroker::connect(
                     &target,
                     names.clone(),
@@ -132,7 +117,7 @@ impl App {
                 // MAX_INGEST_BYTES; 64 MiB covers every sane setting), or the write would fail.
                 max_write_buffer: config
                     .ws_send_queue_bytes
-                    .max(config.max_ingest_bytes)
+                    .max(config.ingest.max_bytes)
                     .max(64 << 20)
                     + write_buffer,
                 session: SessionLimits {
@@ -339,7 +324,7 @@ fn connection_cap(config: &Config) -> usize {
             return max;
         }
     };
-    let reserve = open_files::reserve(config.database_pool_size);
+    let reserve = open_files::reserve(config.database.pool_size);
     let cap = open_files::connection_cap(max, limits.soft, reserve);
     tracing::info!(
         soft_limit = limits.soft,

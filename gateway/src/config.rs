@@ -4,13 +4,11 @@
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
-use ryze_core::config::{parse_base_url, parse_bytes, parse_duration};
+use ryze_core::config::{parse_bytes, parse_duration};
 use ryze_core::history::HistoryConfig;
-use ryze_core::tls::TlsFiles;
-use ryze_core::token::TokenCipher;
-use secrecy::{ExposeSecret, SecretString};
+use ryze_core::settings::{DatabaseSettings, IngestSettings, RedisSettings};
+use ryze_telemetry::TelemetrySettings;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Log output format (one definition for both binaries).
@@ -26,43 +24,18 @@ pub struct Config {
     /// Admin listener: /livez, /readyz, /metrics.
     #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_listen_addr: SocketAddr,
-    /// Postgres URL (required): `postgres://…` or `key=value …`; libpq's `sslmode`
-    /// (disable, prefer [default], require, verify-ca, verify-full) and `sslrootcert` apply.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<SecretString>,
-    /// Maximum pooled Postgres connections.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
-    pub database_pool_size: usize,
-    /// Redis URL: redis[s]://, redis[s]-cluster://host:port,... or
-    /// redis[s]-sentinel://host:port,...?sentinelServiceName=NAME (rediss = TLS). Required
-    /// unless the embedded publisher runs (then unset means in-process fan-out).
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<SecretString>,
-    /// PEM bundle of the CAs that sign the Redis server certificate (rediss…); unset = the
-    /// system trust store.
-    #[arg(long, env = "REDIS_TLS_CA_FILE")]
-    pub redis_tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS to Redis (needs REDIS_TLS_KEY_FILE).
-    #[arg(long, env = "REDIS_TLS_CERT_FILE")]
-    pub redis_tls_cert_file: Option<PathBuf>,
-    /// PEM private key of REDIS_TLS_CERT_FILE.
-    #[arg(long, env = "REDIS_TLS_KEY_FILE")]
-    pub redis_tls_key_file: Option<PathBuf>,
-    /// Prefix of every Redis channel and key.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "ryze")]
-    pub redis_prefix: String,
-    /// Base64 of a 32-byte AES-256-GCM key for instance tokens at rest (optional).
-    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
-    pub encryption_key: Option<SecretString>,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// OTLP/HTTP endpoint for traces (http:// or https://); unset = no export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otel_exporter_otlp_endpoint: Option<String>,
-    /// PEM CA file the https:// collector's certificate must lead to (default: system CAs).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
-    pub otel_exporter_otlp_certificate: Option<std::path::PathBuf>,
+    /// Postgres.
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    /// The fan-out Redis.
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+    /// `/v1/events` of the embedded publisher (`EMBEDDED_PUBLISHER=true`).
+    #[command(flatten)]
+    pub ingest: IngestSettings,
     /// Upper bound on the shutdown drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -126,11 +99,6 @@ pub struct Config {
     /// Rebalancing does nothing during the pod's own first this-long.
     #[arg(long, env = "REBALANCE_WARMUP", default_value = "60s", value_parser = parse_duration)]
     pub rebalance_warmup: Duration,
-    /// A Redis connection silent this long while a probe is due is stalled: the pod turns not
-    /// ready, replaces the connection and resubscribes (SPEC D38). Probes run three times per
-    /// timeout.
-    #[arg(long, env = "REDIS_STALL_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
-    pub redis_stall_timeout: Duration,
     /// Keep an instance's Redis subscription this long after its last local client leaves.
     #[arg(long, env = "UNSUBSCRIBE_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub unsubscribe_delay: Duration,
@@ -142,15 +110,6 @@ pub struct Config {
     #[arg(long, env = "EMBEDDED_PUBLISHER", action = ArgAction::Set, num_args = 0..=1,
           default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub embedded_publisher: bool,
-    /// Bearer key of /v1/events (required with the embedded publisher).
-    #[arg(long, env = "PUBLISHER_API_KEY", hide_env_values = true)]
-    pub publisher_api_key: Option<SecretString>,
-    /// instanceData.baseUrl (required with the embedded publisher).
-    #[arg(long, env = "PUBLIC_BASE_URL", value_parser = parse_base_url)]
-    pub public_base_url: Option<String>,
-    /// Largest /v1/events body (embedded publisher).
-    #[arg(long, env = "MAX_INGEST_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
-    pub max_ingest_bytes: usize,
     /// Instances that get their own ryze_gateway_instance_connections series.
     #[arg(long, env = "METRICS_INSTANCE_LABELS", default_value_t = 100)]
     pub metrics_instance_labels: usize,
@@ -163,43 +122,14 @@ pub struct Config {
 impl Config {
     /// Every problem clap cannot see, all at once (the caller prints them and exits 64).
     pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
-        match &self.database_url {
-            None => problems.push("DATABASE_URL is required".to_owned()),
-            Some(url) => {
-                problems.extend(ryze_core::config::database_url_problem(url.expose_secret()))
-            }
-        }
+        let mut problems = self.database.problems();
         problems.extend(self.history.problems());
-        let mut uses_tls = false;
-        match &self.redis_url {
-            None if !self.embedded_publisher => {
-                problems.push("REDIS_URL is required unless EMBEDDED_PUBLISHER=true".to_owned())
-            }
-            Some(url) => match ryze_core::redis::RedisTarget::parse(url.expose_secret()) {
-                Ok(target) => uses_tls = target.tls,
-                Err(e) => problems.push(format!("REDIS_URL: {e}")),
-            },
-            None => {}
+        if self.redis.url.is_none() && !self.embedded_publisher {
+            problems.push("REDIS_URL is required unless EMBEDDED_PUBLISHER=true".to_owned());
         }
-        problems.extend(ryze_core::redis::tls_problem(
-            &self.redis_tls_files(),
-            uses_tls,
-        ));
+        problems.extend(self.redis.problems(false));
         if self.embedded_publisher {
-            if self
-                .publisher_api_key
-                .as_ref()
-                .is_none_or(|k| k.expose_secret().is_empty())
-            {
-                problems.push("PUBLISHER_API_KEY is required with EMBEDDED_PUBLISHER=true".into());
-            }
-            if self.public_base_url.is_none() {
-                problems.push("PUBLIC_BASE_URL is required with EMBEDDED_PUBLISHER=true".into());
-            }
-        }
-        if let Err(e) = self.cipher() {
-            problems.push(e.to_string());
+            problems.extend(self.ingest.problems(" with EMBEDDED_PUBLISHER=true"));
         }
         if self.ws_ping_interval.is_zero() || self.ws_pong_timeout <= self.ws_ping_interval {
             problems.push("WS_PONG_TIMEOUT must be longer than WS_PING_INTERVAL (> 0)".into());
@@ -209,19 +139,12 @@ impl Config {
             ("WS_SEND_QUEUE_BYTES", self.ws_send_queue_bytes),
             ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes),
             ("MAX_CONNECTIONS", self.max_connections),
-            ("DATABASE_POOL_SIZE", self.database_pool_size),
         ] {
             if v == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
-        problems.extend(ryze_core::config::otlp_problems(
-            self.otel_exporter_otlp_endpoint.as_deref(),
-            self.otel_exporter_otlp_certificate.as_deref(),
-        ));
-        if self.redis_stall_timeout < std::time::Duration::from_millis(30) {
-            problems.push("REDIS_STALL_TIMEOUT must be at least 30ms".into());
-        }
+        problems.extend(self.telemetry.problems());
         if self.drain_rate == 0 {
             problems.push("DRAIN_RATE must be greater than 0".into());
         }
@@ -239,52 +162,5 @@ impl Config {
             problems.push("RATE_LIMIT_PER_MINUTE must be greater than 0".into());
         }
         ryze_core::config::into_result(problems)
-    }
-
-    /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` (read when a Redis URL
-    /// asks for TLS).
-    pub fn redis_tls_files(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.redis_tls_ca_file.clone(),
-            cert: self.redis_tls_cert_file.clone(),
-            key: self.redis_tls_key_file.clone(),
-        }
-    }
-
-    /// The token cipher from `ENCRYPTION_KEY`.
-    pub fn cipher(&self) -> Result<TokenCipher, ryze_core::token::TokenError> {
-        TokenCipher::from_setting(self.encryption_key.as_ref())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Config;
-    use clap::Parser;
-
-    fn problems(args: &[&str]) -> Vec<String> {
-        let mut argv = vec!["ryze-gateway", "--database-url", "postgres://u@h/db"];
-        argv.extend_from_slice(args);
-        let config = Config::try_parse_from(argv).expect("parses");
-        config.validate().err().unwrap_or_default()
-    }
-
-    #[test]
-    fn rebalance_settings_are_validated() {
-        let ok = ["--redis-url", "redis://127.0.0.1:6379"];
-        assert!(problems(&ok).iter().all(|p| !p.contains("REBALANCE")));
-        for t in ["0", "1", "1.25", "3"] {
-            let p = problems(&[ok[0], ok[1], "--rebalance-threshold", t]);
-            assert!(p.iter().all(|p| !p.contains("REBALANCE")), "{t}: {p:?}");
-        }
-        for t in ["0.5", "-1", "NaN", "inf"] {
-            let arg = format!("--rebalance-threshold={t}");
-            let p = problems(&[ok[0], ok[1], &arg]);
-            assert!(p.iter().any(|p| p.contains("REBALANCE_THRESHOLD")), "{t}");
-        }
-        let p = problems(&[ok[0], ok[1], "--rebalance-rate", "0"]);
-        assert!(p.iter().any(|p| p.contains("REBALANCE_RATE")));
-        let p = problems(&[ok[0], ok[1], "--rebalance-interval", "10ms"]);
-        assert!(p.iter().any(|p| p.contains("REBALANCE_INTERVAL")));
     }
 }

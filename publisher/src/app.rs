@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use ryze_core::bus::Bus;
 use ryze_core::channel::Names;
-use ryze_core::store::{Store, StoreOptions};
+use ryze_core::store::Store;
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,18 +24,7 @@ use tokio_util::task::TaskTracker;
 
 /// Opens the store from the config (used by the service and the admin commands).
 pub fn store(config: &Config) -> anyhow::Result<Store> {
-    let url = config
-        .database_url
-        .as_ref()
-        .context("DATABASE_URL is required")?;
-    Ok(Store::new(
-        url.expose_secret(),
-        &StoreOptions {
-            pool_size: config.database_pool_size,
-            timeout: Duration::from_secs(2),
-        },
-        config.cipher()?,
-    )?)
+    Ok(config.database.open()?)
 }
 
 struct Admin {
@@ -57,7 +46,7 @@ impl App {
     /// Builds the service and binds its listener.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = store(&config)?;
-        let names = Names::new(config.redis_prefix.clone());
+        let names = Names::new(config.redis.prefix.clone());
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let publisher_metrics = crate::metrics::Metrics::new();
@@ -66,10 +55,10 @@ impl App {
                 let regions = parse_regions(spec.expose_secret()).map_err(anyhow::Error::msg)?;
                 Arc::new(RegionsOutlet::connect(
                     &regions,
-                    &config.redis_tls_files(),
+                    &config.redis.tls_files(),
                     names,
                     RedisOptions {
-                        stall_timeout: config.redis_stall_timeout,
+                        stall_timeout: config.redis.stall_timeout,
                         history: config.history.retention(),
                     },
                     publisher_metrics.clone(),
@@ -78,13 +67,13 @@ impl App {
                 )?)
             }
             None => {
-                let url = config.redis_url.as_ref().context("REDIS_URL is required")?;
+                let url = config.redis.url.as_ref().context("REDIS_URL is required")?;
                 let outlet = RedisOutlet::connect(
                     url.expose_secret(),
-                    &config.redis_tls_files(),
+                    &config.redis.tls_files(),
                     names,
                     RedisOptions {
-                        stall_timeout: config.redis_stall_timeout,
+                        stall_timeout: config.redis.stall_timeout,
                         history: config.history.retention(),
                     },
                 )?;
@@ -93,9 +82,9 @@ impl App {
             }
         };
         let settings = Settings::from_parts(
-            config.public_base_url.as_ref(),
-            config.publisher_api_key.as_ref(),
-            config.max_ingest_bytes,
+            config.ingest.base_url.as_ref(),
+            config.ingest.api_key.as_ref(),
+            config.ingest.max_bytes,
             config.config_cache_ttl,
         )?;
         let publisher = Publisher::with_metrics(store, outlet, settings, publisher_metrics);

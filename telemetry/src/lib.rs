@@ -35,6 +35,62 @@ pub enum LogFormat {
     Json,
 }
 
+/// `LOG_FORMAT` and `OTEL_EXPORTER_OTLP_*`, declared once for both binaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetrySettings {
+    /// Log format.
+    #[arg(
+        id = "log_format",
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint for traces (http:// or https://); unset = no export.
+    #[arg(
+        id = "otel_exporter_otlp_endpoint",
+        long = "otel-exporter-otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        global = true
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// PEM CA file the https:// collector's certificate must lead to (default: system CAs).
+    #[arg(
+        id = "otel_exporter_otlp_certificate",
+        long = "otel-exporter-otlp-certificate",
+        env = "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        value_name = "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        global = true
+    )]
+    pub otlp_certificate: Option<std::path::PathBuf>,
+}
+
+impl TelemetrySettings {
+    /// An endpoint that is not http(s), or a certificate file that cannot be read.
+    pub fn problems(&self) -> Vec<String> {
+        ryze_core::config::otlp_problems(
+            self.otlp_endpoint.as_deref(),
+            self.otlp_certificate.as_deref(),
+        )
+    }
+
+    /// Installs logging and, with an endpoint, trace export ([`init`]).
+    pub fn init(&self, service_name: &'static str) -> TelemetryGuard {
+        init(
+            self.log_format,
+            OtlpExport {
+                endpoint: self.otlp_endpoint.as_deref(),
+                certificate: self.otlp_certificate.as_deref(),
+            },
+            service_name,
+        )
+    }
+}
+
 /// Longest wait for the last spans to reach the collector at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -24,9 +24,9 @@ impl EmbeddedPublisher {
     /// From the gateway's config (validation already required the publisher's settings).
     pub fn new(config: &Config) -> anyhow::Result<EmbeddedPublisher> {
         let settings = Settings::from_parts(
-            config.public_base_url.as_ref(),
-            config.publisher_api_key.as_ref(),
-            config.max_ingest_bytes,
+            config.ingest.base_url.as_ref(),
+            config.ingest.api_key.as_ref(),
+            config.ingest.max_bytes,
             config.config_cache_ttl,
         )?;
         Ok(EmbeddedPublisher {
@@ -48,13 +48,13 @@ impl Guest for EmbeddedPublisher {
             Some(bus) => bus,
             None => {
                 let config = &self.config;
-                let url = config.redis_url.as_ref().context("REDIS_URL")?;
+                let url = config.redis.url.as_ref().context("REDIS_URL")?;
                 let outlet = RedisOutlet::connect(
                     url.expose_secret(),
-                    &config.redis_tls_files(),
+                    &config.redis.tls_files(),
                     host.names.clone(),
                     RedisOptions {
-                        stall_timeout: config.redis_stall_timeout,
+                        stall_timeout: config.redis.stall_timeout,
                         history: config.history.retention(),
                     },
                 )?;

@@ -12,14 +12,7 @@ async fn main() {
     let config = ryze_core::config::parse_or_exit("ryze-gateway", Config::validate);
     // Dropped at the end of main, which flushes the spans still queued; `exit` skips drops,
     // so the error paths shut it down first.
-    let telemetry = ryze_telemetry::init(
-        config.log_format,
-        ryze_telemetry::OtlpExport {
-            endpoint: config.otel_exporter_otlp_endpoint.as_deref(),
-            certificate: config.otel_exporter_otlp_certificate.as_deref(),
-        },
-        "ryze-gateway",
-    );
+    let telemetry = config.telemetry.init("ryze-gateway");
     let guest = match config.embedded_publisher {
         true => match embedded::EmbeddedPublisher::new(&config) {
             Ok(publisher) => Some(Box::new(publisher) as Box<dyn Guest>),
