@@ -28,6 +28,6 @@ case "$SOAK_SECONDS$SOAK_WORKERS$SOAK_INSTANCES" in
 esac
 
 echo "soak: ${SOAK_SECONDS}s of churn, ${SOAK_WORKERS} workers, ${SOAK_INSTANCES} instances"
-$CARGO build -p ryze-gateway -p ryze-publisher
+$CARGO build -p ryze-gateway-cmd -p ryze-publisher
 exec $CARGO test -p ryze-tests --test failure -- --exact \
     churn::connection_churn_leaves_no_connections_subscriptions_or_memory_behind --nocapture

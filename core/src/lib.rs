@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`event`]: the six event types and the per-instance filter set.
 //! - [`envelope`]: the frame a client receives (`{"event","data","instanceData"}`), built once.
+//! - [`bus`]: the fan-out bus trait the publisher sends through (Redis or in process).
 //! - [`wire`]: the Redis message body: a one-line header followed by the frame bytes.
 //! - [`channel`]: Redis channel and key names, and the control-channel messages.
 //! - [`history`]: `HISTORY_SIZE`/`HISTORY_TTL`, the per-instance history's retention (D37).
@@ -14,10 +15,10 @@
 //! - [`liveness`]: noticing a Redis connection that stopped delivering (D38).
 //! - [`shutdown`]: the SIGTERM/SIGINT trigger.
 //! - [`store`]: the Postgres store (schema migrations, tokens, instances, configs, NOTIFY).
-//! - [`telemetry`]: logs (text or JSON) and OTLP trace export, set up once per binary.
 //! - [`trust`]: trust anchors (a CA file or the system store) and rustls settings (ring) for
 //!   every TLS client here.
 
+pub mod bus;
 pub mod channel;
 pub mod close;
 pub mod config;
@@ -28,7 +29,6 @@ pub mod liveness;
 pub mod redis;
 pub mod shutdown;
 pub mod store;
-pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod trust;

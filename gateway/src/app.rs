@@ -6,6 +6,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::SessionLimits;
+use crate::embed::{Guest, Host};
 use crate::hub::{Hub, HubOptions};
 use crate::metrics::Metrics;
 use crate::open_files;
@@ -17,7 +18,6 @@ use anyhow::Context;
 use ryze_core::channel::Names;
 use ryze_core::redis::RedisTarget;
 use ryze_core::store::{Store, StoreOptions};
-use ryze_publisher::outlet::Outlet;
 use secrecy::ExposeSecret;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,15 +34,16 @@ pub struct App {
     public_router: axum::Router,
     admin_router: axum::Router,
     state: AppState,
-    background: CancellationToken,
+    stops: Stops,
     drain_rate: u32,
     shutdown_timeout: Duration,
     header_timeout: Duration,
 }
 
 impl App {
-    /// Connects what must be connected, binds both listeners, starts background loops.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
+    /// Connects what must be connected, binds both listeners, starts background loops, and
+    /// starts `guest` (the embedded publisher) on the gateway's store, bus and listener.
+    pub async fn build(config: Config, mut guest: Option<Box<dyn Guest>>) -> anyhow::Result<App> {
         // Before anything opens a descriptor of its own.
         let connection_cap = connection_cap(&config);
         let cipher = config.cipher()?;
@@ -58,7 +59,11 @@ impl App {
             },
             cipher,
         )?;
-        let metrics = Metrics::new(config.metrics_instance_labels);
+        let metrics = Metrics::with(config.metrics_instance_labels, |registry| {
+            if let Some(guest) = guest.as_mut() {
+                guest.register_metrics(registry);
+            }
+        });
         metrics.set_connection_cap(connection_cap);
         // Hash-tagged with Redis Cluster, as the publishers name them (history key and shard
         // channel in one slot).
@@ -69,7 +74,8 @@ impl App {
             .is_some_and(|target| target.clustered);
         let names = Names::new(config.redis_prefix.clone()).with_hash_tags(clustered);
         let tasks = TaskTracker::new();
-        let background = CancellationToken::new();
+        let stops = Stops::new();
+        let background = stops.background.clone();
         let cache = Arc::new(AuthCache::new(config.config_cache_ttl));
         let broker = match &config.redis_url {
             Some(url) => {
@@ -94,6 +100,7 @@ impl App {
             HubOptions {
                 unsubscribe_delay: config.unsubscribe_delay,
                 slow_grace: config.ws_slow_consumer_grace,
+                draining: stops.draining.clone(),
             },
         );
         match &broker {
@@ -107,9 +114,6 @@ impl App {
             metrics.clone(),
         );
         let write_buffer = 8 * 1024;
-        let publisher_metrics = config
-            .embedded_publisher
-            .then(ryze_publisher::metrics::Metrics::new);
         let state: AppState = Arc::new(Shared {
             store: store.clone(),
             cache: cache.clone(),
@@ -117,7 +121,6 @@ impl App {
             limiter,
             origins: OriginPolicy::parse(config.allowed_ws_origins.as_deref()),
             metrics,
-            publisher_metrics: publisher_metrics.clone(),
             connections: Arc::new(Semaphore::new(connection_cap)),
             ws: WsLimits {
                 read_frame_cap: (config.ws_max_message_bytes * 4).max(64 * 1024),
@@ -125,7 +128,6 @@ impl App {
                 send_queue_bytes: config.ws_send_queue_bytes,
                 read_buffer: 1024,
                 write_buffer,
-                // Above any frame the publisher can produce (bounded by MAX_INGEST_BYTES).
                 // A cap, not an allocation: above any frame a publisher can produce (its
                 // MAX_INGEST_BYTES; 64 MiB covers every sane setting), or the write would fail.
                 max_write_buffer: config
@@ -133,16 +135,16 @@ impl App {
                     .max(config.max_ingest_bytes)
                     .max(64 << 20)
                     + write_buffer,
-                heartbeat: SessionLimits {
+                session: SessionLimits {
                     max_message_bytes: config.ws_max_message_bytes,
                     ping_interval: config.ws_ping_interval,
                     pong_timeout: config.ws_pong_timeout,
                 },
             },
             tasks: tasks.clone(),
-            draining: CancellationToken::new(),
+            draining: stops.draining.clone(),
             started: Instant::now(),
-            body_timeout: config.http_header_timeout,
+            http_header_timeout: config.http_header_timeout,
             trust_proxy_headers: config.trust_proxy_headers,
         });
 
@@ -150,44 +152,18 @@ impl App {
             ingest: None,
             console: config.console_enabled,
         };
-        if config.embedded_publisher {
-            let publisher_metrics = publisher_metrics.unwrap_or_default();
-            let outlet: Arc<dyn Outlet> = match &broker {
-                Broker::Memory(m) => m.clone(),
-                Broker::Redis(_) => {
-                    let url = config.redis_url.as_ref().context("REDIS_URL")?;
-                    let outlet = ryze_publisher::outlet::RedisOutlet::connect(
-                        url.expose_secret(),
-                        &config.redis_tls_files(),
-                        names.clone(),
-                        ryze_publisher::outlet::RedisOptions {
-                            stall_timeout: config.redis_stall_timeout,
-                            history: config.history.retention(),
-                        },
-                    )?;
-                    outlet.watch(
-                        "default",
-                        publisher_metrics.clone(),
-                        &tasks,
-                        background.clone(),
-                    );
-                    outlet
-                }
+        if let Some(guest) = guest {
+            let bus: Option<Arc<dyn ryze_core::bus::Bus>> = match &broker {
+                Broker::Memory(m) => Some(m.clone()),
+                Broker::Redis(_) => None,
             };
-            let settings = ryze_publisher::Settings::from_parts(
-                config.public_base_url.as_ref(),
-                config.publisher_api_key.as_ref(),
-                config.max_ingest_bytes,
-                config.config_cache_ttl,
-            )?;
-            let publisher = ryze_publisher::Publisher::with_metrics(
-                store.clone(),
-                outlet,
-                settings,
-                publisher_metrics,
-            );
-            extras.ingest = Some(ryze_publisher::routes::ingest(publisher.clone()));
-            tasks.spawn(ryze_publisher::relay::run(publisher, background.clone()));
+            extras.ingest = Some(guest.start(Host {
+                store: store.clone(),
+                bus,
+                names: names.clone(),
+                tasks: tasks.clone(),
+                stop: background.clone(),
+            })?);
         }
 
         if let Broker::Redis(redis) = &broker {
@@ -253,16 +229,11 @@ impl App {
             public,
             admin,
             state,
-            background,
+            stops,
             drain_rate: config.drain_rate,
             shutdown_timeout: config.shutdown_timeout,
             header_timeout: config.http_header_timeout,
         })
-    }
-
-    /// The bound public address.
-    pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
-        self.public.local_addr()
     }
 
     /// The bound admin address.
@@ -277,14 +248,13 @@ impl App {
         signal: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let state = self.state;
-        let stop_public = CancellationToken::new();
-        let stop_admin = CancellationToken::new();
+        let stops = self.stops;
         let servers = TaskTracker::new();
         servers.spawn(crate::server::serve(
             self.public,
             self.public_router,
             self.header_timeout,
-            stop_public.clone(),
+            stops.public.clone(),
             state.tasks.clone(),
             state.metrics.clone(),
         ));
@@ -292,7 +262,7 @@ impl App {
             self.admin,
             self.admin_router,
             self.header_timeout,
-            stop_admin.clone(),
+            stops.admin.clone(),
             TaskTracker::new(),
             state.metrics.clone(),
         ));
@@ -302,14 +272,14 @@ impl App {
             drain_rate = self.drain_rate,
             "shutdown started: readiness failing, draining connections"
         );
-        state.draining.cancel();
-        stop_public.cancel();
+        // Readiness fails and the public listener stops accepting (its token is a child).
+        stops.draining.cancel();
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             state
                 .hub
                 .drain(self.drain_rate, self.shutdown_timeout)
                 .await;
-            self.background.cancel();
+            stops.background.cancel();
             state.tasks.close();
             state.tasks.wait().await;
         })
@@ -317,12 +287,40 @@ impl App {
         if drained.is_err() {
             tracing::warn!("shutdown timeout reached with connections still open; exiting anyway");
         }
-        self.background.cancel();
-        stop_admin.cancel();
+        // Whatever is left (background tasks after a timeout, the admin listener) stops now.
+        stops.root.cancel();
         servers.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), servers.wait()).await;
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// The shutdown tokens: one root, and a child per phase, so cancelling the root stops
+/// everything while the phases can still be stopped one by one, in order.
+struct Stops {
+    root: CancellationToken,
+    /// Shutdown started: readiness fails, joins are refused; parent of `public`.
+    draining: CancellationToken,
+    /// The public listener stops accepting.
+    public: CancellationToken,
+    /// Background loops (Redis reader, heartbeats, rebalancer, caches, the embedded publisher).
+    background: CancellationToken,
+    /// The admin listener (last: `/readyz` answers 503 throughout the drain).
+    admin: CancellationToken,
+}
+
+impl Stops {
+    fn new() -> Stops {
+        let root = CancellationToken::new();
+        let draining = root.child_token();
+        Stops {
+            public: draining.child_token(),
+            background: root.child_token(),
+            admin: root.child_token(),
+            draining,
+            root,
+        }
     }
 }
 

@@ -7,7 +7,6 @@ mod cache;
 pub use cache::AuthCache;
 
 use crate::error::ApiError;
-use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use percent_encoding::percent_decode_str;
 use ryze_core::store::{InstanceRef, Principal, Store};
@@ -58,11 +57,6 @@ pub fn extract_token(headers: &HeaderMap, query: Option<&str>) -> Option<Token> 
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty())
         .map(Token)
-}
-
-/// The token of a request, from its parts.
-pub fn token_of(parts: &Parts) -> Option<Token> {
-    extract_token(&parts.headers, parts.uri.query())
 }
 
 /// Decodes the `:instance` path segment once (D18): percent-decoded as UTF-8, `+` kept.

@@ -58,11 +58,11 @@ impl Broker {
         }
     }
 
-    /// Connected, and every wanted subscription (and the control channel) confirmed.
-    pub fn is_ready(&self) -> bool {
+    /// Connected, and every wanted subscription (and the control channel) confirmed; else why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
         match self {
-            Broker::Memory(_) => true,
-            Broker::Redis(r) => r.is_ready(),
+            Broker::Memory(_) => Ok(()),
+            Broker::Redis(r) => r.readiness(),
         }
     }
 

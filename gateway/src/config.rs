@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Log output format (one definition for both binaries).
-pub use ryze_core::telemetry::LogFormat;
+pub use ryze_telemetry::LogFormat;
 
 /// `ryze-gateway`: the public HTTP and WebSocket edge.
 #[derive(Debug, Clone, Parser)]

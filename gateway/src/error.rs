@@ -61,12 +61,6 @@ pub enum ApiError {
     /// 405 with `Allow` (set by the router guard).
     #[error("Method not allowed")]
     MethodNotAllowed,
-    /// 413 on /v1/events over `MAX_INGEST_BYTES`.
-    #[error("Payload too large")]
-    PayloadTooLarge,
-    /// 503 on /v1/events when the event bus is unreachable.
-    #[error("Failed to publish event")]
-    PublishFailed,
     /// 500: anything unexpected.
     #[error("Internal server error")]
     Internal,
@@ -86,9 +80,8 @@ impl ApiError {
             }
             InstanceLookup(_) | ConfigLookup(_) | Internal => StatusCode::INTERNAL_SERVER_ERROR,
             UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
-            AtCapacity | StreamUnavailable | PublishFailed => StatusCode::SERVICE_UNAVAILABLE,
+            AtCapacity | StreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }

@@ -22,7 +22,7 @@ use ryze_core::channel::{ControlMessage, ControlOp};
 use ryze_core::close;
 use ryze_core::wire::{Offset, WireFrame};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -57,7 +57,7 @@ struct Inner {
     /// Redis drops its subscriptions with the connection; an UNSUBSCRIBE would only add load).
     shutdown: CancellationToken,
     /// Set when the drain starts: no new client may join (it would miss its 1001).
-    draining: AtomicBool,
+    draining: CancellationToken,
     unsubscribe_delay: Duration,
     slow_grace: Duration,
     next_conn: AtomicU64,
@@ -148,6 +148,8 @@ pub struct HubOptions {
     pub unsubscribe_delay: Duration,
     /// `WS_SLOW_CONSUMER_GRACE`.
     pub slow_grace: Duration,
+    /// Cancelled when shutdown starts (the app's draining token): joins are refused from then.
+    pub draining: CancellationToken,
 }
 
 enum Step {
@@ -174,7 +176,7 @@ impl Hub {
             metrics,
             tasks,
             shutdown,
-            draining: AtomicBool::new(false),
+            draining: options.draining,
             unsubscribe_delay: options.unsubscribe_delay,
             slow_grace: options.slow_grace,
             next_conn: AtomicU64::new(1),
@@ -194,7 +196,7 @@ impl Hub {
     /// Holds the instance and waits until its channel subscription is confirmed on the current
     /// broker connection. Dropping the membership (or the client attached to it) releases it.
     pub async fn join(&self, id: Uuid) -> Result<Membership, JoinError> {
-        if self.0.draining.load(Ordering::SeqCst) {
+        if self.0.draining.is_cancelled() {
             return Err(JoinError::Unavailable);
         }
         {
@@ -537,7 +539,7 @@ impl Hub {
     /// surviving pods, but fast enough to finish within `budget` (the pace rises if needed).
     /// New joins are refused from the start. Returns once every close has been requested.
     pub async fn drain(&self, rate: u32, budget: Duration) {
-        self.0.draining.store(true, Ordering::SeqCst);
+        self.0.draining.cancel();
         let outboxes = self.open_outboxes();
         let budget_secs = (budget.as_secs_f64() * 0.8).max(0.1);
         let rate = (rate as f64).max(outboxes.len() as f64 / budget_secs);

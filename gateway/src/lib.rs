@@ -1,8 +1,11 @@
-//! ryze-gateway: the public HTTP and WebSocket edge.
+//! ryze-gateway: the public HTTP and WebSocket edge. A library on `ryze-core` alone; the
+//! `ryze-gateway` binary (`gateway/cmd`) composes it with the embedded publisher.
 //!
 //! Layout:
 //! - [`config`]: flags and environment, parsed once.
 //! - [`app`]: builds everything from the config and runs it until shutdown.
+//! - [`embed`]: what a component running in the gateway's process (the embedded publisher)
+//!   gets from it, and gives.
 //! - [`server`]: the accept loop (header timeout, upgrades, graceful stop, EMFILE back-off).
 //! - [`open_files`]: `RLIMIT_NOFILE` raised at start-up, and the connection cap it allows.
 //! - [`routes`]: the public router (config API, `/ws`, `/health`) and the admin router.
@@ -14,8 +17,9 @@
 //!   and gaps (SPEC §5.7).
 //! - [`rebalance`]: pods share their connection counts through Redis; a pod well above the
 //!   fleet mean closes its excess, paced, with 1001 `rebalancing` (SPEC D39).
+//! - [`readiness`]: every condition `/readyz` depends on, in one place.
 //! - [`metrics`], [`error`], [`state`], [`console`]; logs and traces are set up by
-//!   `ryze_core::telemetry`.
+//!   `ryze_telemetry`.
 
 pub mod app;
 pub mod auth;
@@ -23,6 +27,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod console;
+pub mod embed;
 pub mod error;
 pub mod hub;
 pub mod metrics;
@@ -30,6 +35,7 @@ pub mod open_files;
 pub mod origin;
 pub mod outbox;
 pub mod ratelimit;
+pub mod readiness;
 pub mod rebalance;
 pub mod resume;
 pub mod routes;

@@ -126,7 +126,14 @@ const LATENCY_BUCKETS: [f64; 16] = [
 impl Metrics {
     /// Registers every series; `instance_labels` caps the per-instance gauge.
     pub fn new(instance_labels: usize) -> Metrics {
+        Metrics::with(instance_labels, |_| ())
+    }
+
+    /// Like [`Metrics::new`], with `guest`'s families in the same registry (the embedded
+    /// publisher's), so `/metrics` is one exposition.
+    pub fn with(instance_labels: usize, guest: impl FnOnce(&mut Registry)) -> Metrics {
         let mut registry = Registry::default();
+        guest(&mut registry);
         let connections = Gauge::default();
         let opened = Counter::default();
         let closed = Family::<Reason, Counter>::default();

@@ -148,7 +148,7 @@ impl Rebalancer {
     /// difference is [`Fleet::moving`]).
     async fn observe(&mut self) -> Option<Fleet> {
         let own = self.state.hub.open_clients() as u64;
-        let own_ready = crate::routes::admin::is_ready(&self.state);
+        let own_ready = crate::readiness::check(&self.state).is_ok();
         match self.exchange(own, own_ready).await {
             Ok(others) => {
                 let mut fleet = Fleet {

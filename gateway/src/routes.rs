@@ -59,7 +59,7 @@ pub fn router(state: AppState, extras: Extras) -> Router {
     }))
     // Outermost, per route: one span per request naming the matched route, never the URI
     // (`?token=`).
-    .layer(ryze_core::telemetry::http_trace_layer())
+    .layer(ryze_telemetry::http_trace_layer())
 }
 
 /// The methods a known path accepts, or `None` for an unknown path.

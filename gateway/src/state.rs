@@ -29,8 +29,8 @@ pub struct WsLimits {
     pub write_buffer: usize,
     /// Hard cap of the library's write buffer: above the largest frame.
     pub max_write_buffer: usize,
-    /// Ping/pong settings.
-    pub heartbeat: SessionLimits,
+    /// What the connection loop enforces: message size, ping interval, pong timeout.
+    pub session: SessionLimits,
 }
 
 /// Shared state of the public and admin routers.
@@ -47,8 +47,6 @@ pub struct Shared {
     pub origins: OriginPolicy,
     /// Metrics.
     pub metrics: Metrics,
-    /// The embedded publisher's metrics, rendered after the gateway's on `/metrics`.
-    pub publisher_metrics: Option<ryze_publisher::metrics::Metrics>,
     /// `MAX_CONNECTIONS` permits (D26).
     pub connections: Arc<Semaphore>,
     /// WebSocket sizes and heartbeat.
@@ -59,9 +57,9 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Process start, for `/health` uptime.
     pub started: Instant,
-    /// Longest wait for a request body once its head arrived (`HTTP_HEADER_TIMEOUT`): a body
-    /// that trickles or stalls is cut off like a slow head.
-    pub body_timeout: std::time::Duration,
+    /// `HTTP_HEADER_TIMEOUT`, which also bounds reading a request body once its head arrived:
+    /// a body that trickles or stalls is cut off like a slow head.
+    pub http_header_timeout: std::time::Duration,
     /// `TRUST_PROXY_HEADERS`.
     pub trust_proxy_headers: bool,
 }

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::outlet::regions::{parse_regions, RegionsOutlet};
-use crate::outlet::{Outlet, RedisOptions, RedisOutlet};
+use crate::outlet::{RedisOptions, RedisOutlet};
 use crate::{Publisher, Settings};
 use anyhow::Context;
 use axum::extract::State;
@@ -11,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use ryze_core::bus::Bus;
 use ryze_core::channel::Names;
 use ryze_core::store::{Store, StoreOptions};
 use secrecy::ExposeSecret;
@@ -60,7 +61,7 @@ impl App {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let publisher_metrics = crate::metrics::Metrics::new();
-        let outlet: Arc<dyn Outlet> = match &config.region_redis_urls {
+        let outlet: Arc<dyn Bus> = match &config.region_redis_urls {
             Some(spec) => {
                 let regions = parse_regions(spec.expose_secret()).map_err(anyhow::Error::msg)?;
                 Arc::new(RegionsOutlet::connect(
@@ -105,8 +106,7 @@ impl App {
             draining: draining.clone(),
         });
         // Request spans on the ingest route only: probes and scrapes would flood the traces.
-        let ingest =
-            crate::routes::ingest(publisher).layer(ryze_core::telemetry::http_trace_layer());
+        let ingest = crate::routes::ingest(publisher).layer(ryze_telemetry::http_trace_layer());
         let router = ingest.merge(
             Router::new()
                 .route("/livez", get(|| async { "ok" }))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Log output format (one definition for both binaries).
-pub use ryze_core::telemetry::LogFormat;
+pub use ryze_telemetry::LogFormat;
 
 /// `ryze-publisher`: internal ingest service and admin CLI.
 #[derive(Debug, Clone, Parser)]

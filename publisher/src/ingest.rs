@@ -4,8 +4,8 @@
 use crate::cache::Delivery;
 use crate::error::IngestError;
 use crate::metrics::Outcome;
-use crate::outlet::{Audience, Outgoing};
 use crate::Publisher;
+use ryze_core::bus::{Audience, Outgoing};
 use ryze_core::envelope::{encode_message, InstanceData};
 use ryze_core::event::EventType;
 use ryze_core::wire::now_micros;

@@ -23,7 +23,7 @@ pub mod relay;
 pub mod routes;
 
 use cache::ConfigCache;
-use outlet::Outlet;
+use ryze_core::bus::Bus;
 use ryze_core::store::Store;
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -72,7 +72,7 @@ pub struct Publisher {
     /// Delivery configs by instance id.
     pub cache: ConfigCache,
     /// Where frames go.
-    pub outlet: Arc<dyn Outlet>,
+    pub outlet: Arc<dyn Bus>,
     /// Settings.
     pub settings: Settings,
     /// Metrics.
@@ -81,14 +81,14 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher over `store` and `outlet`.
-    pub fn new(store: Store, outlet: Arc<dyn Outlet>, settings: Settings) -> Arc<Publisher> {
+    pub fn new(store: Store, outlet: Arc<dyn Bus>, settings: Settings) -> Arc<Publisher> {
         Publisher::with_metrics(store, outlet, settings, metrics::Metrics::new())
     }
 
     /// A publisher sharing `metrics` with its outlet (per-region drop counters).
     pub fn with_metrics(
         store: Store,
-        outlet: Arc<dyn Outlet>,
+        outlet: Arc<dyn Bus>,
         settings: Settings,
         metrics: metrics::Metrics,
     ) -> Arc<Publisher> {

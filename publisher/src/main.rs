@@ -9,9 +9,9 @@ async fn main() {
     // Logs go to stderr, so an admin command's stdout is its JSON alone. Dropped at the end of
     // main, which flushes the spans still queued; `exit` skips drops, so the error paths shut
     // it down first.
-    let telemetry = ryze_core::telemetry::init(
+    let telemetry = ryze_telemetry::init(
         config.log_format,
-        ryze_core::telemetry::OtlpExport {
+        ryze_telemetry::OtlpExport {
             endpoint: config.otel_exporter_otlp_endpoint.as_deref(),
             certificate: config.otel_exporter_otlp_certificate.as_deref(),
         },

@@ -45,7 +45,8 @@ struct RegionLabel {
 }
 
 struct Inner {
-    registry: Registry,
+    /// Its own, or `None` when registered in the gateway's (embedded mode).
+    registry: Option<Registry>,
     events: Family<Labels, Counter>,
     region_dropped: Family<RegionLabel, Counter>,
     redis_stalls: Family<RegionLabel, Counter>,
@@ -56,9 +57,23 @@ struct Inner {
 pub struct Metrics(Arc<Inner>);
 
 impl Metrics {
-    /// Registers the series.
+    /// Registers the series in a registry of its own.
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
+        let inner = Metrics::families(&mut registry);
+        Metrics(Arc::new(Inner {
+            registry: Some(registry),
+            ..inner
+        }))
+    }
+
+    /// Registers the series in `registry` (the gateway's, in embedded mode): one exposition,
+    /// rendered by its owner.
+    pub fn register_in(registry: &mut Registry) -> Metrics {
+        Metrics(Arc::new(Metrics::families(registry)))
+    }
+
+    fn families(registry: &mut Registry) -> Inner {
         let events = Family::<Labels, Counter>::default();
         let region_dropped = Family::<RegionLabel, Counter>::default();
         registry.register(
@@ -77,12 +92,12 @@ impl Metrics {
             "Redis connections found stalled (no answer within REDIS_STALL_TIMEOUT) and replaced, by region (`default` without REGION_REDIS_URLS)",
             redis_stalls.clone(),
         );
-        Metrics(Arc::new(Inner {
-            registry,
+        Inner {
+            registry: None,
             events,
             region_dropped,
             redis_stalls,
-        }))
+        }
     }
 
     /// Counts one stalled Redis connection (D38).
@@ -116,10 +131,12 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Text exposition.
+    /// Text exposition (empty when the registry is the gateway's).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
+        if let Some(registry) = &self.0.registry {
+            let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+        }
         out
     }
 }

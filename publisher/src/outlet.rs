@@ -1,62 +1,14 @@
-//! Where published frames go: Redis (standalone or embedded with Redis), or the gateway's hub
-//! (embedded without Redis). One trait so the ingest path is the same for both.
+//! The publisher's buses ([`ryze_core::bus::Bus`]): Redis, one per region or one in all.
 //!
 //! - [`redis`]: [`RedisOutlet`], one Redis (plain, Sentinel or Cluster), with history (D37).
 //! - [`history`]: the script that appends a frame to history and publishes it atomically.
 //! - [`regions`]: [`regions::RegionsOutlet`], every region of `REGION_REDIS_URLS`.
-
-use futures_util::future::BoxFuture;
-use ryze_core::channel::ControlMessage;
-use ryze_core::redis::RedisUrlError;
-use ryze_core::tls::TlsError;
-use uuid::Uuid;
 
 pub mod history;
 pub mod redis;
 pub mod regions;
 
 pub use self::redis::RedisOutlet;
-
-/// One message to publish: the wire header plus the frame, built once.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// Target instance (channel `<prefix>:ws:<id>`).
-    pub instance_id: Uuid,
-    /// The exact version-1 Redis message body: header, then frame (shared, not copied, across
-    /// regions). With history on, the outlet sends [`Outgoing::frame`] and Redis builds the
-    /// version-2 header around the offset it assigns.
-    pub body: bytes::Bytes,
-    /// The publish stamp written in the header, in Unix microseconds.
-    pub published_micros: u64,
-    /// Where the frame starts in `body` (the header's length).
-    pub header_len: usize,
-    /// Publish on the instance's channel (some gateway may hold a client). `false`: append to
-    /// history only, for a resumable client that may come back ([`Audience::Resumable`]).
-    pub live: bool,
-}
-
-impl Outgoing {
-    /// A message from a version-1 body (`1 <micros>\n<frame>`, as
-    /// [`ryze_core::envelope::encode_message`] builds it).
-    pub fn new(instance_id: Uuid, body: bytes::Bytes, published_micros: u64, live: bool) -> Self {
-        let header_len = body
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(0, |newline| newline + 1);
-        Outgoing {
-            instance_id,
-            body,
-            published_micros,
-            header_len,
-            live,
-        }
-    }
-
-    /// The frame text without the header (what history stores), sharing `body`.
-    pub fn frame(&self) -> bytes::Bytes {
-        self.body.slice(self.header_len..)
-    }
-}
 
 /// How each Redis of an outlet is used.
 #[derive(Debug, Clone, Copy)]
@@ -66,89 +18,4 @@ pub struct RedisOptions {
     /// The retention with history on (`HISTORY_SIZE` > 0), `None` for plain publishes
     /// (version-1 headers).
     pub history: Option<ryze_core::history::Retention>,
-}
-
-/// Who may want an instance's frames (the ingest fast path), in increasing order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Audience {
-    /// Nobody: skip the frame (counted `noListeners`); nothing reaches Redis.
-    Nobody,
-    /// No gateway holds a client, but a resumable client may come back (`<prefix>:resume:<id>`
-    /// exists): append to history without publishing (still counted `noListeners`).
-    Resumable,
-    /// Some gateway may hold a client: append (with history on) and publish.
-    Live,
-}
-
-impl Audience {
-    /// From the live answer alone (outlets without history).
-    pub fn from_listening(listening: bool) -> Audience {
-        if listening {
-            Audience::Live
-        } else {
-            Audience::Nobody
-        }
-    }
-}
-
-/// The bus could not take the messages.
-#[derive(Debug, thiserror::Error)]
-pub enum OutletError {
-    /// Redis failed or timed out.
-    #[error("redis unavailable")]
-    Redis(#[from] fred::error::Error),
-    /// Redis did not answer in time.
-    #[error("redis timed out")]
-    Timeout,
-    /// The Redis URL does not parse (configuration validation normally catches it first).
-    #[error("invalid Redis URL: {0}")]
-    BadUrl(#[from] RedisUrlError),
-    /// The Redis TLS files could not be loaded (validation normally catches it first).
-    #[error("Redis TLS settings: {0}")]
-    Tls(#[from] TlsError),
-    /// The in-process bus is not wired yet.
-    #[error("event bus unavailable")]
-    Unavailable,
-}
-
-/// A fan-out bus as the publisher sees it.
-pub trait Outlet: Send + Sync + 'static {
-    /// For each id: could some gateway hold a client of it? Must never answer `false` for an
-    /// instance whose client already got its 101 (false positives are harmless).
-    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>>;
-    /// For each id: who may want its frames. Same rule as [`Outlet::listening`] for
-    /// [`Audience::Live`]; outlets with history also answer [`Audience::Resumable`]. The
-    /// default knows only `listening`.
-    fn audience<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-    ) -> BoxFuture<'a, Result<Vec<Audience>, OutletError>> {
-        Box::pin(async move {
-            let live = self.listening(ids).await?;
-            Ok(live.into_iter().map(Audience::from_listening).collect())
-        })
-    }
-    /// Publishes in order (per instance, at least). Messages with `live == false` go only to
-    /// history; an outlet without history drops them.
-    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>>;
-    /// Sends a control message to every gateway.
-    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>>;
-    /// Whether the outlet can take messages now (publisher readiness).
-    fn is_ready(&self) -> bool {
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_frame_is_the_body_past_its_header() {
-        let body = bytes::Bytes::from_static(b"1 42\n{\"event\":\"x\"}");
-        let m = Outgoing::new(Uuid::nil(), body, 42, true);
-        assert_eq!(m.header_len, 5);
-        assert_eq!(&m.frame()[..], b"{\"event\":\"x\"}");
-        assert!(Audience::Live > Audience::Resumable && Audience::Resumable > Audience::Nobody);
-    }
 }

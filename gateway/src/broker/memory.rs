@@ -1,11 +1,12 @@
-//! The in-process bus of the single-process mode: the embedded publisher's output goes
-//! straight into the hub, with no serialisation beyond the publisher's one.
+//! The in-process bus of the single-process mode without Redis: the embedded publisher's frames
+//! go straight into the hub, with no serialisation beyond the publisher's one and no header
+//! parsing (the stamp travels beside the frame).
 
 use crate::hub::Hub;
 use futures_util::future::BoxFuture;
+use ryze_core::bus::{Bus, BusError, Outgoing};
 use ryze_core::channel::ControlMessage;
-use ryze_core::wire;
-use ryze_publisher::outlet::{Outgoing, Outlet, OutletError};
+use ryze_core::wire::WireFrame;
 use std::sync::OnceLock;
 use uuid::Uuid;
 
@@ -21,35 +22,36 @@ impl MemoryBroker {
         let _ = self.hub.set(hub);
     }
 
-    fn hub(&self) -> Result<&Hub, OutletError> {
-        self.hub.get().ok_or(OutletError::Unavailable)
+    fn hub(&self) -> Result<&Hub, BusError> {
+        self.hub.get().ok_or(BusError::Unavailable)
     }
 }
 
-impl Outlet for MemoryBroker {
-    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
+impl Bus for MemoryBroker {
+    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, BusError>> {
         Box::pin(async move {
             let hub = self.hub()?;
             Ok(ids.iter().map(|id| hub.has_holders(*id)).collect())
         })
     }
 
-    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>> {
+    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             let hub = self.hub()?;
-            for m in messages {
-                match wire::decode(m.body) {
-                    Ok(frame) => hub.dispatch(m.instance_id, frame),
-                    Err(e) => {
-                        tracing::error!(error = %e, "embedded publisher produced a bad message")
-                    }
-                }
+            // No history here, so history-only messages have nowhere to go.
+            for m in messages.into_iter().filter(|m| m.live) {
+                let frame = WireFrame {
+                    published_micros: m.published_micros,
+                    offset: None,
+                    frame: m.frame(),
+                };
+                hub.dispatch(m.instance_id, frame);
             }
             Ok(())
         })
     }
 
-    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {
+    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             self.hub()?.control(msg);
             Ok(())

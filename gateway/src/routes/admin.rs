@@ -16,33 +16,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Ready: not shutting down, and Redis connected with every wanted subscription confirmed.
-/// Postgres is not part of it: open streams keep flowing without it, and failing every pod
-/// at once would only turn a partial outage into a total one.
-pub fn is_ready(state: &AppState) -> bool {
-    !state.draining.is_cancelled() && state.hub.broker().is_ready() && !state.store.tls_failing()
-}
-
+/// 200 `ready`, or 503 `not ready: <reason>` ([`crate::readiness`]).
 async fn readyz(State(state): State<AppState>) -> Response {
-    if is_ready(&state) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    match crate::readiness::check(&state) {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")).into_response(),
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut body = state.metrics.render(
+    let body = state.metrics.render(
         state.hub.broker().subscription_counts(),
         state.hub.client_counts(),
     );
-    if let Some(p) = &state.publisher_metrics {
-        // One exposition: drop the first one's terminator so the second's families follow.
-        if let Some(stripped) = body.strip_suffix("# EOF\n") {
-            body = stripped.to_owned();
-        }
-        body.push_str(&p.render());
-    }
     (
         [(
             header::CONTENT_TYPE,

@@ -61,7 +61,7 @@ pub async fn configure(
     let instance = auth::authorize(&state.store, None, &token, name.as_deref()).await?;
     // Read only after authorisation: unauthenticated bodies are never parsed.
     let bytes = tokio::time::timeout(
-        state.body_timeout,
+        state.http_header_timeout,
         axum::body::to_bytes(body, MAX_BODY_BYTES),
     )
     .await

@@ -171,7 +171,7 @@ async fn accept(
             metrics.connection_opened();
             tracing::debug!("connection opened");
             let ended =
-                connection::run(socket, outbox.clone(), limits.heartbeat, &metrics, resume).await;
+                connection::run(socket, outbox.clone(), limits.session, &metrics, resume).await;
             // Wakes any fan-out waiting for room in this outbox: the session is over.
             outbox.close(ryze_core::close::INTERNAL_ERROR);
             metrics.connection_closed(ended.label());

@@ -9,8 +9,8 @@
 //! custom commands routed by the history key's slot: fred's pipelines have no Lua interface,
 //! and one pipeline per request keeps a batch to one round trip.
 
-use super::Outgoing;
 use fred::types::{CustomCommand, Value};
+use ryze_core::bus::Outgoing;
 use ryze_core::channel::Names;
 use ryze_core::history::Retention;
 use sha1::{Digest, Sha1};

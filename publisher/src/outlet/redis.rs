@@ -4,10 +4,11 @@
 //! offset.
 
 use super::history::{is_noscript, HistoryScript};
-use super::{Audience, Outgoing, Outlet, OutletError, RedisOptions};
+use super::RedisOptions;
 use crate::metrics::Metrics;
 use fred::prelude::*;
 use futures_util::future::BoxFuture;
+use ryze_core::bus::{Audience, Bus, BusError, Outgoing};
 use ryze_core::channel::{ControlMessage, Names};
 use ryze_core::liveness::{replace, ticker, Answers};
 use ryze_core::redis::RedisTarget;
@@ -42,7 +43,7 @@ impl RedisOutlet {
         tls: &TlsFiles,
         names: Names,
         options: RedisOptions,
-    ) -> Result<Arc<RedisOutlet>, OutletError> {
+    ) -> Result<Arc<RedisOutlet>, BusError> {
         let RedisOptions {
             stall_timeout,
             history,
@@ -131,14 +132,14 @@ impl RedisOutlet {
     async fn bounded<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, fred::error::Error>>,
-    ) -> Result<T, OutletError> {
+    ) -> Result<T, BusError> {
         match tokio::time::timeout(self.stall_timeout, f).await {
             Ok(r) => {
                 let value = r?;
                 self.alive.heard();
                 Ok(value)
             }
-            Err(_) => Err(OutletError::Timeout),
+            Err(_) => Err(BusError::Timeout),
         }
     }
 
@@ -195,14 +196,14 @@ impl RedisOutlet {
     }
 }
 
-impl Outlet for RedisOutlet {
-    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
+impl Bus for RedisOutlet {
+    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, BusError>> {
         Box::pin(async move {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
             if !self.client.is_connected() {
-                return Err(OutletError::Unavailable);
+                return Err(BusError::Unavailable);
             }
             self.bounded(async {
                 let pipeline = self.client.pipeline();
@@ -216,10 +217,7 @@ impl Outlet for RedisOutlet {
         })
     }
 
-    fn audience<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-    ) -> BoxFuture<'a, Result<Vec<Audience>, OutletError>> {
+    fn audience<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<Audience>, BusError>> {
         Box::pin(async move {
             if self.history.is_none() {
                 let live = self.listening(ids).await?;
@@ -229,7 +227,7 @@ impl Outlet for RedisOutlet {
                 return Ok(Vec::new());
             }
             if !self.client.is_connected() {
-                return Err(OutletError::Unavailable);
+                return Err(BusError::Unavailable);
             }
             // One round trip: the live key and the resume marker of every instance.
             self.bounded(async {
@@ -252,7 +250,7 @@ impl Outlet for RedisOutlet {
         })
     }
 
-    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>> {
+    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             if messages.is_empty() {
                 return Ok(());
@@ -260,7 +258,7 @@ impl Outlet for RedisOutlet {
             // Fail fast while disconnected: the client would hold the commands for the
             // reconnect, and a caller told 503 could still see them published later.
             if !self.client.is_connected() {
-                return Err(OutletError::Unavailable);
+                return Err(BusError::Unavailable);
             }
             if let Some(script) = &self.history {
                 return self.bounded(self.append(script, messages)).await;
@@ -290,7 +288,7 @@ impl Outlet for RedisOutlet {
         self.is_live()
     }
 
-    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {
+    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let body = serde_json::to_string(msg).unwrap_or_default();
             self.bounded(async {

@@ -9,9 +9,10 @@
 //! With history on, each region's outlet runs the history script on its own Redis: every
 //! region keeps its own history, and offsets are region-local (D37).
 
-use super::{Audience, Outgoing, Outlet, OutletError, RedisOptions, RedisOutlet};
+use super::{RedisOptions, RedisOutlet};
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
+use ryze_core::bus::{Audience, Bus, BusError, Outgoing};
 use ryze_core::channel::{ControlMessage, Names};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -109,7 +110,7 @@ impl RegionsOutlet {
         metrics: Metrics,
         tasks: &TaskTracker,
         stop: CancellationToken,
-    ) -> Result<RegionsOutlet, OutletError> {
+    ) -> Result<RegionsOutlet, BusError> {
         let mut out = Vec::new();
         for (name, url) in regions {
             let outlet = RedisOutlet::connect(url, tls, names.clone(), options)?;
@@ -203,8 +204,8 @@ async fn worker(
     }
 }
 
-impl Outlet for RegionsOutlet {
-    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, OutletError>> {
+impl Bus for RegionsOutlet {
+    fn listening<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<bool>, BusError>> {
         Box::pin(async move {
             let audience = self.audience(ids).await?;
             Ok(audience.into_iter().map(|a| a == Audience::Live).collect())
@@ -213,10 +214,7 @@ impl Outlet for RegionsOutlet {
 
     /// The widest answer of any region: a frame goes to every region, so one live region makes
     /// it live everywhere (a wasted publish elsewhere is harmless).
-    fn audience<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-    ) -> BoxFuture<'a, Result<Vec<Audience>, OutletError>> {
+    fn audience<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<Audience>, BusError>> {
         Box::pin(async move {
             if ids.is_empty() {
                 return Ok(Vec::new());
@@ -257,7 +255,7 @@ impl Outlet for RegionsOutlet {
         })
     }
 
-    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), OutletError>> {
+    fn publish(&self, messages: Vec<Outgoing>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             if !messages.is_empty() {
                 self.enqueue(|| Job::Publish(messages.clone()));
@@ -266,7 +264,7 @@ impl Outlet for RegionsOutlet {
         })
     }
 
-    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), OutletError>> {
+    fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             self.enqueue(|| Job::Control(msg.clone()));
             Ok(())

@@ -22,7 +22,7 @@ pub struct OtlpExport<'a> {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ExportError {
     #[error("OTEL_EXPORTER_OTLP_CERTIFICATE")]
-    Trust(#[source] crate::trust::TrustError),
+    Trust(#[source] ryze_core::trust::TrustError),
     #[error("invalid OTEL_EXPORTER_OTLP_ENDPOINT")]
     Build(#[source] opentelemetry_otlp::ExporterBuildError),
 }
@@ -55,8 +55,8 @@ fn export_timeout() -> Duration {
 /// default client for `http://` (which is kept as it was).
 fn https_client(
     certificate: Option<&Path>,
-) -> Result<impl opentelemetry_http::HttpClient, crate::trust::TrustError> {
-    use crate::trust::{self, Roots};
+) -> Result<impl opentelemetry_http::HttpClient, ryze_core::trust::TrustError> {
+    use ryze_core::trust::{self, Roots};
     let roots = match certificate {
         Some(path) => Roots::File(path.to_owned()),
         None => Roots::System,

@@ -1,22 +1,37 @@
-//! `ryze-gateway`: parse the config once, then build and run the app until SIGTERM/SIGINT.
+//! `ryze-gateway`: parse the config once, then build and run the app until SIGTERM/SIGINT,
+//! with the publisher embedded when `EMBEDDED_PUBLISHER` is set.
+
+mod embedded;
 
 use ryze_gateway::app::App;
 use ryze_gateway::config::Config;
+use ryze_gateway::embed::Guest;
 
 #[tokio::main]
 async fn main() {
     let config = ryze_core::config::parse_or_exit("ryze-gateway", Config::validate);
     // Dropped at the end of main, which flushes the spans still queued; `exit` skips drops,
     // so the error paths shut it down first.
-    let telemetry = ryze_core::telemetry::init(
+    let telemetry = ryze_telemetry::init(
         config.log_format,
-        ryze_core::telemetry::OtlpExport {
+        ryze_telemetry::OtlpExport {
             endpoint: config.otel_exporter_otlp_endpoint.as_deref(),
             certificate: config.otel_exporter_otlp_certificate.as_deref(),
         },
         "ryze-gateway",
     );
-    let app = match App::build(config).await {
+    let guest = match config.embedded_publisher {
+        true => match embedded::EmbeddedPublisher::new(&config) {
+            Ok(publisher) => Some(Box::new(publisher) as Box<dyn Guest>),
+            Err(e) => {
+                tracing::error!(error = %e, "embedded publisher misconfigured");
+                telemetry.shutdown();
+                std::process::exit(1);
+            }
+        },
+        false => None,
+    };
+    let app = match App::build(config, guest).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, error.chain = ?e, "gateway failed to start");

@@ -1,0 +1,34 @@
+//! A component that runs inside the gateway's process: the embedded publisher
+//! (`--embedded-publisher`). The gateway knows it only through [`Guest`]; the binary composes
+//! the two, so this crate depends on `ryze-core` alone.
+
+use prometheus_client::registry::Registry;
+use ryze_core::bus::Bus;
+use ryze_core::channel::Names;
+use ryze_core::store::Store;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the gateway lends its guest.
+pub struct Host {
+    /// The gateway's Postgres store.
+    pub store: Store,
+    /// The in-process bus into the hub when there is no Redis; `None` with Redis (the guest
+    /// publishes there itself, as a standalone publisher would).
+    pub bus: Option<Arc<dyn Bus>>,
+    /// Channel and key names, hash-tagged as the gateway's.
+    pub names: Names,
+    /// Tracks the guest's background tasks with the gateway's, so shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when the gateway stops its background work.
+    pub stop: CancellationToken,
+}
+
+/// A component served by the gateway's process.
+pub trait Guest: Send {
+    /// Registers its metric families in the gateway's registry, so `/metrics` is one exposition.
+    fn register_metrics(&mut self, registry: &mut Registry);
+    /// Starts its tasks and returns the routes it serves on the public listener.
+    fn start(self: Box<Self>, host: Host) -> anyhow::Result<axum::Router>;
+}
