@@ -89,8 +89,9 @@ pub struct Config {
     /// the fleet's (records live three intervals).
     #[arg(long, env = "REBALANCE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub rebalance_interval: Duration,
-    /// Connections closed per second at most while rebalancing (each reconnect costs an auth
-    /// lookup and a subscription on the pod it lands on).
+    /// Connections closed per second while rebalancing, on average (at most 100 ms' worth saved
+    /// up while the pod is busy): each reconnect costs an auth lookup and a subscription on the
+    /// pod it lands on.
     #[arg(long, env = "REBALANCE_RATE", default_value_t = 50)]
     pub rebalance_rate: u32,
     /// Rebalancing never closes a connection younger than this.

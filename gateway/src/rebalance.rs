@@ -15,6 +15,17 @@
 //! (round-robin, oldest first within one) and never younger than `REBALANCE_MIN_AGE`. Closes
 //! are paced at `REBALANCE_RATE` per second; between closes the pod re-evaluates with its live
 //! count (and a fleet re-read every interval) and stops as soon as it is within the threshold.
+//! One round runs until then, taking more candidates when the first ones are used up (about a
+//! third of the reconnects land back on this pod behind a round-robin balancer), rather than
+//! waiting an interval per batch of land-backs.
+//!
+//! **The fleet total is kept while clients move** (docs/decisions.md, "Rebalancing"): a client
+//! this pod closed is counted nowhere until it reconnects and that pod's record is rewritten,
+//! so the counted mean sinks while closing, and a pod trusting it would close below its line.
+//! Closes are counted as moving clients, and a read within [`MOVING_FOR`] of the last close
+//! never shows a smaller fleet than the largest read since: the pod never closes a connection
+//! that takes it below `REBALANCE_THRESHOLD` × the real mean. (If clients really left
+//! meanwhile, the pod stops early and acts again once the window is over.)
 //! Without Redis (embedded single-process mode) rebalancing does not run.
 
 pub mod decision;
@@ -41,6 +52,13 @@ pub const PRUNE_AFTER: Duration = Duration::from_secs(300);
 const RECOUNT: Duration = Duration::from_millis(100);
 /// Shortest pause between two batches of closes.
 const STEP: Duration = Duration::from_millis(10);
+/// Closes that may be saved up while the loop wakes late (a loaded pod, a slow fleet read):
+/// this long at `REBALANCE_RATE`, so the rate holds on average without bursting after a stall.
+const BURST: Duration = Duration::from_millis(100);
+/// After this pod's last close, reads keep the largest fleet total seen for this long (at
+/// least a record lifetime): a client reconnects within its backoff cap (30 s, SPEC §5.6),
+/// and a total that sank meanwhile is one whose clients are still moving.
+pub const MOVING_FOR: Duration = Duration::from_secs(30);
 
 /// Rebalancing settings (`REBALANCE_*`).
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +89,10 @@ pub struct Rebalancer {
     pod: Uuid,
     settings: Settings,
     started: Instant,
+    /// The largest fleet total read (or kept while closing) since the window began.
+    kept_total: u64,
+    /// [`MOVING_FOR`] after this pod's last close: until then reads keep `kept_total`.
+    kept_until: Instant,
 }
 
 impl Rebalancer {
@@ -88,11 +110,13 @@ impl Rebalancer {
             pod: Uuid::new_v4(),
             settings,
             started: Instant::now(),
+            kept_total: 0,
+            kept_until: Instant::now(),
         }
     }
 
     /// Runs until `stop`; then removes this pod's record (best effort).
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(pod.id = %self.pod, threshold = self.settings.policy.threshold, "rebalancing records started");
@@ -119,17 +143,27 @@ impl Rebalancer {
     }
 
     /// Writes this pod's record and reads the fleet's; updates the gauges. `None` (logged)
-    /// when Redis fails: nothing is decided on a partial view.
-    async fn observe(&self) -> Option<Fleet> {
+    /// when Redis fails: nothing is decided on a partial view. Within [`MOVING_FOR`] of
+    /// this pod's last close, the fleet total never reads smaller than before (the
+    /// difference is [`Fleet::moving`]).
+    async fn observe(&mut self) -> Option<Fleet> {
         let own = self.state.hub.open_clients() as u64;
         let own_ready = crate::readiness::check(&self.state).is_ok();
         match self.exchange(own, own_ready).await {
             Ok(others) => {
-                let fleet = Fleet {
+                let mut fleet = Fleet {
                     own,
                     own_ready,
                     others,
+                    moving: 0,
                 };
+                let counted = fleet.counted();
+                self.kept_total = if Instant::now() < self.kept_until {
+                    self.kept_total.max(counted)
+                } else {
+                    counted
+                };
+                fleet.moving = self.kept_total - counted;
                 self.state
                     .metrics
                     .fleet_observed(fleet.pods(), fleet.mean(), fleet.share());
@@ -205,11 +239,14 @@ impl Rebalancer {
             .collect())
     }
 
-    /// Closes up to `n` connections, paced, re-evaluating before each batch.
-    async fn close_excess(&self, mut fleet: Fleet, n: u64) {
-        let hub = &self.state.hub;
-        let candidates = hub.rebalance_candidates(n as usize, self.settings.min_age);
-        if candidates.is_empty() {
+    /// Closes connections, paced, re-evaluating before each batch, until within the threshold
+    /// (or no connection is old enough).
+    async fn close_excess(&mut self, mut fleet: Fleet, n: u64) {
+        let hub = self.state.hub.clone();
+        let mut candidates = hub
+            .rebalance_candidates(n as usize, self.settings.min_age)
+            .into_iter();
+        if candidates.as_slice().is_empty() {
             tracing::debug!(excess = n, "rebalancing: no connection old enough to close");
             return;
         }
@@ -218,45 +255,78 @@ impl Rebalancer {
             own = fleet.own,
             mean = fleet.mean(),
             excess = n,
-            candidates = candidates.len(),
             "rebalancing: closing excess connections"
         );
+        let moving_for = MOVING_FOR.max(self.settings.interval * 3);
         let rate = f64::from(self.settings.rate.max(1));
         let step = STEP.max(Duration::from_secs_f64(1.0 / rate));
-        let per_step = ((rate * step.as_secs_f64()).round() as usize).max(1);
+        let per_step = ((rate * step.as_secs_f64()).round() as u64).max(1);
+        // A token bucket rather than `per_step` per tick: ticks that wake late (Delay) would
+        // otherwise lower the rate, by 3x on a loaded 2-core machine.
+        let cap = (rate * BURST.as_secs_f64()).max(per_step as f64);
+        let mut tokens = per_step as f64;
+        let mut filled = Instant::now();
         let mut pace = tokio::time::interval(step);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_observe = Instant::now() + self.settings.interval;
         let mut next_recount = Instant::now() + RECOUNT;
         let mut closed = 0u64;
-        for batch in candidates.chunks(per_step) {
+        let ended = loop {
             pace.tick().await;
             let now = Instant::now();
+            tokens = (tokens + rate * (now - filled).as_secs_f64()).min(cap);
+            filled = now;
             if now >= next_observe {
                 // Refreshes this pod's record too, so it never expires while closing.
                 let Some(fresh) = self.observe().await else {
-                    break;
+                    break "unknown";
                 };
                 fleet = fresh;
                 next_observe = now + self.settings.interval;
                 next_recount = now + RECOUNT;
             } else if now >= next_recount {
-                fleet.own = hub.open_clients() as u64;
+                fleet.recount(hub.open_clients() as u64);
                 next_recount = now + RECOUNT;
             }
             let remaining = match decide(&fleet, self.settings.policy, self.started.elapsed()) {
-                Decision::Close(m) => m as usize,
-                _ => break,
+                Decision::Close(m) => m,
+                other => break other.label(),
             };
-            for outbox in batch.iter().take(remaining) {
+            let want = remaining.min(tokens as u64);
+            let mut batch = want;
+            while batch > 0 {
+                let outbox = match candidates.next() {
+                    Some(outbox) => outbox,
+                    None => {
+                        // Used up: the land-backs and others keep it above its line.
+                        candidates = hub
+                            .rebalance_candidates(remaining as usize, self.settings.min_age)
+                            .into_iter();
+                        match candidates.next() {
+                            Some(outbox) => outbox,
+                            None => break,
+                        }
+                    }
+                };
                 if outbox.close_requested().is_none() {
                     outbox.close(close::REBALANCING);
-                    fleet.own = fleet.own.saturating_sub(1);
+                    fleet.closed_one();
                     closed += 1;
+                    batch -= 1;
                 }
             }
-        }
-        tracing::info!(pod.id = %self.pod, closed, "rebalancing: round done");
+            if batch < want {
+                tokens -= (want - batch) as f64;
+                // Some closed: their clients are moving.
+                self.kept_total = self.kept_total.max(fleet.counted() + fleet.moving);
+                self.kept_until = Instant::now() + moving_for;
+            }
+            if batch > 0 {
+                break "too_young";
+            }
+        };
+        tracing::info!(pod.id = %self.pod, closed, ended, own = fleet.own, mean = fleet.mean(),
+            "rebalancing: round done");
     }
 
     async fn remove_record(&self) -> Result<(), RebalanceError> {

@@ -1,18 +1,15 @@
 #![allow(clippy::unwrap_used)]
 //! Rebalancing after scale-out (SPEC D39, issue 18), with real gateways on one Redis:
 //!
-//! - `converges_onto_added_pods`: one gateway holds 300 clients of 10 instances, connected
-//!   through the harness's round-robin [`Balancer`]; each client reconnects through it when
-//!   closed. Two gateways are added: within a bound every pod is within the threshold of the
-//!   mean, every close the clients saw was 1001 `rebalancing`, only the first pod closed, and
-//!   it closed no more than its excess allows when a third of the reconnects come back to it.
+//! - `scale_out_of_2000_clients_converges_and_loses_nothing`: the issue's test at its scale.
+//!   One gateway holds 2,000 resumable clients of 50 instances, connected through the
+//!   harness's round-robin [`Balancer`], 100 events/s published throughout; two gateways are
+//!   added: within a bound every pod is within the threshold of the mean, only the first pod
+//!   closed, never below its line and not once balanced, every close was 1001 `rebalancing`,
+//!   and no client lost or repeated an event.
 //! - `holds_still_without_cause`: nothing is closed with one pod, while a pod of the fleet is
 //!   not ready (a record written by the test), or with `REBALANCE_THRESHOLD=0`; once the
 //!   fake pod turns ready, the pod closes exactly its excess (its clients do not reconnect).
-//!
-//! - `scale_out_loses_nothing_for_resumed_clients`: as `converges_onto_added_pods` with 150
-//!   resumable clients and a continuous feed through the real publisher: none loses or
-//!   repeats an event across its 1001 `rebalancing` close.
 //! - `convergence_time` (ignored, a measurement): 1 → 3 pods with many clients and the
 //!   default pacing; `scripts/rebalance-convergence.sh` runs it.
 //!
@@ -30,14 +27,18 @@ use common::resumable::{
     all_published, check_exactly_once, publish_end, resumable_client, wait_all, Feed, Progress,
 };
 use common::{configure, metric, segment, Env, Instance};
-use futures_util::StreamExt;
 use ryze_tests::{redis, Balancer, Service, WsClient};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
-/// Upper bound for the fleet to converge, or for a metric to reach a value.
-const CONVERGE: Duration = Duration::from_secs(90);
+/// Pings every 30 s, a connection dropped after 120 s without a pong: 2,000 clients in the test
+/// process on a loaded 2-core machine can answer late, and a `pong timeout` there is not
+/// what these tests are about (the defaults allow a pong 6 s late).
+const PING: (&str, &str) = ("WS_PING_INTERVAL", "30s");
+const PONG: (&str, &str) = ("WS_PONG_TIMEOUT", "120s");
+/// Upper bound for the fleet to converge, or for a metric to reach a value: generous, since
+/// 2,000 clients reconnecting on a loaded 2-core machine take a while (not a timing assertion;
+/// `scripts/rebalance-convergence.sh` measures).
+const CONVERGE: Duration = Duration::from_secs(180);
 /// Pause between two polls of `/metrics`.
 const POLL: Duration = Duration::from_millis(100);
 /// `REBALANCE_THRESHOLD` (its default).
@@ -125,132 +126,6 @@ async fn clients_on(gw: &Service, inst: &Instance, n: usize) -> Vec<WsClient> {
         );
     }
     out
-}
-
-/// A client of the test's own: connects through the balancer, reads until closed, records the
-/// close (code, reason), reconnects; until `stop`.
-fn reconnecting_client(
-    url: String,
-    token: String,
-    closes: Arc<Mutex<Vec<(u16, String)>>>,
-    stop: CancellationToken,
-) {
-    tokio::spawn(async move {
-        while !stop.is_cancelled() {
-            let Ok(mut client) = WsClient::connect(&url, &[("token", &token)]).await else {
-                // Refused (e.g. a pod still subscribing): retry after a short backoff.
-                let _ = tokio::time::timeout(Duration::from_millis(50), stop.cancelled()).await;
-                continue;
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = client.stream().next() => m,
-                };
-                match next {
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, reason) = frame
-                            .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                            .unwrap_or((1005, String::new()));
-                        closes.lock().unwrap().push((code, reason));
-                        // Let the library answer the Close, then reconnect.
-                        while let Some(Ok(_)) = client.stream().next().await {}
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        closes.lock().unwrap().push((1006, String::new()));
-                        break;
-                    }
-                }
-            }
-        }
-    });
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn converges_onto_added_pods() {
-    const CLIENTS: usize = 300;
-    const INSTANCES: usize = 10;
-    let env = Env::new().await;
-    let mut instances = Vec::new();
-    for i in 0..INSTANCES {
-        instances.push(env.create_instance(&format!("rebal-{i}")).await);
-    }
-    let settings = fast(&[]);
-    let gw1 = env.gateway(&settings).await;
-    for inst in &instances {
-        configure(
-            &gw1,
-            &inst.name,
-            &env.account_token,
-            json!({"enabled": true}),
-        )
-        .await;
-    }
-    let balancer = Balancer::start(vec![gw1.addr()]).await.unwrap();
-    let closes = Arc::new(Mutex::new(Vec::new()));
-    let stop = CancellationToken::new();
-    for i in 0..CLIENTS {
-        let inst = &instances[i % INSTANCES];
-        reconnecting_client(
-            balancer.ws_url(&format!("/ws/{}", segment(&inst.name))),
-            inst.token.clone(),
-            closes.clone(),
-            stop.clone(),
-        );
-    }
-    until("300 clients on the first pod", || async {
-        metric(&gw1, "ryze_gateway_connections").await == CLIENTS as f64
-    })
-    .await;
-    assert_eq!(metric(&gw1, CLOSED).await, 0.0, "closed while alone");
-
-    // A not-ready record holds rebalancing while the new pods start and join the balancer
-    // (as a deploy's pods are not ready until they are), so the first decision sees them all.
-    let gate = uuid::Uuid::new_v4().to_string();
-    fake_pod(&env, &gate, "0 0").await;
-    let (gw2, gw3) = tokio::join!(env.gateway(&settings), env.gateway(&settings));
-    balancer.set_backends(vec![gw1.addr(), gw2.addr(), gw3.addr()]);
-    let started = tokio::time::Instant::now();
-    redis()
-        .await
-        .cli(&["DEL", &format!("{}:pod:{gate}", env.prefix)])
-        .await
-        .unwrap();
-    let pods = [&gw1, &gw2, &gw3];
-    until("every pod within the threshold of the mean", || async {
-        let mut counts = Vec::new();
-        for gw in pods {
-            counts.push(metric(gw, "ryze_gateway_connections").await);
-        }
-        let total: f64 = counts.iter().sum();
-        let mean = total / counts.len() as f64;
-        total == CLIENTS as f64 && counts.iter().all(|c| *c <= THRESHOLD * mean)
-    })
-    .await;
-    eprintln!("converged in {:?}", started.elapsed());
-
-    let closed = metric(&gw1, CLOSED).await;
-    eprintln!("first pod closed {closed} (initial excess over the threshold: 175)");
-    // The excess to the mean is 300 - 100 = 200; with round-robin, a third of the reconnects
-    // land on the first pod again, so closing down to the mean takes at most 200 × 3/2 closes.
-    // Stopping at the threshold (125) needs at least 175.
-    let excess_to_mean = CLIENTS as f64 - CLIENTS as f64 / 3.0;
-    assert!(
-        (175.0..=excess_to_mean * 1.5).contains(&closed),
-        "first pod closed {closed}"
-    );
-    assert_eq!(metric(&gw2, CLOSED).await, 0.0, "second pod closed");
-    assert_eq!(metric(&gw3, CLOSED).await, 0.0, "third pod closed");
-    stop.cancel();
-    let closes = closes.lock().unwrap().clone();
-    assert_eq!(closes.len() as f64, closed, "closes seen by clients");
-    assert!(
-        closes.iter().all(|(c, r)| *c == 1001 && r == "rebalancing"),
-        "unexpected closes: {closes:?}"
-    );
-    assert!(balancer.forwarded_to(gw2.addr()) > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,18 +219,49 @@ struct ScaleOut {
     /// From the added pods in the balancer (and the fleet ready) to every pod within the
     /// threshold of the mean.
     converged_in: Duration,
-    /// `ryze_gateway_connections_closed_total{reason="rebalancing"}` of the first pod.
+    /// `ryze_gateway_connections_closed_total{reason="rebalancing"}` of the first pod, once
+    /// settled (one reconnect per close, three `balanced` evaluations without a close).
     closed: f64,
     /// 1001 `rebalancing` closes the clients saw.
     rebalanced: usize,
+    /// The first pod's `ryze_gateway_connections`: the lowest sampled from the added pods
+    /// joining to the end of the run, and the last.
+    lowest: f64,
+    last: f64,
+}
+
+/// `hh:mm:ss.mmm` UTC, to line the test's moments up with the gateways' log lines.
+fn utc_now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 86_400_000;
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+/// The first pod's target: `floor(THRESHOLD × mean)` of `clients` over three pods. It stops
+/// closing there, and a pod that never closes below its line never holds fewer (D39,
+/// docs/decisions.md "Rebalancing").
+fn line(clients: usize) -> f64 {
+    (THRESHOLD * clients as f64 / 3.0).floor()
 }
 
 /// One gateway with `clients` resumable clients of `instances` instances behind the
 /// [`Balancer`], a publisher feeding one `{"seq":n}` per instance every `period`; two gateways
-/// are added and the test waits (publishing) until every pod is within [`THRESHOLD`] of the
-/// mean, publishes a while longer, stops, and publishes the end marker. Asserts that every
-/// client saw every seq after its first frame exactly once, in order, no `stream.gap`, and that
-/// every close was 1001 `rebalancing`.
+/// are added and the test waits (publishing, sampling the first pod's count) until every pod
+/// is within [`THRESHOLD`] of the mean, then until the first pod evaluated `balanced` three
+/// more times, publishes a while longer, stops, and publishes the end marker. Asserts that
+/// every client saw every seq after its first frame exactly once, in order, no `stream.gap`,
+/// that every close was 1001 `rebalancing`, that the added pods closed nothing, and that the
+/// first pod closed nothing once balanced.
 async fn scale_out_under_feed(
     clients: usize,
     instances: usize,
@@ -402,35 +308,80 @@ async fn scale_out_under_feed(
         p.frames.load(Ordering::SeqCst) > 0
     })
     .await;
+    assert_eq!(metric(&gw1, CLOSED).await, 0.0, "closed while alone");
 
-    // As in `converges_onto_added_pods`: hold rebalancing until both pods are in the balancer.
+    // A not-ready record holds rebalancing while the new pods start and join the balancer
+    // (as a deploy's pods are not ready until they are), so the first decision sees them all.
     let gate = uuid::Uuid::new_v4().to_string();
     fake_pod(&env, &gate, "0 0").await;
     let (gw2, gw3) = tokio::join!(env.gateway(settings), env.gateway(settings));
     balancer.set_backends(vec![gw1.addr(), gw2.addr(), gw3.addr()]);
     let started = tokio::time::Instant::now();
+    eprintln!("added pods in the balancer at {}", utc_now());
     redis()
         .await
         .cli(&["DEL", &format!("{}:pod:{gate}", env.prefix)])
         .await
         .unwrap();
     let pods = [&gw1, &gw2, &gw3];
-    until("every pod within the threshold of the mean", || async {
-        let mut counts = Vec::new();
-        for gw in pods {
-            counts.push(metric(gw, "ryze_gateway_connections").await);
-        }
-        let total: f64 = counts.iter().sum();
-        let mean = total / counts.len() as f64;
-        total == clients as f64 && counts.iter().all(|c| *c <= THRESHOLD * mean)
-    })
+    let lowest = Mutex::new(f64::INFINITY);
+    // Settled: every pod within the threshold, every client connected, and every connection
+    // the first pod ended followed by its client's reconnect, with the same counts on two
+    // polls in a row (so a client in flight cannot hide behind one counted twice).
+    let previous = Mutex::new(None);
+    until(
+        "every pod within the threshold of the mean, settled",
+        || async {
+            let mut counts = Vec::new();
+            for gw in pods {
+                counts.push(metric(gw, "ryze_gateway_connections").await);
+            }
+            let closed = metric(&gw1, CLOSED).await;
+            let opened: u64 = progress
+                .iter()
+                .map(|p| p.connections.load(Ordering::SeqCst))
+                .sum();
+            {
+                let mut low = lowest.lock().unwrap();
+                *low = low.min(counts[0]);
+            }
+            let total: f64 = counts.iter().sum();
+            let mean = total / counts.len() as f64;
+            let now = (closed, opened);
+            let same = previous.lock().unwrap().replace(now) == Some(now);
+            same && opened as f64 == clients as f64 + closed
+                && total == clients as f64
+                && counts.iter().all(|c| *c <= THRESHOLD * mean)
+        },
+    )
     .await;
     let converged_in = started.elapsed();
+    eprintln!("converged at {}", utc_now());
+    for outcome in ["not_ready", "closing", "balanced", "unknown"] {
+        eprintln!("first pod: {outcome} {}", decisions(&gw1, outcome).await);
+    }
+    for l in gw1.logs().lines().filter(|l| l.contains("rebalancing:")) {
+        eprintln!("first pod: {l}");
+    }
+    // Balanced with every client connected: the first pod's closes have stopped.
+    let closed = metric(&gw1, CLOSED).await;
+    let balanced = decisions(&gw1, "balanced").await;
+    until("three more `balanced` evaluations", || async {
+        let count = metric(&gw1, "ryze_gateway_connections").await;
+        {
+            let mut low = lowest.lock().unwrap();
+            *low = low.min(count);
+        }
+        decisions(&gw1, "balanced").await >= balanced + 3.0
+    })
+    .await;
+    assert_eq!(metric(&gw1, CLOSED).await, closed, "closed once balanced");
+    let last = metric(&gw1, "ryze_gateway_connections").await;
     // Keep publishing with the fleet balanced (every client connected), then end.
     feed.wait_published(10, CONVERGE).await;
     let rounds = feed.stop().await;
     publish_end(&publisher, &insts).await;
-    let last = all_published(&rounds);
+    let published = all_published(&rounds);
 
     let mut rebalanced = 0;
     for (name, handle) in handles {
@@ -438,7 +389,7 @@ async fn scale_out_under_feed(
             .await
             .expect("client finishes")
             .unwrap();
-        check_exactly_once(&name, &log, last);
+        check_exactly_once(&name, &log, published);
         assert!(
             log.closes
                 .iter()
@@ -449,39 +400,77 @@ async fn scale_out_under_feed(
         assert!(log.sinces[1..].iter().all(|s| s != "now"), "{name}");
         rebalanced += log.closes.len();
     }
-    let closed = metric(&gw1, CLOSED).await;
     assert_eq!(metric(&gw2, CLOSED).await, 0.0, "second pod closed");
     assert_eq!(metric(&gw3, CLOSED).await, 0.0, "third pod closed");
+    assert!(balancer.forwarded_to(gw2.addr()) > 0);
+    assert!(balancer.forwarded_to(gw3.addr()) > 0);
+    let lowest = lowest.into_inner().unwrap();
     ScaleOut {
         converged_in,
         closed,
         rebalanced,
+        lowest,
+        last,
     }
 }
 
-/// Scale-out loses nothing (issue 18, "Tests"): 150 resumable clients of 10 instances on one
-/// gateway behind the balancer, 100 events/s published throughout; two gateways are added and
-/// the fleet converges. Every client saw every seq after its first frame once, in order, no
-/// gap; every close was 1001 `rebalancing`, and some clients were actually closed (otherwise
-/// the test would prove nothing about resuming across rebalancing).
+/// Scale-out at the issue's scale (issue 18, "Tests"): one gateway holds 2,000 resumable
+/// clients of 50 instances behind the balancer, 100 events/s published throughout; two
+/// gateways are added and each client closed with 1001 `rebalancing` reconnects round-robin
+/// through the balancer with `since`.
 ///
-/// What breaks it: rebalancing not acting (no close, or no convergence within [`CONVERGE`]), a
-/// close other than 1001 `rebalancing`, a resumed client missing or repeating frames published
-/// while it reconnected (replay/live seam, history not appended), a `stream.gap` for a retained
-/// offset, or a new pod closing connections.
+/// - Within [`CONVERGE`] (a bound, not a timing assertion) every pod is within the threshold
+///   and the fleet settled: every client connected again, one reconnect per close the first
+///   pod counted.
+/// - No pod closed more than its excess: the added pods closed nothing, and the first pod
+///   never held fewer than its line `floor(1.25 × 2000 / 3)` = 833, sampled every poll from
+///   the added pods joining to three `balanced` evaluations after convergence (its closes
+///   never took it below the line), with no close once balanced. Its close count is about
+///   1.5 × its initial excess of 1,167 (a third of the reconnects land back on it), which
+///   the test prints but does not bound: the line is what it must respect.
+/// - Every client saw every seq after its first frame once, in order, no gap; every close it
+///   saw was 1001 `rebalancing`.
+///
+/// What breaks it: rebalancing not acting or not converging, a pod trusting a mean that sank
+/// while its closed clients were reconnecting (closing below its line), closes continuing
+/// once balanced, an added pod closing, a close other than 1001 `rebalancing`, a resumed client
+/// missing or repeating frames published while it reconnected, a `stream.gap` for a retained
+/// offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_out_loses_nothing_for_resumed_clients() {
-    let out = scale_out_under_feed(150, 10, Duration::from_millis(100), &fast(&[])).await;
+async fn scale_out_of_2000_clients_converges_and_loses_nothing() {
+    const CLIENTS: usize = 2000;
+    let settings = fast(&[("REBALANCE_RATE", "400"), PING, PONG]);
+    let out = scale_out_under_feed(CLIENTS, 50, Duration::from_millis(500), &settings).await;
     eprintln!(
-        "converged in {:?}; first pod closed {}, clients saw {} rebalancing closes",
-        out.converged_in, out.closed, out.rebalanced
+        "converged in {:?}; first pod closed {}, clients saw {} rebalancing closes; first \
+         pod lowest {} last {} (line {})",
+        out.converged_in,
+        out.closed,
+        out.rebalanced,
+        out.lowest,
+        out.last,
+        line(CLIENTS)
     );
     assert!(out.rebalanced > 0, "no client was rebalanced");
-    assert_eq!(out.rebalanced as f64, out.closed, "closes seen by clients");
+    // Settling proved one reconnect per close the pod counted; as the clients leave after
+    // the end marker the fleet changes again, and the pod may close a few more.
+    assert!(
+        out.rebalanced as f64 >= out.closed,
+        "clients saw {} closes, the pod counted {}",
+        out.rebalanced,
+        out.closed
+    );
+    assert!(
+        out.lowest >= line(CLIENTS),
+        "the first pod closed below its line: held {} < {}",
+        out.lowest,
+        line(CLIENTS)
+    );
+    assert!(out.last <= line(CLIENTS), "not balanced: {}", out.last);
 }
 
 /// Convergence time (not a test assertion; `scripts/rebalance-convergence.sh` runs it): 1 → 3
-/// pods with `REBALANCE_BENCH_CLIENTS` resumable clients (default 1000) of 50 instances, 100
+/// pods with `REBALANCE_BENCH_CLIENTS` resumable clients (default 2000) of 50 instances, 100
 /// events/s published throughout. Rebalancing runs with its default `REBALANCE_RATE` and
 /// `REBALANCE_INTERVAL`; only the warm-up and minimum age are shortened (the clients are
 /// seconds old). Prints the time from the added pods being in the balancer to every pod within
@@ -492,17 +481,21 @@ async fn convergence_time() {
     let clients: usize = std::env::var("REBALANCE_BENCH_CLIENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(2000);
     let settings = vec![
         ("REBALANCE_WARMUP", "1s".to_owned()),
         ("REBALANCE_MIN_AGE", "0s".to_owned()),
         ("RATE_LIMIT_PER_MINUTE", "100000".to_owned()),
+        (PING.0, PING.1.to_owned()),
+        (PONG.0, PONG.1.to_owned()),
     ];
     let out = scale_out_under_feed(clients, 50, Duration::from_millis(500), &settings).await;
     println!(
-        "CONVERGENCE clients={clients} pods=1->3 converged_in={:.1}s closes={} \
-         (REBALANCE_RATE and REBALANCE_INTERVAL at their defaults)",
+        "CONVERGENCE clients={clients} pods=1->3 converged_in={:.1}s closes={} lowest={} \
+         line={} (REBALANCE_RATE and REBALANCE_INTERVAL at their defaults)",
         out.converged_in.as_secs_f64(),
-        out.closed
+        out.closed,
+        out.lowest,
+        line(clients)
     );
 }

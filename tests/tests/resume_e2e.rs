@@ -270,7 +270,8 @@ fn collect_plain(mut c: WsClient) -> JoinHandle<(Vec<u64>, Option<String>)> {
 /// `stream.gap`, and must have been drained at least once (its first gateway was restarted).
 ///
 /// Rebalancing is off here (`REBALANCE_THRESHOLD=0`) so that every close is a drain's;
-/// `rebalance::scale_out_loses_nothing_for_resumed_clients` covers resume across rebalancing.
+/// `rebalance::scale_out_of_2000_clients_converges_and_loses_nothing` covers resume across
+/// rebalancing.
 ///
 /// What breaks it: a restart losing frames published while clients reconnect (history not
 /// appended, a resume served from the wrong offset), a duplicate at the replay/live seam, a

@@ -43,6 +43,10 @@ pub struct Fleet {
     pub own_ready: bool,
     /// Every other pod with a live record.
     pub others: Vec<PodLoad>,
+    /// Clients counted nowhere right now but still part of the fleet: closed by this pod and
+    /// reconnecting, or on a pod whose record is older than their reconnect. Counting them
+    /// keeps the mean, and so the line this pod closes down to, from sinking while they move.
+    pub moving: u64,
 }
 
 impl Fleet {
@@ -51,10 +55,28 @@ impl Fleet {
         self.others.len() + 1
     }
 
-    /// Mean connections per pod, this one included.
+    /// Connections the records and this pod's own count show (without [`Fleet::moving`]).
+    pub fn counted(&self) -> u64 {
+        self.own + self.others.iter().map(|p| p.connections).sum::<u64>()
+    }
+
+    /// Mean connections per pod, this one included, [`Fleet::moving`] included.
     pub fn mean(&self) -> f64 {
-        let total: u64 = self.own + self.others.iter().map(|p| p.connections).sum::<u64>();
-        total as f64 / self.pods() as f64
+        (self.counted() + self.moving) as f64 / self.pods() as f64
+    }
+
+    /// Takes this pod's fresh count and keeps the fleet total: clients that came back to this
+    /// pod stop being moving, and a total that grew (new clients) is taken as it is.
+    pub fn recount(&mut self, own: u64) {
+        let total = self.counted() + self.moving;
+        self.own = own;
+        self.moving = total.saturating_sub(self.counted());
+    }
+
+    /// This pod closed one connection: its client is moving.
+    pub fn closed_one(&mut self) {
+        self.own = self.own.saturating_sub(1);
+        self.moving += 1;
     }
 
     /// This pod's count over the mean (0 when the fleet holds nothing).
@@ -163,6 +185,7 @@ mod tests {
                     ready: true,
                 })
                 .collect(),
+            moving: 0,
         }
     }
 
@@ -237,6 +260,36 @@ mod tests {
         assert_eq!(decide(&f, POLICY, started.elapsed()), Decision::Warmup);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(decide(&f, POLICY, started.elapsed()), Decision::Close(175));
+    }
+
+    #[test]
+    fn moving_clients_keep_the_line() {
+        // 300 on this pod, 0 elsewhere: line 125. After 100 closes, with the other records not
+        // yet showing them, the counted mean is 66.7 (line 83): without the moving clients the
+        // pod would close 117 more and end below the real line.
+        let mut f = fleet(200, &[0, 0]);
+        assert_eq!(decide(&f, POLICY, UP), Decision::Close(117));
+        f.moving = 100;
+        assert_eq!(f.counted(), 200);
+        assert_eq!(decide(&f, POLICY, UP), Decision::Close(75));
+        f.own = 125;
+        f.moving = 175;
+        assert_eq!(decide(&f, POLICY, UP), Decision::Balanced);
+    }
+
+    #[test]
+    fn closes_and_recounts_keep_the_total() {
+        let mut f = fleet(300, &[0, 0]);
+        for _ in 0..10 {
+            f.closed_one();
+        }
+        assert_eq!((f.own, f.moving, f.mean()), (290, 10, 100.0));
+        // Three came back to this pod.
+        f.recount(293);
+        assert_eq!((f.own, f.moving, f.mean()), (293, 7, 100.0));
+        // Fifteen new clients arrived: the total grows.
+        f.recount(315);
+        assert_eq!((f.own, f.moving, f.mean()), (315, 0, 105.0));
     }
 
     #[test]
