@@ -24,6 +24,11 @@ deps: ## Install redis-server, Postgres, chromium and the browser-test driver wh
 soak: ## Long connection-churn soak: SOAK_SECONDS (600), SOAK_WORKERS (24), SOAK_INSTANCES (40)
 	@bash scripts/soak.sh
 
+chaos: ## Chaos soak: seeded faults under load, invariant checker; CHAOS_SECONDS (600), CHAOS_SEED, CHAOS_REDIS=cluster; report into docs/reliability.md
+	$(CARGO) build --workspace --bins
+	CHAOS_DOC=$${CHAOS_DOC-docs/reliability.md} CHAOS_REPORT=$${CHAOS_REPORT:-$(CARGO_TARGET_DIR)/chaos-report.json} \
+		RYZE_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(CARGO_TARGET_DIR)/debug/ryze-chaos
+
 bench: ## Every benchmark scenario (release build, ~10 min); rewrites docs/benchmarks.md
 	@bash scripts/bench.sh
 
@@ -46,4 +51,4 @@ helm-lint: ## Lint, render and validate the Helm chart offline
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^##@/ {printf "\n%s\n", substr($$0, 5)} /^[a-zA-Z_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: run test deps soak bench bench-quick lint fmt helm-lint help
+.PHONY: run test deps soak chaos bench bench-quick lint fmt helm-lint help

@@ -90,6 +90,8 @@ pub struct RedisTarget {
     pub tls: bool,
     /// `REDIS_STALL_TIMEOUT` (D38): a command unanswered this long drops its connection.
     pub stall_timeout: Duration,
+    /// Each command is written at most once ([`RedisTarget::write_once`]).
+    pub write_once: bool,
 }
 
 /// `REDIS_STALL_TIMEOUT`'s default (SPEC D38).
@@ -134,7 +136,17 @@ impl RedisTarget {
             topology,
             tls,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            write_once: false,
         })
+    }
+
+    /// Never writes a command twice: one in flight when its connection fails is answered with
+    /// an error instead of being sent again on the next connection. For commands that are not
+    /// idempotent (the publisher's history script): the first write may still run — a wedged
+    /// server reads it when it wakes — so a resend would publish the frame twice.
+    pub fn write_once(mut self) -> RedisTarget {
+        self.write_once = true;
+        self
     }
 
     /// Judges connections by `stall_timeout` (`REDIS_STALL_TIMEOUT`) instead of the default.
@@ -188,7 +200,7 @@ impl RedisTarget {
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(2);
                 c.internal_command_timeout = Duration::from_secs(2);
-                c.max_command_attempts = 2;
+                c.max_command_attempts = if self.write_once { 1 } else { 2 };
                 // fred's own check of commands in flight: one unanswered for the stall timeout
                 // drops the connection (D38). An idle connection has nothing in flight; the
                 // processes' probes (crate::liveness) make sure it is never idle for long.

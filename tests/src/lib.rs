@@ -20,6 +20,8 @@
 //!   [`PgServer::start_private_tls`] for a TLS-only Postgres.
 //! - [`client`]: the shared [`http()`] client and [`WsClient`], whose [`WsConnectError`] carries
 //!   a refused upgrade's status and body.
+//! - [`chaos`]: the chaos soak (issue 21): seeded faults under load and an invariant checker
+//!   over the recorded history (`make chaos`, tests/tests/chaos.rs).
 //! - `supervisor` (private): the `sh` wrapper that ties every server to the test process, so
 //!   nothing outlives a panic or a killed test binary.
 //!
@@ -29,6 +31,7 @@
 pub mod balancer;
 pub mod bench;
 pub mod certs;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod postgres;

@@ -428,6 +428,18 @@ impl Service {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// The exit status if the process has exited, without waiting (for monitors that hold a
+    /// shared `Service`; a failed check counts as still running).
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.try_exit_status().ok().flatten()
+    }
+
+    /// Sends `signal` (a name such as `KILL`, `STOP`) to the process through a shared
+    /// reference (unlike [`Service::kill9`]); does not wait.
+    pub fn signal(&self, signal: &str) {
+        kill_pid(signal, self.pid);
+    }
+
     fn try_exit_status(&self) -> anyhow::Result<Option<ExitStatus>> {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         child

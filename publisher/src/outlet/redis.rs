@@ -50,7 +50,10 @@ impl RedisOutlet {
         } = options;
         let target = RedisTarget::parse(url)?
             .with_tls_files(tls)?
-            .with_stall_timeout(stall_timeout);
+            .with_stall_timeout(stall_timeout)
+            // A publish the client re-sent after its connection failed could run twice: the
+            // first write may still be executed by a server that was only wedged.
+            .write_once();
         let client = target.client(32)?;
         client.connect();
         Ok(Arc::new(RedisOutlet {
