@@ -81,12 +81,7 @@ impl App {
                 outlet
             }
         };
-        let settings = Settings::from_parts(
-            config.ingest.base_url.as_ref(),
-            config.ingest.api_key.as_ref(),
-            config.ingest.max_bytes,
-            config.config_cache_ttl,
-        )?;
+        let settings = Settings::new(&config.ingest, config.config_cache_ttl)?;
         let publisher = Publisher::with_metrics(store, outlet, settings, publisher_metrics);
         let draining = CancellationToken::new();
         tasks.spawn(crate::relay::run(publisher.clone(), stop.clone()));

@@ -24,6 +24,7 @@ pub mod routes;
 
 use cache::ConfigCache;
 use ryze_core::bus::Bus;
+use ryze_core::settings::IngestSettings;
 use ryze_core::store::Store;
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -43,18 +44,19 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// From the configuration values both binaries share; validation already reported a
-    /// missing key or base URL, so their absence here is a programming error.
-    pub fn from_parts(
-        base_url: Option<&String>,
-        api_key: Option<&SecretString>,
-        max_ingest_bytes: usize,
-        cache_ttl: Duration,
-    ) -> Result<Settings, SettingsError> {
+    /// From the ingest settings both binaries share; validation already reported a missing
+    /// key or base URL, so their absence here is a programming error.
+    pub fn new(ingest: &IngestSettings, cache_ttl: Duration) -> Result<Settings, SettingsError> {
         Ok(Settings {
-            base_url: base_url.cloned().ok_or(SettingsError("PUBLIC_BASE_URL"))?,
-            api_key: api_key.cloned().ok_or(SettingsError("PUBLISHER_API_KEY"))?,
-            max_ingest_bytes,
+            base_url: ingest
+                .base_url
+                .clone()
+                .ok_or(SettingsError("PUBLIC_BASE_URL"))?,
+            api_key: ingest
+                .api_key
+                .clone()
+                .ok_or(SettingsError("PUBLISHER_API_KEY"))?,
+            max_ingest_bytes: ingest.max_bytes,
             cache_ttl,
         })
     }

@@ -23,12 +23,7 @@ pub struct EmbeddedPublisher {
 impl EmbeddedPublisher {
     /// From the gateway's config (validation already required the publisher's settings).
     pub fn new(config: &Config) -> anyhow::Result<EmbeddedPublisher> {
-        let settings = Settings::from_parts(
-            config.ingest.base_url.as_ref(),
-            config.ingest.api_key.as_ref(),
-            config.ingest.max_bytes,
-            config.config_cache_ttl,
-        )?;
+        let settings = Settings::new(&config.ingest, config.config_cache_ttl)?;
         Ok(EmbeddedPublisher {
             config: config.clone(),
             settings,
