@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 pub struct Extras {
     /// `POST /v1/events` when the publisher is embedded.
     pub ingest: Option<Router>,
-    /// `GET /console` when enabled.
+    /// `GET /console` (and the reference client it loads) when enabled.
     pub console: bool,
 }
 
@@ -42,7 +42,9 @@ pub fn router(state: AppState, extras: Extras) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit));
     let mut app = limited.route("/health", get(health::health));
     if extras.console {
-        app = app.route("/console", get(crate::console::page));
+        app = app
+            .route("/console", get(crate::console::page))
+            .route(crate::console::CLIENT_PATH, get(crate::console::client));
     }
     let ingest = extras.ingest.is_some();
     let mut app = app.with_state(state).fallback(not_found);
@@ -72,7 +74,9 @@ fn allowed_methods(path: &str, ingest: bool, console: bool) -> Option<&'static s
         Some("GET")
     } else if one_segment("/api/events/websocket/") {
         Some("POST")
-    } else if path == "/health" || (console && path == "/console") {
+    } else if path == "/health"
+        || (console && (path == "/console" || path == crate::console::CLIENT_PATH))
+    {
         Some("GET")
     } else if ingest && path == "/v1/events" {
         Some("POST")

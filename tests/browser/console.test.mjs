@@ -1,13 +1,15 @@
 // The live event console (`GET /console`) in a real browser: headless Debian chromium driven by
-// playwright-core. Run by `tests/tests/console.rs`, which starts the gateway and provides:
+// playwright-core. Run by `tests/tests/console.rs`, which starts a publisher and a gateway
+// (Redis history on) and provides:
 //
 //   GATEWAY_URL   http://127.0.0.1:PORT (serves /console and /ws)
 //   INSTANCE      instance name           TOKEN        its token (must never appear on screen)
-//   INGEST_URL    .../v1/events           INGEST_KEY   PUBLISHER_API_KEY
+//   INGEST_URL    the publisher's /v1/events    INGEST_KEY   PUBLISHER_API_KEY
 //   INSTANCE_ID   instance uuid           SCREENSHOT   where to save the PNG
-//   CONTROL_DIR   (optional) enables the reconnect test: this script writes `connected` there,
-//                 the Rust side SIGTERMs the gateway, starts a new one on the same port and
-//                 writes `restarted`.
+//   CONTROL_DIR   (optional) enables the resume test: this script writes `connected` there once
+//                 the page showed seq 1 and 2; the Rust side SIGTERMs the gateway, publishes
+//                 seq 3, 4 and 5 while none runs, starts a new one on the same port and writes
+//                 `restarted`.
 //   CHROMIUM      (optional) browser path, default /usr/bin/chromium
 //
 // Manual run against `make run`: GATEWAY_URL=http://127.0.0.1:8080 INSTANCE=demo TOKEN=...
@@ -188,10 +190,27 @@ async function waitForFile(path, timeout) {
   }
 }
 
-test('the page shows the 1001 close and reconnects when the gateway is back',
+/** The seqs and offsets of the `message.status` frames on screen, oldest first. */
+async function shownSeqs() {
+  return page.evaluate(() => [...document.querySelectorAll('#frames > li.frame[data-type="message.status"]')]
+    .reverse()
+    .map((li) => ({ seq: JSON.parse(li.querySelector('pre').textContent).data.seq, offset: li.dataset.offset })));
+}
+
+/** `a-b` offsets compared as the pair of numbers they are. */
+const offsetKey = (o) => o.split('-').map((n) => BigInt(n));
+const isBefore = (a, b) => {
+  const [x, y] = [offsetKey(a), offsetKey(b)];
+  return x[0] < y[0] || (x[0] === y[0] && x[1] < y[1]);
+};
+
+test('the page shows the 1001 close, resumes when the gateway is back and shows nothing twice',
   { skip: skipAll || (!CONTROL_DIR && 'set CONTROL_DIR (driven by tests/tests/console.rs)') }, async () => {
     await page.locator('#status[data-state="open"]').waitFor();
     await page.getByRole('button', { name: 'Clear' }).click();
+    await publish('message.status', { seq: 1 });
+    await publish('message.status', { seq: 2 });
+    await waitFrames(2);
     await writeFile(join(CONTROL_DIR, 'connected'), '');
 
     // The Rust side sends SIGTERM: the gateway drains its connections with 1001.
@@ -199,16 +218,63 @@ test('the page shows the 1001 close and reconnects when the gateway is back',
     assert.match(await page.locator('#last-close').innerText(), /Last close: 1001 server shutting down/);
     await page.locator('#log li', { hasText: /closed 1001 server shutting down; retry 1 in \d\.\d s/ }).waitFor();
 
-    // A new gateway on the same port: the backoff finds it.
+    // Seq 3-5 are published while no gateway runs; a new gateway on the same port: the
+    // backoff finds it and the page resumes after seq 2's offset.
     await waitForFile(join(CONTROL_DIR, 'restarted'), 45_000);
     await page.locator('#status[data-state="open"]').waitFor({ timeout: 45_000 });
     assert.equal(await page.locator('#log li', { hasText: 'connected to' }).count(), 2);
+    const [, second] = await shownSeqs();
+    await page.locator('#log li', { hasText: `(resumed after ${second.offset})` }).waitFor();
+    await waitFrames(5);
 
-    await publish('instance.state', { state: 'connected', note: 'after restart' });
-    await waitFrames(1);
-    assert.equal(await page.locator('#frames > li .badge').innerText(), 'instance.state');
+    await publish('message.status', { seq: 6 });
+    await waitFrames(6);
+    const shown = await shownSeqs();
+    assert.deepEqual(shown.map((f) => f.seq), [1, 2, 3, 4, 5, 6], 'every seq once, in order');
+    for (let i = 1; i < shown.length; i++) {
+      assert.ok(isBefore(shown[i - 1].offset, shown[i].offset), `offsets increase: ${JSON.stringify(shown)}`);
+    }
+    assert.equal(await page.locator('#frames > li.gap').count(), 0, 'no gap: history held seq 3-5');
     await assertTokenNowhere('after the reconnect');
     await page.screenshot({ path: env.SCREENSHOT.replace(/(\.png)?$/, '-reconnect.png'), fullPage: true });
+    assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
+  });
+
+test('an offset the gateway does not hold shows the stream.gap line, then the retained frames',
+  { skip: skipAll || (!CONTROL_DIR && 'set CONTROL_DIR (checks the resume test\'s frames)') }, async () => {
+    if (page.url() === 'about:blank') await page.goto(`${env.GATEWAY_URL}/console`);
+    await page.getByRole('button', { name: 'Disconnect' }).click();
+    await page.locator('#status[data-state="idle"]').waitFor();
+    await page.getByRole('button', { name: 'Clear' }).click();
+    await page.getByLabel('Instance name').fill(env.INSTANCE);
+    await page.getByLabel('Token (instance or account)').fill(env.TOKEN);
+    // A well-formed offset this instance's stream never issued: everything after it is lost.
+    await page.getByLabel('Resume from offset (optional)').fill('1-0');
+    await page.getByRole('button', { name: 'Connect', exact: true }).click();
+    await page.locator('#status[data-state="open"]').waitFor();
+    await page.locator('#log li', { hasText: '(resumed after 1-0)' }).waitFor();
+
+    const gap = page.locator('#frames > li.gap');
+    await gap.waitFor();
+    assert.equal(await gap.count(), 1);
+    assert.equal(await gap.getAttribute('data-since'), '1-0');
+    assert.equal(await gap.locator('.badge').innerText(), 'stream.gap');
+    assert.match(await gap.innerText(), /Events missed: the gateway no longer holds the frames after offset 1-0/);
+    assert.equal(await page.locator('#log li', { hasText: 'stream.gap: frames after offset 1-0' }).count(), 1);
+
+    // The retained frames follow the gap, in order: once seq 6 (the newest) is on screen, all
+    // are. Newest first, so the gap is the oldest line.
+    await page.waitForFunction(() => /"seq": 6\b/.test(document.querySelector('#frames > li.frame pre')?.textContent ?? ''));
+    assert.equal(await page.locator('#frames > li').last().getAttribute('class'), 'gap');
+    const seqs = (await shownSeqs()).map((f) => f.seq);
+    assert.deepEqual(seqs.slice(-6), [1, 2, 3, 4, 5, 6], 'the retained frames after the gap, once each');
+
+    // The gap stays visible whatever the filter.
+    await page.getByLabel('Event type', { exact: true }).selectOption('call.update');
+    assert.equal(await gap.isVisible(), true);
+    await page.getByLabel('Event type', { exact: true }).selectOption('');
+    await page.getByLabel('Resume from offset (optional)').fill('');
+    await assertTokenNowhere('after a gap');
     assert.deepEqual(pageErrors, [], 'uncaught errors in the page');
   });
 

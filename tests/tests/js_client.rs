@@ -9,9 +9,13 @@
 //!   on the same address; the client resumes with `since` and the application loses nothing.
 //! - The same script with `--expect-stop`: the test deletes the instance while the client is
 //!   connected; the client must surface 1008 `instance deleted` and not reconnect.
+//! - The crash test again with the client in headless Chromium (`tests/browser/client.test.mjs`,
+//!   the console test's driver): loaded from the gateway (`/console/ryze-events.js`) into its
+//!   `/console` page.
 //!
-//! Needs `node` (20 or later) on `PATH`; without it every test here is skipped with a message on
-//! stderr, except under `CI`, where it fails.
+//! Needs `node` (20 or later) on `PATH`, and for the Chromium test also `chromium` and
+//! `tests/browser/node_modules`; without them the tests are skipped with a message on stderr,
+//! except under `CI`, where they fail.
 
 mod common;
 
@@ -204,6 +208,73 @@ async fn js_client_resumes_across_a_gateway_restart_without_loss() {
         "the client saw the crash: {text}"
     );
     println!("{text}");
+}
+
+/// [`js_client_resumes_across_a_gateway_restart_without_loss`] with the client in headless
+/// Chromium: the page is the gateway's `/console` (same origin: the Origin check passes and the
+/// module loads under the page's CSP), the application is a callback collecting seqs. The
+/// script publishes continuously and writes `restart` once the application saw
+/// [`RESTART_AT`] events; the test kills the gateway (SIGKILL) and starts a new one on the same
+/// `LISTEN_ADDR`. The script asserts that the application saw every published seq exactly once,
+/// in order, no `stream.gap`, the 1006, and reconnects with `since=<an offset it saw>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_client_in_chromium_resumes_across_a_gateway_kill_without_loss() {
+    let Some(tools) = common::browser::browser_tools() else {
+        return;
+    };
+    let listen = format!("127.0.0.1:{}", ryze_tests::free_port());
+    let gateway_env = [
+        ("LISTEN_ADDR", listen.clone()),
+        ("CONSOLE_ENABLED", "true".to_owned()),
+    ];
+    let mut sys = System::start(
+        "js chromium restart",
+        json!({"enabled": true}),
+        1,
+        &gateway_env,
+    )
+    .await;
+    let control = tempfile::tempdir().expect("control dir");
+    let mut cmd = Command::new(&tools.node);
+    cmd.args(["--test", "--test-reporter=spec", "client.test.mjs"])
+        .current_dir(common::browser::browser_dir())
+        .env("GATEWAY_URL", sys.gw().url(""))
+        .env("INSTANCE", &sys.inst.name)
+        .env("TOKEN", &sys.inst.token)
+        .env("INGEST_URL", sys.publisher.url("/v1/events"))
+        .env("INGEST_KEY", common::API_KEY)
+        .env("INSTANCE_ID", &sys.inst.id)
+        .env("CONTROL_DIR", control.path())
+        .env("COUNT", COUNT.to_string())
+        .env("RESTART_AT", RESTART_AT.to_string())
+        .env("CHROMIUM", &tools.chromium);
+    let mut node = common::browser::NodeRun::spawn(cmd);
+    if let Err(e) = node.wait_for_file(&control.path().join("restart")).await {
+        node.child.start_kill().ok();
+        panic!("{e:#}\n{}", node.output());
+    }
+    let mut old = sys.gateways.remove(0);
+    old.kill9();
+    old.wait_exit(common::WAIT)
+        .await
+        .expect("killed gateway exits");
+    let new = sys.env.gateway(&gateway_env).await;
+    assert_eq!(new.addr().to_string(), listen);
+    sys.gateways.push(new);
+
+    let status = node.finish().await;
+    let report = node.output();
+    assert!(
+        status.success(),
+        "node --test client.test.mjs: {status}\n{report}\nnew gateway:\n{}",
+        sys.gw().logs()
+    );
+    assert!(
+        report.contains("pass 1") && report.contains("skipped 0"),
+        "{report}"
+    );
+    assert!(report.contains("\"ok\":true"), "{report}");
+    println!("{report}");
 }
 
 /// Starts a publisher and a gateway, enables an instance (a name with a space and a slash, so

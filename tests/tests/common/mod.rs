@@ -16,6 +16,7 @@ use ryze_tests::{pg, redis, run_cli_json, unique_prefix, Bin, Service, WsClient}
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod browser;
 pub mod resumable;
 
 /// Upper bound for anything a test awaits (a frame, a close, readiness, a relay message).
