@@ -3,6 +3,8 @@
 //! Tokens are secrets: they are hashed before they are used as keys and never logged.
 
 mod cache;
+#[cfg(test)]
+pub(crate) mod properties;
 
 pub use cache::AuthCache;
 

@@ -2,6 +2,9 @@
 
 use std::collections::HashSet;
 
+#[cfg(test)]
+mod properties;
+
 /// Which browser origins may open /ws. Requests without `Origin` are always accepted.
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {

@@ -3,6 +3,8 @@
 
 mod config_api;
 mod health;
+#[cfg(test)]
+mod properties;
 mod ws;
 
 pub mod admin;
