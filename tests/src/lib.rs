@@ -34,6 +34,7 @@ pub mod certs;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod metrics;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

@@ -85,21 +85,7 @@ pub async fn scrape(gw: &Service) -> String {
 
 /// The sum of every sample of `name` (any labels) in a metrics text; 0 when absent.
 pub fn metric_in(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = match rest.strip_prefix('{') {
-                Some(labelled) => labelled.split_once('}')?.1,
-                None => rest,
-            };
-            rest.strip_prefix(' ')?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .sum()
+    ryze_tests::metrics::Exposition::parse(text).sum(name, "")
 }
 
 /// One gauge or counter of a running gateway.

@@ -29,21 +29,11 @@ use tokio_tungstenite::MaybeTlsStream;
 
 /// One scrape: `name{labels}` → value (comments and `# EOF` skipped).
 async fn scrape(url: &str) -> BTreeMap<String, f64> {
-    let text = http()
-        .get(url)
-        .send()
+    ryze_tests::metrics::Exposition::scrape(url)
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url} body: {e}"));
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+        .samples()
+        .clone()
 }
 
 /// Polls `url` until series `key` reads `want`; panics with the last scrape at [`WAIT`].

@@ -144,19 +144,10 @@ async fn next_probe(client: &mut WsClient, expected: &str, inst: &Instance, who:
 
 /// The value of one sample in Prometheus text (`name{labels}` exactly as exposed), if any.
 async fn metric(url: &str, sample: &str) -> Option<f64> {
-    let text = ryze_tests::http()
-        .get(url)
-        .send()
+    ryze_tests::metrics::Exposition::scrape(url)
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(sample))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+        .get(sample)
 }
 
 /// The next frame's (`data.seq`, `offset`, text).

@@ -360,21 +360,7 @@ pub async fn metrics(gw: &Service) -> anyhow::Result<String> {
 
 /// The sum of every series of metric `name` whose labels contain `label` (`""` for all).
 pub fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None,
-            };
-            if !labels.contains(label) {
-                return None;
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .sum()
+    crate::metrics::Exposition::parse(text).sum(name, label)
 }
 
 /// Quantiles of the gateway's own `ryze_publish_to_send_seconds` (publisher stamp → write

@@ -467,21 +467,10 @@ impl Drop for ControlWatcher {
 /// The value of the `/metrics` sample named exactly `sample` (`name` or `name{labels}`) of
 /// `svc`; 0 when absent.
 pub async fn metric(svc: &Service, sample: &str) -> f64 {
-    let text = ryze_tests::http()
-        .get(svc.admin_url("/metrics"))
-        .send()
+    ryze_tests::metrics::Exposition::scrape(&svc.admin_url("/metrics"))
         .await
         .expect("GET /metrics")
-        .text()
-        .await
-        .expect("/metrics body");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
+        .value(sample)
 }
 
 /// A service plus its environment's instance and watcher: what most tests start from.

@@ -291,7 +291,7 @@ async fn control_channel_and_shared_rate_limit_work_on_a_cluster() {
     assert_eq!(
         crate::metric(
             &s.a.admin_url("/metrics"),
-            "ryze_gateway_rate_limit_fallback_total "
+            "ryze_gateway_rate_limit_fallback_total"
         )
         .await
         .unwrap_or(0.0),

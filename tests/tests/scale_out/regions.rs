@@ -81,7 +81,7 @@ impl World {
     }
 
     fn dropped_sample(region: &str) -> String {
-        format!("ryze_publisher_region_dropped_total{{region=\"{region}\"}} ")
+        format!("ryze_publisher_region_dropped_total{{region=\"{region}\"}}")
     }
 
     async fn dropped(&self, region: &str) -> f64 {
