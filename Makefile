@@ -27,7 +27,7 @@ soak: ## Long connection-churn soak: SOAK_SECONDS (600), SOAK_WORKERS (24), SOAK
 bench: ## Every benchmark scenario (release build, ~10 min); rewrites docs/benchmarks.md
 	@bash scripts/bench.sh
 
-bench-quick: ## Smaller benchmark run (< 2 min) for before/after checks of a hot-path change
+bench-quick: ## Smaller benchmark run (2-3 min) for before/after checks of a hot-path change
 	@bash scripts/bench.sh --quick
 
 ##@ Quality
