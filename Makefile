@@ -32,7 +32,7 @@ chaos: ## Chaos soak: seeded faults under load, invariant checker; CHAOS_SECONDS
 bench: ## Every benchmark scenario (release build, ~10 min); rewrites docs/benchmarks.md
 	@bash scripts/bench.sh
 
-bench-quick: ## Smaller benchmark run (< 2 min) for before/after checks of a hot-path change
+bench-quick: ## Smaller benchmark run (2-3 min) for before/after checks of a hot-path change
 	@bash scripts/bench.sh --quick
 
 ##@ Quality

@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh            full run (about 4 minutes); rewrites the generated block of
 #                               docs/benchmarks.md and keeps the raw numbers as JSON
-#   scripts/bench.sh --quick    smaller counts (under 2 minutes) for before/after checks of a
+#   scripts/bench.sh --quick    smaller counts (2-3 minutes) for before/after checks of a
 #                               hot-path change; prints the results, leaves the docs alone
 #   scripts/bench.sh --tiny     a few hundred connections: proves the tools work
 # Other arguments go to ryze-bench, e.g. `--only fanout,idle`.

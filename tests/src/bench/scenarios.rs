@@ -5,7 +5,9 @@
 //! - [`stream`]: fan-out (and its latency at lower rates), hot instance, many instances and
 //!   media (connect, publish paced, count every frame, latency from the stamp).
 //! - [`storm`]: a gateway killed under 10k clients that fail over to the other one.
+//! - [`history`]: fan-out with history off and on, and 1,000 clients resuming at once.
 
+pub mod history;
 pub mod idle;
 pub mod storm;
 pub mod stream;
@@ -61,6 +63,12 @@ pub struct Params {
     pub storm_clients: usize,
     /// Connections per `ryze-load` worker.
     pub per_worker: usize,
+    /// History off/on: interleaved (off, on) pairs of the fan-out scenario.
+    pub history_pairs: usize,
+    /// Resume: clients that come back at once.
+    pub resume_clients: usize,
+    /// Resume: frames each of them missed.
+    pub resume_missed: usize,
     /// Where `perf record` data goes; `None`: no profiles.
     pub perf_dir: Option<String>,
 }
@@ -89,6 +97,9 @@ impl Params {
             media_bytes: 200_000,
             storm_clients: 10_000,
             per_worker: 5_000,
+            history_pairs: 2,
+            resume_clients: 1_000,
+            resume_missed: 100,
             perf_dir: None,
         }
     }
@@ -116,6 +127,9 @@ impl Params {
             media_bytes: 200_000,
             storm_clients: 2_000,
             per_worker: 2_500,
+            history_pairs: 1,
+            resume_clients: 200,
+            resume_missed: 100,
             perf_dir: None,
         }
     }
@@ -142,6 +156,7 @@ impl Params {
             media_secs: 2.0,
             storm_clients: 100,
             per_worker: 100,
+            resume_clients: 20,
             ..Params::quick()
         }
     }

@@ -21,7 +21,7 @@ pub const API_KEY: &str = "bench-publisher-key";
 pub const RATE_LIMIT: &str = "100000000";
 
 /// Instances every run creates besides the `m-<i>` ones.
-pub const NAMED: [&str; 4] = ["idle", "fanout", "hot", "media"];
+pub const NAMED: [&str; 5] = ["idle", "fanout", "hot", "media", "resume"];
 
 /// The running system.
 pub struct System {
@@ -118,7 +118,7 @@ impl System {
             .map(|r| (r.get::<_, String>(0), r.get::<_, Uuid>(1)))
             .collect();
         let prefix = crate::unique_prefix();
-        let publisher = spawn_publisher(&db.url, &redis.url(), &prefix).await?;
+        let publisher = spawn_publisher(&db.url, &redis.url(), &prefix, &[]).await?;
         let mut system = System {
             pg,
             db,
@@ -182,6 +182,16 @@ impl System {
         let mut old = std::mem::replace(&mut self.gateways[i], gw);
         old.kill9();
         let _ = old.wait_exit(Duration::from_secs(10)).await;
+        Ok(())
+    }
+
+    /// Replaces the publisher with a fresh one whose environment adds `extra` (e.g.
+    /// `HISTORY_SIZE=0`); the old one is stopped first, so only one appends at a time.
+    pub async fn restart_publisher(&mut self, extra: &[(&str, String)]) -> anyhow::Result<()> {
+        self.publisher.kill9();
+        let _ = self.publisher.wait_exit(Duration::from_secs(10)).await;
+        self.publisher =
+            spawn_publisher(&self.db.url, &self.redis.url(), &self.prefix, extra).await?;
         Ok(())
     }
 
@@ -334,8 +344,13 @@ async fn enable_statements(pg: &PgServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn spawn_publisher(db_url: &str, redis_url: &str, prefix: &str) -> anyhow::Result<Service> {
-    let env = vec![
+async fn spawn_publisher(
+    db_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Service> {
+    let mut env = vec![
         ("DATABASE_URL", db_url.to_owned()),
         ("REDIS_URL", redis_url.to_owned()),
         ("REDIS_PREFIX", prefix.to_owned()),
@@ -343,6 +358,10 @@ async fn spawn_publisher(db_url: &str, redis_url: &str, prefix: &str) -> anyhow:
         ("PUBLIC_BASE_URL", "https://bench.invalid".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((*k, v.clone()));
+    }
     let p = Service::spawn(Bin::Publisher, &[], &env).await?;
     p.wait_ready(READY).await?;
     Ok(p)

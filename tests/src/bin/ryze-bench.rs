@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! ryze-bench [--quick | --tiny]
-//!            [--only idle,fanout,fanout_sweep,hot,many,media,storm_hot,storm_many]
+//!            [--only idle,fanout,fanout_history,resume,fanout_sweep,hot,many,media,
+//!                    storm_hot,storm_many]
 //!            [--doc docs/benchmarks.md] [--json target/bench.json] [--perf DIR]
 //!            [--command "make bench"]
 //! ```
@@ -19,13 +20,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ryze_tests::bench::report::{self, RunInfo};
 use ryze_tests::bench::scenarios::storm::Population;
-use ryze_tests::bench::scenarios::{idle, storm, stream, Outcome, Params};
+use ryze_tests::bench::scenarios::{history, idle, storm, stream, Outcome, Params};
 use ryze_tests::bench::system::{System, RATE_LIMIT};
 use ryze_tests::bench::{procfs, profile};
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 10] = [
     "idle",
     "fanout",
+    "fanout_history",
+    "resume",
     "fanout_sweep",
     "hot",
     "many",
@@ -137,6 +140,8 @@ async fn main() -> anyhow::Result<()> {
         let result = match name {
             "idle" => idle::run(&sys, &p).await,
             "fanout" => stream::fanout(&sys, &p).await,
+            "fanout_history" => history::fanout_history(&mut sys, &p).await,
+            "resume" => history::resume(&mut sys, &p).await,
             "fanout_sweep" => stream::fanout_sweep(&sys, &p).await,
             "hot" => stream::hot(&sys, &p).await,
             "many" => stream::many(&sys, &p).await,

@@ -25,24 +25,24 @@ const TARGET_P99_US: u64 = 5_000;
 const TARGET_PER_CPU_SECOND: f64 = 400_000.0;
 
 /// What to stream.
-struct Spec {
+pub(super) struct Spec {
     /// Instance name template (`{i}` = instance index).
-    name: String,
-    instances: usize,
-    clients: usize,
-    per_worker: usize,
-    read_buffer: usize,
+    pub(super) name: String,
+    pub(super) instances: usize,
+    pub(super) clients: usize,
+    pub(super) per_worker: usize,
+    pub(super) read_buffer: usize,
     /// Requests per second.
-    rate: f64,
-    requests: u64,
+    pub(super) rate: f64,
+    pub(super) requests: u64,
     /// Builds request `n` with its send stamp.
-    body: Arc<dyn Fn(u64, u64) -> String + Send + Sync>,
+    pub(super) body: Arc<dyn Fn(u64, u64) -> String + Send + Sync>,
     /// Profile the gateways while publishing (when `--perf` is given).
-    profile: bool,
+    pub(super) profile: bool,
 }
 
 /// Everything measured while streaming.
-struct Streamed {
+pub(super) struct Streamed {
     connect: Merged,
     /// Gateway RSS before the clients connected, and once they had.
     rss_before: Vec<f64>,
@@ -55,10 +55,10 @@ struct Streamed {
     /// Clients per gateway, from its `ryze_gateway_connections`.
     conns: Vec<f64>,
     /// Warm-up excluded.
-    delivered: Merged,
-    published: Published,
-    expected: u64,
-    cpu: Cpu,
+    pub(super) delivered: Merged,
+    pub(super) published: Published,
+    pub(super) expected: u64,
+    pub(super) cpu: Cpu,
     /// Gateway `/metrics` before and after publishing.
     metrics_before: Vec<String>,
     metrics_after: Vec<String>,
@@ -66,7 +66,7 @@ struct Streamed {
 }
 
 impl Streamed {
-    fn delta(&self, name: &str, label: &str) -> Vec<f64> {
+    pub(super) fn delta(&self, name: &str, label: &str) -> Vec<f64> {
         self.metrics_after
             .iter()
             .zip(&self.metrics_before)
@@ -75,7 +75,7 @@ impl Streamed {
     }
 
     /// Publish of the first event → last frame received.
-    fn window_secs(&self) -> f64 {
+    pub(super) fn window_secs(&self) -> f64 {
         self.delivered
             .last_frame
             .saturating_sub(self.published.first_send) as f64
@@ -97,7 +97,12 @@ pub async fn warm_up(sys: &System) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stream(sys: &System, p: &Params, key: &str, s: &Spec) -> anyhow::Result<Streamed> {
+pub(super) async fn stream(
+    sys: &System,
+    p: &Params,
+    key: &str,
+    s: &Spec,
+) -> anyhow::Result<Streamed> {
     let urls = vec![sys.ws_url(0, &s.name), sys.ws_url(1, &s.name)];
     let rss = |sys: &System| -> Vec<f64> {
         sys.gateways
@@ -251,7 +256,7 @@ async fn wait_for_frames(
 }
 
 /// The rows every stream reports.
-fn common(o: &mut Outcome, st: &Streamed) {
+pub(super) fn common(o: &mut Outcome, st: &Streamed) {
     let d = &st.delivered;
     let window = st.window_secs();
     let lost = st.expected as i64 - d.frames as i64;
