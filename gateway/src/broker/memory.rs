@@ -39,7 +39,7 @@ impl Outlet for MemoryBroker {
             let hub = self.hub()?;
             for m in messages {
                 match wire::decode(m.body) {
-                    Ok(frame) => hub.dispatch(m.instance_id, frame),
+                    Ok(frame) => hub.dispatch(m.instance_id, frame, false),
                     Err(e) => {
                         tracing::error!(error = %e, "embedded publisher produced a bad message")
                     }
