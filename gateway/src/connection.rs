@@ -1,17 +1,23 @@
-//! One WebSocket session after its 101: a single task that writes queued frames in batches,
-//! reads (and discards) client frames, pings, and enforces the pong deadline (SPEC §5.4, D7,
-//! D27). Generic over the socket so unit tests drive it with in-memory streams.
+//! One WebSocket session after its 101: a single task that reads (and discards) client
+//! frames, pings, enforces the pong deadline (SPEC §5.4, D7, D27), and writes what the hub
+//! could not: the replay and frames queued before the session went direct, then only what a
+//! socket did not take at once (the hub writes live frames itself, see `outbox`).
+
+mod io;
+
+pub use io::SessionIo;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Batch, Frame, Outbox};
+use crate::outbox::{Batch, Frame, Outbox, Work};
 use crate::resume::Resume;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ryze_core::close::{self, CloseCode};
 use ryze_core::wire::now_micros;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 
 /// How long to try to deliver a Close frame, and then to wait for the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,7 +90,9 @@ pub async fn run<S>(
     mut resume: Resume,
 ) -> Ended
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Unpin,
 {
     let start = Instant::now();
     let mut ping = tokio::time::interval_at(start + limits.ping_interval, limits.ping_interval);
@@ -93,10 +101,24 @@ where
     // timer registration per batch (docs/benchmarks.md).
     let pong_deadline = tokio::time::sleep_until(start + limits.pong_timeout);
     tokio::pin!(pong_deadline);
+    let mut direct = false;
     loop {
+        if !direct && resume.replay.is_empty() && resume.gap.is_none() {
+            direct = outbox.go_direct(resume.offsets, resume.replayed_through);
+        }
         tokio::select! {
-            (batch, live) = next_batch(&outbox, &mut resume.replay) => match batch {
-                Batch::Close(code) => return close_with(&mut socket, code).await,
+            work = outbox.work(), if direct => match work {
+                Work::Close(code) => return close_with(&mut socket, &outbox, code).await,
+                Work::Gone => return Ended::Gone,
+                // The socket did not take everything: write the rest as it makes room.
+                Work::Write => tokio::select! {
+                    r = outbox.flush() => if r.is_err() { return Ended::Gone },
+                    _ = outbox.closed() => {}
+                    _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
+                },
+            },
+            (batch, live) = next_batch(&outbox, &mut resume.replay), if !direct => match batch {
+                Batch::Close(code) => return close_with(&mut socket, &outbox, code).await,
                 Batch::Frames(frames) => {
                     let count = frames.len();
                     let bytes: usize = frames.iter().map(|f| f.text.len()).sum();
@@ -126,7 +148,7 @@ where
                     let outcome = tokio::select! {
                         r = write => Some(r),
                         _ = outbox.closed() => None,
-                        _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+                        _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
                     };
                     match outcome {
                         Some(Ok(())) => {
@@ -140,7 +162,7 @@ where
                         Some(Err(_)) => return Ended::Gone,
                         None => {
                             let code = outbox.close_requested().unwrap_or(close::INTERNAL_ERROR);
-                            return close_with(&mut socket, code).await;
+                            return close_with(&mut socket, &outbox, code).await;
                         }
                     }
                 }
@@ -149,7 +171,9 @@ where
                 None => return Ended::Gone,
                 Some(Ok(Message::Pong(_))) => pong_deadline.as_mut().reset(Instant::now() + limits.pong_timeout),
                 Some(Ok(Message::Close(_))) => {
-                    // The library queued the echo of the client's Close; send it.
+                    // The library queued the echo of the client's Close; send it, and nothing
+                    // after it.
+                    outbox.stop(close::INTERNAL_ERROR);
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
                     return Ended::ClientClosed;
                 }
@@ -159,7 +183,7 @@ where
                     tokio::select! {
                         r = socket.flush() => if r.is_err() { return Ended::Gone },
                         _ = outbox.closed() => {}
-                        _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+                        _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
                     }
                 }
                 // The server consumes only PONG and Close; anything else has no effect, unless
@@ -167,14 +191,14 @@ where
                 // so the socket holds no unread bytes when we close (unread bytes turn the
                 // close into a TCP reset that can swallow the Close frame).
                 Some(Ok(Message::Text(t))) if t.len() > limits.max_message_bytes => {
-                    return close_with(&mut socket, close::MESSAGE_TOO_BIG).await;
+                    return close_with(&mut socket, &outbox, close::MESSAGE_TOO_BIG).await;
                 }
                 Some(Ok(Message::Binary(b))) if b.len() > limits.max_message_bytes => {
-                    return close_with(&mut socket, close::MESSAGE_TOO_BIG).await;
+                    return close_with(&mut socket, &outbox, close::MESSAGE_TOO_BIG).await;
                 }
-                Some(Ok(Message::Text(_) | Message::Binary(_))) => {}
+                Some(Ok(_)) => {}
                 Some(Err(e)) => return match classify(&e) {
-                    Some(code) => close_with(&mut socket, code).await,
+                    Some(code) => close_with(&mut socket, &outbox, code).await,
                     None => Ended::Gone,
                 },
             },
@@ -182,39 +206,36 @@ where
                 tokio::select! {
                     r = socket.send(Message::Ping(Default::default())) => if r.is_err() { return Ended::Gone },
                     _ = outbox.closed() => {}
-                    _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+                    _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
                 }
             }
-            _ = &mut pong_deadline => return close_with(&mut socket, close::PONG_TIMEOUT).await,
+            _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
         }
     }
 }
 
 /// The close code for a read error, or `None` for an ordinary disconnect.
-fn classify(e: &axum::Error) -> Option<CloseCode> {
-    use std::error::Error as _;
-    let mut source = e.source();
-    while let Some(err) = source {
-        if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
-            return match t {
-                tungstenite::Error::Capacity(_) => Some(close::MESSAGE_TOO_BIG),
-                tungstenite::Error::Utf8(_) => Some(close::INVALID_PAYLOAD),
-                tungstenite::Error::Protocol(_) => Some(close::PROTOCOL_ERROR),
-                _ => None,
-            };
-        }
-        source = err.source();
+fn classify(e: &tungstenite::Error) -> Option<CloseCode> {
+    match e {
+        tungstenite::Error::Capacity(_) => Some(close::MESSAGE_TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(close::INVALID_PAYLOAD),
+        tungstenite::Error::Protocol(_) => Some(close::PROTOCOL_ERROR),
+        _ => None,
     }
-    None
 }
 
 /// Sends Close (best effort, bounded), waits briefly for the client's reply, and reports.
-async fn close_with<S>(socket: &mut S, code: CloseCode) -> Ended
+async fn close_with<S>(socket: &mut S, outbox: &Outbox, code: CloseCode) -> Ended
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Unpin,
 {
+    // Nothing after the Close frame: the hub stops writing, and frames the socket has not
+    // started to take are dropped (the close wins).
+    outbox.stop(code);
     let frame = CloseFrame {
-        code: code.code,
+        code: code.code.into(),
         reason: Utf8Bytes::from_static(code.reason),
     };
     if let Ok(Ok(())) =

@@ -6,8 +6,9 @@
 //!   unsubscribed `UNSUBSCRIBE_DELAY` after its last holder leaves, so a quick reconnect costs
 //!   no Redis round trip. Broker calls for one instance never overlap: an entry is not removed
 //!   while its SUBSCRIBE is in flight, and joiners wait while its UNSUBSCRIBE is in flight.
-//! - Fan-out takes a shard lock, pushes a refcounted frame into each client's [`Outbox`]
-//!   without blocking, and releases the lock; nothing awaits while holding it.
+//! - Fan-out takes a shard lock, hands the frame to each client's [`Outbox`] without
+//!   blocking (which writes it straight to an idle socket, else queues a refcounted copy),
+//!   and releases the lock; nothing awaits while holding it.
 //! - A full outbox is not closed at once (D35). The instance gets a backlog and its own task,
 //!   which waits up to `WS_SLOW_CONSUMER_GRACE` for room (for all full clients together) and
 //!   then delivers the backlog in order. Only a client that stopped draining is closed (1008),
@@ -17,7 +18,6 @@ use crate::auth::AuthCache;
 use crate::broker::Broker;
 use crate::metrics::Metrics;
 use crate::outbox::{Frame, Outbox, Push};
-use axum::extract::ws::Utf8Bytes;
 use ryze_core::channel::{ControlMessage, ControlOp};
 use ryze_core::close;
 use ryze_core::wire::{Offset, WireFrame};
@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 mod catch_up;
@@ -372,7 +373,9 @@ impl Hub {
 
     /// Delivers one frame to every local client of the instance without ever blocking the
     /// caller: a client with a full queue moves the instance's delivery to its own task.
-    pub fn dispatch(&self, id: Uuid, wire: WireFrame) {
+    /// `behind`: more frames are already waiting, so they are queued for the connections'
+    /// writers (which send them several per write) instead of written one by one here.
+    pub fn dispatch(&self, id: Uuid, wire: WireFrame, behind: bool) {
         let Ok(text) = Utf8Bytes::try_from(wire.frame) else {
             self.0.metrics.frame_dropped("invalid");
             return;
@@ -392,12 +395,18 @@ impl Hub {
             }
             return;
         }
-        self.deliver(shard, id, frame);
+        self.deliver(shard, id, frame, !behind);
     }
 
     /// Delivers `frame` to the instance's clients (behind its backlog, if any), releasing the
     /// shard lock before anything that could wait.
-    fn deliver(&self, mut shard: MutexGuard<'_, HashMap<Uuid, Entry>>, id: Uuid, frame: Frame) {
+    fn deliver(
+        &self,
+        mut shard: MutexGuard<'_, HashMap<Uuid, Entry>>,
+        id: Uuid,
+        frame: Frame,
+        write_now: bool,
+    ) {
         let Some(e) = shard.get_mut(&id) else {
             self.0.metrics.frame_dropped("no_clients");
             return;
@@ -412,7 +421,7 @@ impl Hub {
             }
             return;
         }
-        let stalled = push_all(&e.clients, &frame);
+        let stalled = push_all(&e.clients, &frame, &self.0.metrics, write_now);
         if stalled.is_empty() {
             return;
         }
@@ -456,7 +465,7 @@ impl Hub {
                 }
             };
             let Some((frame, clients)) = next else { return };
-            let stalled = push_all(&clients, &frame);
+            let stalled = push_all(&clients, &frame, &self.0.metrics, false);
             if !stalled.is_empty() {
                 self.settle(&frame, stalled).await;
             }
@@ -468,12 +477,14 @@ impl Hub {
     async fn settle(&self, frame: &Frame, outboxes: Vec<Arc<Outbox>>) {
         let len = frame.text.len();
         let grace = self.0.slow_grace;
+        let metrics = &self.0.metrics;
         let waits = outboxes.iter().map(|outbox| async move {
             if tokio::time::timeout(grace, outbox.room_for(len))
                 .await
                 .is_ok()
             {
-                match outbox.push(frame.clone()) {
+                match outbox.push_as(frame, false) {
+                    Push::Sent => return metrics.frames_sent_alike(1, frame.published_micros),
                     Push::Queued | Push::Closed => return,
                     Push::Full => {}
                 }
@@ -559,13 +570,20 @@ impl Hub {
     }
 }
 
-/// Pushes to every outbox; returns the full ones.
-fn push_all(clients: &[Client], frame: &Frame) -> Vec<Arc<Outbox>> {
-    clients
-        .iter()
-        .filter(|c| c.outbox.push(frame.clone()) == Push::Full)
-        .map(|c| c.outbox.clone())
-        .collect()
+/// Pushes to every outbox (writing to idle sockets if `write_now`); returns the full ones.
+/// Frames written at once are counted here, once per dispatch, rather than per delivery.
+fn push_all(clients: &[Client], frame: &Frame, m: &Metrics, write_now: bool) -> Vec<Arc<Outbox>> {
+    let mut sent = 0;
+    let mut stalled = Vec::new();
+    for c in clients {
+        match c.outbox.push_as(frame, write_now) {
+            Push::Sent => sent += 1,
+            Push::Full => stalled.push(c.outbox.clone()),
+            Push::Queued | Push::Closed => {}
+        }
+    }
+    m.frames_sent_alike(sent, frame.published_micros);
+    stalled
 }
 
 /// A hold on an instance: keeps it subscribed while alive.

@@ -3,15 +3,19 @@
 //! Label values are bounded: reasons and statuses are fixed sets, and per-instance series are
 //! limited to the `METRICS_INSTANCE_LABELS` busiest instances, recomputed at each scrape.
 
+use latency::Latency;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use ryze_core::wire::now_micros;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use uuid::Uuid;
+
+mod latency;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
@@ -101,7 +105,7 @@ struct Inner {
     subscriptions: Gauge,
     subscriptions_confirmed: Gauge,
     instance_connections: Family<Instance, Gauge>,
-    publish_to_send: Histogram,
+    publish_to_send: Latency,
     rate_limit_fallback: Counter,
     redis_reconnects: Counter,
     redis_stalls: Family<Connection, Counter>,
@@ -143,7 +147,7 @@ impl Metrics {
         let subscriptions = Gauge::default();
         let subscriptions_confirmed = Gauge::default();
         let instance_connections = Family::<Instance, Gauge>::default();
-        let publish_to_send = Histogram::new(LATENCY_BUCKETS);
+        let publish_to_send = Latency::new(&LATENCY_BUCKETS);
         let rate_limit_fallback = Counter::default();
         let redis_reconnects = Counter::default();
         let redis_stalls = Family::<Connection, Counter>::default();
@@ -295,8 +299,15 @@ impl Metrics {
     /// `n` frames written; `latencies` in seconds since the publisher's stamp.
     pub fn frames_sent(&self, n: u64, latencies: impl Iterator<Item = f64>) {
         self.0.frames_sent.inc_by(n);
-        for l in latencies {
-            self.0.publish_to_send.observe(l);
+        latencies.for_each(|l| self.0.publish_to_send.observe_n(l, 1));
+    }
+
+    /// `n` copies of the frame stamped `published_micros` written just now.
+    pub fn frames_sent_alike(&self, n: u64, published_micros: u64) {
+        if n > 0 {
+            self.0.frames_sent.inc_by(n);
+            let secs = now_micros().saturating_sub(published_micros) as f64 / 1e6;
+            self.0.publish_to_send.observe_n(secs, n);
         }
     }
 
@@ -307,10 +318,8 @@ impl Metrics {
 
     /// `n` frames dropped for `reason`.
     pub fn frames_dropped_n(&self, reason: &'static str, n: u64) {
-        self.0
-            .frames_dropped
-            .get_or_create(&Reason { reason })
-            .inc_by(n);
+        let reason = Reason { reason };
+        self.0.frames_dropped.get_or_create(&reason).inc_by(n);
     }
 
     /// A rate-limit check fell back to per-pod counters.
@@ -320,12 +329,8 @@ impl Metrics {
 
     /// Retained frames and `stream.gap` frames written to a resuming connection.
     pub fn frames_replayed(&self, frames: u64, gaps: u64) {
-        if frames > 0 {
-            self.0.frames_replayed.inc_by(frames);
-        }
-        if gaps > 0 {
-            self.0.gaps_sent.inc_by(gaps);
-        }
+        self.0.frames_replayed.inc_by(frames);
+        self.0.gaps_sent.inc_by(gaps);
     }
 
     /// One history read for a resuming connection took `seconds`.

@@ -1,17 +1,34 @@
 //! A connection's send queue: bounded in frames (`WS_SEND_QUEUE`) and bytes
-//! (`WS_SEND_QUEUE_BYTES`), filled by the hub without blocking and drained in batches by the
-//! connection's writer.
+//! (`WS_SEND_QUEUE_BYTES`), filled by the hub without blocking.
+//!
+//! Two modes. Until its session goes [direct](Outbox::go_direct) (while a resuming session
+//! replays), frames queue and the session's writer drains them in batches. Once direct, the
+//! hub writes a frame straight to the socket when nothing is waiting before it: a
+//! non-blocking vectored write of the frame's header and shared payload, no allocation and
+//! no wake-up. Only what the socket does not take waits in the wire queue, which the
+//! session drains when the socket is writable again; the WebSocket library's control frames
+//! (pings, pongs, Close) go through the same queue, so the byte stream stays in order.
 //!
 //! A frame counts against both caps from enqueue until its write completes (D28). It is
 //! accepted if both caps hold after adding it, or if nothing is pending (so one frame larger
 //! than the byte cap still goes through). An idle outbox holds no heap memory.
 
-use axum::extract::ws::Utf8Bytes;
+mod direct;
+mod wire;
+
+use crate::metrics::Metrics;
 use ryze_core::close::CloseCode;
 use ryze_core::wire::Offset;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tungstenite::Utf8Bytes;
+use wire::Out;
+
+/// Most bytes of control frames queued behind a socket that does not take them; the
+/// WebSocket library waits beyond.
+const RAW_CAP: usize = 64 * 1024;
 
 /// One frame on its way to a client.
 #[derive(Debug, Clone)]
@@ -30,6 +47,8 @@ pub struct Frame {
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
+    /// Written to the socket whole: the caller counts it as sent.
+    Sent,
     /// Queued for the writer.
     Queued,
     /// A cap would be exceeded: the caller decides between waiting and closing (D35).
@@ -38,12 +57,43 @@ pub enum Push {
     Closed,
 }
 
+/// What the session's writer should do next in direct mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Bytes wait for the socket: [`Outbox::flush`] them.
+    Write,
+    /// Close the connection with this code (unwritten frames were dropped).
+    Close(CloseCode),
+    /// A write failed: the connection is gone.
+    Gone,
+}
+
+type Guard<'a> = std::sync::MutexGuard<'a, State>;
+
+/// How a direct session writes a live frame (its resume state, SPEC §5.7).
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    offsets: bool,
+    replayed_through: Option<Offset>,
+}
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<Frame>,
     pending_frames: usize,
     pending_bytes: usize,
     close: Option<CloseCode>,
+    /// The socket, once the session runs.
+    io: Option<(Arc<TcpStream>, Metrics)>,
+    direct: Option<Direct>,
+    /// Bytes accepted for the socket that it did not take yet, in order.
+    wire: VecDeque<Out>,
+    /// Bytes of `wire`'s front already written.
+    sent: usize,
+    /// Bytes of control frames in `wire`.
+    raw_bytes: usize,
+    /// A write failed.
+    broken: bool,
 }
 
 /// The queue shared by the hub (producer) and the connection (consumer).
@@ -69,7 +119,7 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> Guard<'_> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -78,19 +128,33 @@ impl Outbox {
             || (s.pending_frames < self.max_frames && s.pending_bytes + len <= self.max_bytes)
     }
 
-    /// Queues a frame if both caps allow it. Never blocks.
-    pub fn push(&self, frame: Frame) -> Push {
-        let len = frame.text.len();
-        let mut s = self.lock();
-        if s.close.is_some() {
+    /// Writes or queues a frame if both caps allow it. Never blocks; clones the frame only
+    /// when it has to wait.
+    pub fn push(&self, frame: &Frame) -> Push {
+        self.push_as(frame, true)
+    }
+
+    /// Like [`Outbox::push`]; without `write_now`, a direct session's frame is queued for
+    /// its writer even if the socket is idle (the fan-out is behind: writes coalesce).
+    pub fn push_as(&self, frame: &Frame, write_now: bool) -> Push {
+        let s = self.lock();
+        if s.close.is_some() || s.broken {
             return Push::Closed;
         }
+        match s.direct {
+            Some(direct) => self.push_direct(s, direct, frame, write_now),
+            None => self.enqueue(s, frame),
+        }
+    }
+
+    fn enqueue(&self, mut s: Guard<'_>, frame: &Frame) -> Push {
+        let len = frame.text.len();
         if !self.fits(&s, len) {
             return Push::Full;
         }
         s.pending_frames += 1;
         s.pending_bytes += len;
-        s.queue.push_back(frame);
+        s.queue.push_back(frame.clone());
         drop(s);
         self.writer.notify_one();
         Push::Queued
@@ -213,39 +277,39 @@ mod tests {
     #[test]
     fn frame_cap_counts_until_written() {
         let o = Outbox::new(2, 1000);
-        assert_eq!(o.push(frame(1)), Push::Queued);
-        assert_eq!(o.push(frame(1)), Push::Queued);
-        assert_eq!(o.push(frame(1)), Push::Full);
+        assert_eq!(o.push(&frame(1)), Push::Queued);
+        assert_eq!(o.push(&frame(1)), Push::Queued);
+        assert_eq!(o.push(&frame(1)), Push::Full);
         o.written(1, 1);
-        assert_eq!(o.push(frame(1)), Push::Queued);
+        assert_eq!(o.push(&frame(1)), Push::Queued);
     }
 
     #[test]
     fn byte_cap_rejects_backlog_but_accepts_a_big_frame_on_an_empty_queue() {
         let o = Outbox::new(10, 100);
         assert_eq!(
-            o.push(frame(500)),
+            o.push(&frame(500)),
             Push::Queued,
             "an empty queue takes any frame"
         );
-        assert_eq!(o.push(frame(1)), Push::Full);
+        assert_eq!(o.push(&frame(1)), Push::Full);
         o.written(1, 500);
-        assert_eq!(o.push(frame(60)), Push::Queued);
-        assert_eq!(o.push(frame(40)), Push::Queued);
-        assert_eq!(o.push(frame(1)), Push::Full);
+        assert_eq!(o.push(&frame(60)), Push::Queued);
+        assert_eq!(o.push(&frame(40)), Push::Queued);
+        assert_eq!(o.push(&frame(1)), Push::Full);
     }
 
     #[tokio::test]
     async fn next_batch_takes_everything_and_close_wins() {
         let o = Outbox::new(10, 1000);
-        o.push(frame(1));
-        o.push(frame(2));
+        o.push(&frame(1));
+        o.push(&frame(2));
         match o.next_batch(64, 1 << 20).await {
             Batch::Frames(f) => assert_eq!(f.len(), 2),
             Batch::Close(_) => panic!("expected frames"),
         }
         o.close(ryze_core::close::SLOW_CONSUMER);
-        assert_eq!(o.push(frame(1)), Push::Closed);
+        assert_eq!(o.push(&frame(1)), Push::Closed);
         assert!(matches!(o.next_batch(64, 1 << 20).await, Batch::Close(c) if c.code == 1008));
     }
 
@@ -253,7 +317,7 @@ mod tests {
     async fn batches_are_bounded_but_never_empty() {
         let o = Outbox::new(100, 1 << 20);
         for _ in 0..5 {
-            o.push(frame(10));
+            o.push(&frame(10));
         }
         assert!(matches!(o.next_batch(2, 1000).await, Batch::Frames(f) if f.len() == 2));
         assert!(matches!(o.next_batch(10, 25).await, Batch::Frames(f) if f.len() == 2));
@@ -263,7 +327,7 @@ mod tests {
     #[tokio::test]
     async fn room_for_wakes_when_the_writer_drains() {
         let o = std::sync::Arc::new(Outbox::new(1, 1000));
-        o.push(frame(1));
+        o.push(&frame(1));
         let waiter = tokio::spawn({
             let o = o.clone();
             async move { o.room_for(1).await }

@@ -9,9 +9,9 @@
 use crate::broker::History;
 use crate::error::ApiError;
 use crate::outbox::Frame;
-use axum::extract::ws::Utf8Bytes;
 use ryze_core::wire::Offset;
 use std::collections::VecDeque;
+use tungstenite::Utf8Bytes;
 
 /// Most frames replayed to one connection (history keeps at most `HISTORY_SIZE` per
 /// instance; this bounds a session whatever the publisher's setting).

@@ -45,7 +45,7 @@ impl Bus for MemoryBroker {
                     offset: None,
                     frame: m.frame(),
                 };
-                hub.dispatch(m.instance_id, frame);
+                hub.dispatch(m.instance_id, frame, false);
             }
             Ok(())
         })

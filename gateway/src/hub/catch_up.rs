@@ -10,8 +10,8 @@
 
 use super::Hub;
 use crate::outbox::Frame;
-use axum::extract::ws::Utf8Bytes;
 use ryze_core::wire::{now_micros, Offset};
+use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 /// History reads in flight at once during a catch-up.
@@ -79,7 +79,7 @@ impl Hub {
                         through = o;
                     }
                     delivered += 1;
-                    self.deliver(self.shard(id), id, frame);
+                    self.deliver(self.shard(id), id, frame, false);
                 }
                 // Frames held while delivering go next; the hold ends when none arrived.
                 let mut shard = self.shard(id);

@@ -3,19 +3,23 @@
 
 use super::raw_instance;
 use crate::auth::{self, decode_instance_name};
-use crate::connection;
+use crate::connection::{self, SessionIo};
 use crate::error::ApiError;
 use crate::outbox::Outbox;
 use crate::resume::{self, Resume, Since};
 use crate::state::AppState;
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, Uri, Version};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
 /// The upgrade handler: failures are ordinary HTTP responses, counted by status.
 pub async fn upgrade(
@@ -24,8 +28,10 @@ pub async fn upgrade(
     uri: Uri,
     headers: HeaderMap,
     peer: Option<axum::extract::Extension<ConnectInfo<SocketAddr>>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
+    // The upgrade is ours rather than axum's: the session needs the TCP stream itself.
+    let ws = request.extensions_mut().remove::<OnUpgrade>();
     let peer = peer.map(|p| p.0 .0);
     // The checks' span: never the token, nor the URI (its query may hold one).
     let span = tracing::info_span!(
@@ -60,7 +66,7 @@ async fn accept(
     uri: &Uri,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Option<OnUpgrade>,
 ) -> Result<Response, ApiError> {
     // Step 1 (rate limit) ran in the route layer.
     // Step 2: Origin.
@@ -106,7 +112,7 @@ async fn accept(
     let since = resume::parse_since(uri.query())?;
     // Step 7: a valid handshake (D23).
     check_handshake(version, headers)?;
-    let ws = ws.map_err(|_| ApiError::InvalidHandshake)?;
+    let on_upgrade = ws.ok_or(ApiError::InvalidHandshake)?;
     // Step 8: capacity (D26).
     let permit = state
         .connections
@@ -156,29 +162,54 @@ async fn accept(
     span.follows_from(&upgrade_span);
     let metrics = state.metrics.clone();
     let tracker_token = state.tasks.token();
-    let ws = ws
+    let config = WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer)
         .write_buffer_size(limits.write_buffer)
         .max_write_buffer_size(limits.max_write_buffer)
-        .max_message_size(limits.read_frame_cap)
-        .max_frame_size(limits.read_frame_cap)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "upgrade failed after 101"));
-    Ok(ws.on_upgrade(move |socket| {
+        .max_message_size(Some(limits.read_frame_cap))
+        .max_frame_size(Some(limits.read_frame_cap));
+    let key = headers
+        .get("sec-websocket-key")
+        .ok_or(ApiError::InvalidHandshake)?;
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes().trim_ascii());
+    tokio::spawn(
         async move {
             // Held for the session's lifetime: the hub membership, the capacity permit, and
             // the tracker token that makes shutdown wait for this session.
             let _hold = (membership, permit, tracker_token);
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => return tracing::debug!(error = %e, "upgrade failed after 101"),
+            };
+            // The accept loop serves plain TCP (server.rs): anything else is a bug.
+            let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+                return tracing::error!("upgraded connection is not a TCP stream");
+            };
+            let sock = Arc::new(parts.io.into_inner());
+            let io = SessionIo::new(sock.clone(), outbox.clone(), parts.read_buf);
+            outbox.connect(sock, metrics.clone());
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             metrics.connection_opened();
             tracing::debug!("connection opened");
             let ended =
                 connection::run(socket, outbox.clone(), limits.session, &metrics, resume).await;
             // Wakes any fan-out waiting for room in this outbox: the session is over.
             outbox.close(ryze_core::close::INTERNAL_ERROR);
+            outbox.disconnect();
             metrics.connection_closed(ended.label());
             tracing::debug!(reason = ended.label(), "connection closed");
         }
-        .instrument(span)
-    }))
+        .instrument(span),
+    );
+    Ok((
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade".to_owned()),
+            (header::UPGRADE, "websocket".to_owned()),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response())
 }
 
 /// D23: HTTP/1.1, `Upgrade: websocket`, `Connection: Upgrade` (tokens, any case), a

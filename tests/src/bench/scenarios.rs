@@ -4,11 +4,13 @@
 //! - [`idle`]: RSS per idle connection at 10k and the largest count one gateway can hold.
 //! - [`stream`]: fan-out (and its latency at lower rates), hot instance, many instances and
 //!   media (connect, publish paced, count every frame, latency from the stamp).
+//! - [`sparse`]: fan-out at the everyday rate, CPU per delivery against the kernel floor.
 //! - [`storm`]: a gateway killed under 10k clients that fail over to the other one.
 //! - [`history`]: fan-out with history off and on, and 1,000 clients resuming at once.
 
 pub mod history;
 pub mod idle;
+pub mod sparse;
 pub mod storm;
 pub mod stream;
 
@@ -59,6 +61,17 @@ pub struct Params {
     pub media_secs: f64,
     /// Media: bytes of base64 per event.
     pub media_bytes: usize,
+    /// Sparse fan-out: subscribers over both gateways (one instance, or spread over
+    /// `sparse_instances`).
+    pub sparse_clients: usize,
+    /// Sparse fan-out: instances of the many-instance shape.
+    pub sparse_instances: usize,
+    /// Sparse fan-out: events per second (per instance).
+    pub sparse_rate: f64,
+    /// Sparse fan-out: seconds of publishing.
+    pub sparse_secs: f64,
+    /// Sparse fan-out: bytes of event data.
+    pub sparse_data_bytes: usize,
     /// Reconnect storm: clients on the gateway that is killed.
     pub storm_clients: usize,
     /// Connections per `ryze-load` worker.
@@ -95,6 +108,11 @@ impl Params {
             media_rate: 20.0,
             media_secs: 15.0,
             media_bytes: 200_000,
+            sparse_clients: 2_000,
+            sparse_instances: 50,
+            sparse_rate: 20.0,
+            sparse_secs: 20.0,
+            sparse_data_bytes: 300,
             storm_clients: 10_000,
             per_worker: 5_000,
             history_pairs: 2,
@@ -125,6 +143,11 @@ impl Params {
             media_rate: 20.0,
             media_secs: 4.0,
             media_bytes: 200_000,
+            sparse_clients: 2_000,
+            sparse_instances: 50,
+            sparse_rate: 20.0,
+            sparse_secs: 10.0,
+            sparse_data_bytes: 300,
             storm_clients: 2_000,
             per_worker: 2_500,
             history_pairs: 1,
@@ -154,6 +177,8 @@ impl Params {
             media_clients: 10,
             media_rate: 5.0,
             media_secs: 2.0,
+            sparse_clients: 100,
+            sparse_secs: 2.0,
             storm_clients: 100,
             per_worker: 100,
             resume_clients: 20,

@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! ryze-bench [--quick | --tiny]
-//!            [--only idle,fanout,fanout_history,resume,fanout_sweep,hot,many,media,
-//!                    storm_hot,storm_many]
+//!            [--only idle,sparse,sparse_many,fanout,fanout_history,resume,fanout_sweep,hot,
+//!                    many,media,storm_hot,storm_many]
 //!            [--doc docs/benchmarks.md] [--json target/bench.json] [--perf DIR]
 //!            [--command "make bench"]
 //! ```
@@ -20,12 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ryze_tests::bench::report::{self, RunInfo};
 use ryze_tests::bench::scenarios::storm::Population;
-use ryze_tests::bench::scenarios::{history, idle, storm, stream, Outcome, Params};
+use ryze_tests::bench::scenarios::{history, idle, sparse, storm, stream, Outcome, Params};
 use ryze_tests::bench::system::{System, RATE_LIMIT};
 use ryze_tests::bench::{procfs, profile};
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 12] = [
     "idle",
+    "sparse",
+    "sparse_many",
     "fanout",
     "fanout_history",
     "resume",
@@ -139,6 +141,8 @@ async fn main() -> anyhow::Result<()> {
         log(&format!("scenario {name}"));
         let result = match name {
             "idle" => idle::run(&sys, &p).await,
+            "sparse" => sparse::one(&sys, &p).await,
+            "sparse_many" => sparse::many(&sys, &p).await,
             "fanout" => stream::fanout(&sys, &p).await,
             "fanout_history" => history::fanout_history(&mut sys, &p).await,
             "resume" => history::resume(&mut sys, &p).await,

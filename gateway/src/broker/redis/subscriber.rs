@@ -60,7 +60,8 @@ impl RedisBroker {
                 continue;
             };
             match wire::decode(body) {
-                Ok(frame) => hub.dispatch(id, frame),
+                // More messages waiting: the fan-out is behind, let writes coalesce.
+                Ok(frame) => hub.dispatch(id, frame, !messages.is_empty()),
                 Err(e) => {
                     self.metrics.frame_dropped("bad_wire");
                     tracing::debug!(error = %e, "dropping undecodable message");

@@ -133,6 +133,7 @@ pub async fn fanout_history(sys: &mut System, p: &Params) -> anyhow::Result<Outc
                     requests,
                     body: Arc::new(move |n, t| event(&id, t, n, &pad)),
                     profile: false,
+                    pin: false,
                 },
             )
             .await?;

@@ -39,30 +39,33 @@ pub(super) struct Spec {
     pub(super) body: Arc<dyn Fn(u64, u64) -> String + Send + Sync>,
     /// Profile the gateways while publishing (when `--perf` is given).
     pub(super) profile: bool,
+    /// Pin the servers (gateways, publisher, Redis) to CPU 0 and the clients (load workers,
+    /// the publishing loop) to CPU 1 while publishing, as the kernel floor is measured.
+    pub(super) pin: bool,
 }
 
 /// Everything measured while streaming.
 pub(super) struct Streamed {
-    connect: Merged,
+    pub(super) connect: Merged,
     /// Gateway RSS before the clients connected, and once they had.
-    rss_before: Vec<f64>,
-    rss_connected: Vec<f64>,
+    pub(super) rss_before: Vec<f64>,
+    pub(super) rss_connected: Vec<f64>,
     /// Highest RSS sampled while publishing (every 100 ms), and at the end.
-    rss_peak: Vec<f64>,
-    rss_end: Vec<f64>,
+    pub(super) rss_peak: Vec<f64>,
+    pub(super) rss_end: Vec<f64>,
     /// Once every client had left.
-    rss_after: Vec<f64>,
+    pub(super) rss_after: Vec<f64>,
     /// Clients per gateway, from its `ryze_gateway_connections`.
-    conns: Vec<f64>,
+    pub(super) conns: Vec<f64>,
     /// Warm-up excluded.
     pub(super) delivered: Merged,
     pub(super) published: Published,
     pub(super) expected: u64,
     pub(super) cpu: Cpu,
     /// Gateway `/metrics` before and after publishing.
-    metrics_before: Vec<String>,
-    metrics_after: Vec<String>,
-    profiles: Vec<Profile>,
+    pub(super) metrics_before: Vec<String>,
+    pub(super) metrics_after: Vec<String>,
+    pub(super) profiles: Vec<Profile>,
 }
 
 impl Streamed {
@@ -143,6 +146,9 @@ pub(super) async fn stream(
         metrics_before.push(metrics(gw).await?);
     }
     let pids: Vec<u32> = fleet.pids();
+    if s.pin {
+        pin(sys, &pids, true).await;
+    }
     let cpu0 = Cpu::now(sys, &pids);
     // Sample gateway RSS while publishing.
     let stop = Arc::new(AtomicBool::new(false));
@@ -184,6 +190,9 @@ pub(super) async fn stream(
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let cpu1 = Cpu::now(sys, &pids);
+    if s.pin {
+        pin(sys, &pids, false).await;
+    }
     let mut metrics_after = Vec::new();
     for gw in &sys.gateways {
         metrics_after.push(metrics(gw).await?);
@@ -221,13 +230,47 @@ pub(super) async fn stream(
     })
 }
 
+/// Pins servers to CPU 0 and clients to CPU 1 (`pinned`), or lets everything run anywhere
+/// again. Best effort: `taskset` missing or refused leaves the scheduler's choice.
+async fn pin(sys: &System, workers: &[u32], pinned: bool) {
+    let all = format!(
+        "0-{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    );
+    let (servers, clients) = if pinned {
+        ("0".to_owned(), "1".to_owned())
+    } else {
+        (all.clone(), all)
+    };
+    let mut jobs: Vec<(u32, &str)> = sys
+        .gateways
+        .iter()
+        .map(|g| (g.pid(), servers.as_str()))
+        .collect();
+    jobs.push((sys.publisher.pid(), &servers));
+    jobs.extend(sys.redis.pid().map(|p| (p, servers.as_str())));
+    jobs.extend(workers.iter().map(|p| (*p, clients.as_str())));
+    jobs.push((std::process::id(), &clients));
+    for (pid, cpus) in jobs {
+        let _ = tokio::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+    }
+}
+
 /// Frames the clients should receive for `published` events.
 fn expected(connect: &Merged, s: &Spec, published: u64) -> u64 {
     if s.instances == 1 {
         published * connect.connect_ok
-    } else {
+    } else if s.clients == s.instances {
         // One client per instance.
         published
+    } else {
+        // Every instance has clients / instances clients.
+        published * (connect.connect_ok / s.instances as u64)
     }
 }
 
@@ -531,6 +574,7 @@ pub async fn fanout(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
             requests,
             body: Arc::new(move |n, t| event(&id, t, n, &pad)),
             profile: true,
+            pin: false,
         },
     )
     .await?;
@@ -576,6 +620,7 @@ pub async fn fanout_sweep(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
                 requests,
                 body: Arc::new(move |n, t| event(&id, t, n, &pad)),
                 profile: true,
+                pin: false,
             },
         )
         .await?;
@@ -615,7 +660,7 @@ pub async fn fanout_sweep(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     Ok(o)
 }
 
-fn stream_targets(o: &mut Outcome, st: &Streamed, latency: bool) {
+pub(super) fn stream_targets(o: &mut Outcome, st: &Streamed, latency: bool) {
     let d = &st.delivered;
     let lost = st.expected as i64 - d.frames as i64;
     o.target("loss", "0", count(lost as f64), lost == 0);
@@ -670,6 +715,7 @@ pub async fn hot(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
             requests,
             body: Arc::new(move |n, t| event(&id, t, n, &pad)),
             profile: true,
+            pin: false,
         },
     )
     .await?;
@@ -737,6 +783,7 @@ pub async fn many(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
                 format!("[{}]", items.join(","))
             }),
             profile: false,
+            pin: false,
         },
     )
     .await?;
@@ -841,6 +888,7 @@ pub async fn media(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
             requests,
             body: Arc::new(move |n, t| media_event(&id, t, n, &media)),
             profile: true,
+            pin: false,
         },
     )
     .await?;

@@ -1,0 +1,205 @@
+//! Sparse fan-out, the everyday load: a few events per second per instance, so every frame
+//! goes out in a write of its own. What counts here is the gateway's CPU per delivery next
+//! to the kernel's own cost of the same writes (the floor, `../shared/tools/floor/run`,
+//! measured in the same run on the same cores), and the publish → receive latency.
+//!
+//! - [`one`]: 2,000 subscribers of one instance over both gateways.
+//! - [`many`]: 50 instances × 40 subscribers (the common shape: many small instances).
+//!
+//! Servers (gateways, publisher, Redis) run pinned to CPU 0 and clients (load workers, the
+//! publishing loop) to CPU 1 while publishing, as the floor's writer and reader are.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::stream::{common, stream, stream_targets, Spec};
+use super::{count, Outcome, Params};
+use crate::bench::publish::event;
+use crate::bench::system::System;
+
+/// The issue's targets: CPU per delivery within this factor of the floor, and p99.
+const TARGET_RATIO: f64 = 1.3;
+const TARGET_P99_US: u64 = 20_000;
+
+/// 2,000 subscribers of one instance, 20 events/s.
+pub async fn one(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::new(
+        "sparse",
+        "Sparse fan-out: one instance, 20 events/s (CPU per delivery against the kernel floor)",
+    );
+    let id = sys.id("fanout")?;
+    let pad = "x".repeat(p.sparse_data_bytes.saturating_sub(40));
+    let requests = (p.sparse_rate * p.sparse_secs) as u64;
+    o.set(
+        "subscribers",
+        format!("{} (half per gateway)", count(p.sparse_clients as f64)),
+    );
+    o.set(
+        "events",
+        format!(
+            "{} events/s for {} s = {} events, one per request, ~{} B of data",
+            p.sparse_rate,
+            p.sparse_secs,
+            count(requests as f64),
+            p.sparse_data_bytes
+        ),
+    );
+    let spec = Spec {
+        name: "fanout".to_owned(),
+        instances: 1,
+        clients: p.sparse_clients,
+        per_worker: p.sparse_clients.div_ceil(2).max(1),
+        read_buffer: 8 * 1024,
+        rate: p.sparse_rate,
+        requests,
+        body: Arc::new(move |n, t| event(&id, t, n, &pad)),
+        profile: true,
+        pin: true,
+    };
+    finish(&mut o, sys, p, "sparse", &spec).await?;
+    Ok(o)
+}
+
+/// 50 instances × 40 subscribers, 20 events/s per instance (one request carries one event
+/// per instance): the same deliveries per second as [`one`], in small groups.
+pub async fn many(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
+    let mut o = Outcome::new(
+        "sparse_many",
+        "Sparse fan-out: 50 instances × 40 subscribers, 20 events/s each (CPU per delivery \
+         against the kernel floor)",
+    );
+    let n = p.sparse_instances.min(sys.many);
+    let ids: Arc<Vec<Uuid>> = Arc::new(
+        (0..n)
+            .map(|i| sys.id(&format!("m-{i}")))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let pad = "x".repeat(p.sparse_data_bytes.saturating_sub(40));
+    let requests = (p.sparse_rate * p.sparse_secs) as u64;
+    let per = p.sparse_clients / n.max(1);
+    o.set(
+        "subscribers",
+        format!(
+            "{} instances × {} subscribers; instance i on gateway i mod 2",
+            count(n as f64),
+            per
+        ),
+    );
+    o.set(
+        "events",
+        format!(
+            "{} requests/s for {} s, each one event per instance ({} events/s in all), ~{} B of data",
+            p.sparse_rate,
+            p.sparse_secs,
+            count(p.sparse_rate * n as f64),
+            p.sparse_data_bytes
+        ),
+    );
+    let spec = Spec {
+        name: "m-{i}".to_owned(),
+        instances: n,
+        clients: per * n,
+        per_worker: (per * n).div_ceil(2).max(1),
+        read_buffer: 8 * 1024,
+        rate: p.sparse_rate,
+        requests,
+        body: Arc::new(move |req, t| {
+            let items: Vec<String> = ids.iter().map(|id| event(id, t, req, &pad)).collect();
+            format!("[{}]", items.join(","))
+        }),
+        profile: true,
+        pin: true,
+    };
+    finish(&mut o, sys, p, "sparse_many", &spec).await?;
+    Ok(o)
+}
+
+/// Streams `spec`, then measures the floor for the same frame size and puts the ratio beside
+/// the gateways' CPU per delivery.
+async fn finish(
+    o: &mut Outcome,
+    sys: &System,
+    p: &Params,
+    key: &str,
+    spec: &Spec,
+) -> anyhow::Result<()> {
+    let st = stream(sys, p, key, spec).await?;
+    common(o, &st);
+    stream_targets(o, &st, false);
+    let d = &st.delivered;
+    let frame = (d.bytes as f64 / d.frames.max(1) as f64).round() as usize;
+    let cpu_ms_per_1k = st.cpu.gateway_total() * 1e6 / d.frames.max(1) as f64;
+    let floor = floor(frame.max(64), p.sparse_clients / 2).await;
+    let p99 = d.latency.quantile(0.99);
+    o.target(
+        "p99 publish → receive",
+        "≤ 20 ms",
+        super::us(p99),
+        p99 <= TARGET_P99_US && d.latency.count() > 0,
+    );
+    match floor {
+        Ok(floor_ms) => {
+            let ratio = cpu_ms_per_1k / floor_ms.max(1e-9);
+            o.row(
+                "**gateway CPU per 1,000 deliveries / kernel floor**",
+                format!(
+                    "**{cpu_ms_per_1k:.2} ms / {floor_ms:.2} ms = {ratio:.2}×** (floor: one {frame} B \
+                     frame per write to each of {} sockets, same run, server CPU 0, reader CPU 1)",
+                    count((p.sparse_clients / 2) as f64)
+                ),
+                "floor",
+                serde_json::json!({"gateway_cpu_ms_per_1k": cpu_ms_per_1k,
+                    "floor_cpu_ms_per_1k": floor_ms, "ratio": ratio, "frame_bytes": frame}),
+            );
+            o.target(
+                "gateway CPU per delivery / kernel floor",
+                "≤ 1.3×",
+                format!("{ratio:.2}×"),
+                ratio <= TARGET_RATIO,
+            );
+        }
+        Err(e) => {
+            o.row(
+                "gateway CPU per 1,000 deliveries",
+                format!("{cpu_ms_per_1k:.2} ms (kernel floor not measured: {e:#})"),
+                "floor",
+                serde_json::json!({"gateway_cpu_ms_per_1k": cpu_ms_per_1k}),
+            );
+            o.note(format!("the kernel floor could not be measured: {e:#}"));
+        }
+    }
+    Ok(())
+}
+
+/// The kernel floor's CPU ms per 1,000 frames of `bytes` to `sockets` sockets, one frame per
+/// write (`RYZE_FLOOR`, default `../shared/tools/floor/run` from the repository root).
+pub async fn floor(bytes: usize, sockets: usize) -> anyhow::Result<f64> {
+    let tool = std::env::var("RYZE_FLOOR").unwrap_or_else(|_| "../shared/tools/floor/run".into());
+    let out = tokio::process::Command::new("bash")
+        .arg(&tool)
+        .args([
+            &sockets.max(1).to_string(),
+            "1000",
+            &bytes.to_string(),
+            "1",
+            "0",
+            "1",
+        ])
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("running {tool}: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{tool} printed {line:?}: {e}"))?;
+    v["cpu_ms_per_1k_deliveries"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("{tool} printed no cpu_ms_per_1k_deliveries: {line}"))
+}
