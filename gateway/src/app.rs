@@ -6,6 +6,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::SessionLimits;
+use crate::control::Control;
 use crate::embed::{Guest, Host};
 use crate::hub::{Hub, HubOptions};
 use crate::metrics::Metrics;
@@ -78,7 +79,6 @@ impl App {
         };
         let hub = Hub::new(
             broker.clone(),
-            cache.clone(),
             metrics.clone(),
             tasks.clone(),
             background.clone(),
@@ -88,9 +88,10 @@ impl App {
                 draining: stops.draining.clone(),
             },
         );
+        let control = Control::new(hub.clone(), cache.clone());
         match &broker {
-            Broker::Redis(r) => r.start(hub.clone(), &tasks, background.clone()),
-            Broker::Memory(m) => m.attach(hub.clone()),
+            Broker::Redis(r) => r.start(hub.clone(), control, &tasks, background.clone()),
+            Broker::Memory(m) => m.attach(hub.clone(), control),
         }
         let limiter = RateLimiter::new(
             config.rate_limit_per_minute,

@@ -14,13 +14,11 @@
 //!   then delivers the backlog in order. Only a client that stopped draining is closed (1008),
 //!   and no other instance waits: the Redis reader never blocks on a client.
 
-use crate::auth::AuthCache;
 use crate::broker::Broker;
 use crate::metrics::Metrics;
-use crate::outbox::{Frame, Outbox, Push};
-use ryze_core::channel::{ControlMessage, ControlOp};
+use crate::outbox::{Frame, Outbox};
 use ryze_core::close;
-use ryze_core::wire::{Offset, WireFrame};
+use ryze_core::wire::Offset;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +31,10 @@ use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 mod catch_up;
+mod drain;
+mod fanout;
 mod pick;
+mod subscription;
 
 const SHARDS: usize = 64;
 
@@ -51,7 +52,6 @@ pub struct Hub(Arc<Inner>);
 struct Inner {
     shards: Box<[Mutex<HashMap<Uuid, Entry>>]>,
     broker: Broker,
-    cache: Arc<AuthCache>,
     metrics: Metrics,
     tasks: TaskTracker,
     /// Cancelled at shutdown: pending unsubscribes are abandoned (the process is leaving and
@@ -153,17 +153,10 @@ pub struct HubOptions {
     pub draining: CancellationToken,
 }
 
-enum Step {
-    Ready,
-    Wait(watch::Receiver<bool>),
-    Start(watch::Sender<bool>, watch::Receiver<bool>),
-}
-
 impl Hub {
     /// An empty hub on `broker`.
     pub fn new(
         broker: Broker,
-        cache: Arc<AuthCache>,
         metrics: Metrics,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -173,7 +166,6 @@ impl Hub {
         Hub(Arc::new(Inner {
             shards,
             broker,
-            cache,
             metrics,
             tasks,
             shutdown,
@@ -194,322 +186,14 @@ impl Hub {
         self.0.shards[idx].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Holds the instance and waits until its channel subscription is confirmed on the current
-    /// broker connection. Dropping the membership (or the client attached to it) releases it.
-    pub async fn join(&self, id: Uuid) -> Result<Membership, JoinError> {
-        if self.0.draining.is_cancelled() {
-            return Err(JoinError::Unavailable);
-        }
-        {
-            let mut shard = self.shard(id);
-            let e = shard.entry(id).or_insert_with(Entry::new);
-            if e.holders == 0 {
-                e.generation += 1;
-            }
-            e.holders += 1;
-        }
-        let membership = Membership {
-            hub: self.clone(),
-            id,
-            conn: None,
-        };
-        let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
-        loop {
-            let step = {
-                let mut shard = self.shard(id);
-                let Some(e) = shard.get_mut(&id) else {
-                    return Err(JoinError::Unavailable);
-                };
-                match &e.sub {
-                    Sub::Active => Step::Ready,
-                    Sub::Pending(rx) | Sub::Unsubscribing(rx) => Step::Wait(rx.clone()),
-                    Sub::Idle => {
-                        let (tx, rx) = watch::channel(false);
-                        e.sub = Sub::Pending(rx.clone());
-                        Step::Start(tx, rx)
-                    }
-                }
-            };
-            match step {
-                Step::Ready => {
-                    // Active in the hub; after a Redis reconnect it may not be confirmed yet.
-                    return if self.0.broker.wait_confirmed(id, deadline).await {
-                        Ok(membership)
-                    } else {
-                        Err(JoinError::Unavailable)
-                    };
-                }
-                Step::Start(tx, mut rx) => {
-                    let hub = self.clone();
-                    self.0
-                        .tasks
-                        .spawn(async move { hub.subscribe(id, tx).await });
-                    if tokio::time::timeout_at(deadline, rx.wait_for(|done| *done))
-                        .await
-                        .is_err()
-                    {
-                        return Err(JoinError::Unavailable);
-                    }
-                }
-                Step::Wait(mut rx) => {
-                    if tokio::time::timeout_at(deadline, rx.wait_for(|done| *done))
-                        .await
-                        .is_err()
-                    {
-                        return Err(JoinError::Unavailable);
-                    }
-                }
-            }
-            // Look again: the subscription resolved (either way), or an unsubscribe finished.
-            let failed = {
-                let shard = self.shard(id);
-                shard.get(&id).is_none_or(|e| matches!(e.sub, Sub::Idle))
-            };
-            if failed {
-                return Err(JoinError::Unavailable);
+    /// Closes every client of the instance on this pod with `code` (its instance was deleted).
+    pub fn close_instance(&self, id: Uuid, code: close::CloseCode) {
+        let shard = self.shard(id);
+        if let Some(e) = shard.get(&id) {
+            for client in &e.clients {
+                client.outbox.close(code);
             }
         }
-    }
-
-    async fn subscribe(&self, id: Uuid, done: watch::Sender<bool>) {
-        let ok = match self.0.broker.subscribe(id).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(instance.id = %id, error = %e, "instance subscription failed");
-                false
-            }
-        };
-        {
-            let mut shard = self.shard(id);
-            // The entry cannot be removed while Pending (see `expire`).
-            if let Some(e) = shard.get_mut(&id) {
-                e.sub = if ok { Sub::Active } else { Sub::Idle };
-            }
-        }
-        let _ = done.send(true);
-    }
-
-    fn leave(&self, id: Uuid, conn: Option<u64>) {
-        let generation = {
-            let mut shard = self.shard(id);
-            let Some(e) = shard.get_mut(&id) else { return };
-            if let Some(conn) = conn {
-                if let Some(pos) = e.clients.iter().position(|c| c.conn == conn) {
-                    e.clients.swap_remove(pos);
-                }
-                if let Some(pos) = e.resumable.iter().position(|c| *c == conn) {
-                    e.resumable.swap_remove(pos);
-                }
-                if e.clients.is_empty() {
-                    e.clients = Vec::new();
-                }
-            }
-            e.holders = e.holders.saturating_sub(1);
-            if e.holders > 0 {
-                return;
-            }
-            e.generation
-        };
-        self.schedule_expire(id, generation);
-    }
-
-    fn schedule_expire(&self, id: Uuid, generation: u64) {
-        let hub = self.clone();
-        self.0.tasks.spawn(async move {
-            tokio::select! {
-                _ = hub.0.shutdown.cancelled() => {}
-                _ = tokio::time::sleep(hub.0.unsubscribe_delay) => hub.expire(id, generation).await,
-            }
-        });
-    }
-
-    async fn expire(&self, id: Uuid, generation: u64) {
-        let done = {
-            let mut shard = self.shard(id);
-            let Some(e) = shard.get_mut(&id) else { return };
-            if e.holders > 0 || e.generation != generation {
-                return;
-            }
-            match e.sub {
-                Sub::Idle => {
-                    shard.remove(&id);
-                    return;
-                }
-                // Never overlap broker calls for one instance: look again later.
-                Sub::Pending(_) | Sub::Unsubscribing(_) => None,
-                Sub::Active => {
-                    let (tx, rx) = watch::channel(false);
-                    e.sub = Sub::Unsubscribing(rx);
-                    Some(tx)
-                }
-            }
-        };
-        let Some(done) = done else {
-            self.schedule_expire(id, generation);
-            return;
-        };
-        self.0.broker.unsubscribe(id).await;
-        let resubscribe = {
-            let mut shard = self.shard(id);
-            match shard.get_mut(&id) {
-                Some(e) if e.holders == 0 => {
-                    shard.remove(&id);
-                    None
-                }
-                Some(e) => {
-                    // Someone joined while we unsubscribed: subscribe again for them.
-                    let (tx, rx) = watch::channel(false);
-                    e.sub = Sub::Pending(rx);
-                    Some(tx)
-                }
-                None => None,
-            }
-        };
-        let _ = done.send(true);
-        if let Some(tx) = resubscribe {
-            self.subscribe(id, tx).await;
-        }
-    }
-
-    /// Delivers one frame to every local client of the instance without ever blocking the
-    /// caller: a client with a full queue moves the instance's delivery to its own task.
-    /// `behind`: more frames are already waiting, so they are queued for the connections'
-    /// writers (which send them several per write) instead of written one by one here.
-    pub fn dispatch(&self, id: Uuid, wire: WireFrame, behind: bool) {
-        let Ok(text) = Utf8Bytes::try_from(wire.frame) else {
-            self.0.metrics.frame_dropped("invalid");
-            return;
-        };
-        let mut shard = self.shard(id);
-        let Some(e) = shard.get_mut(&id) else {
-            self.0.metrics.frame_dropped("no_clients");
-            return;
-        };
-        let frame = e.frame(text, wire.published_micros, wire.offset);
-        if let Some(held) = &mut e.held {
-            // A catch-up from history is under way (after a resubscribe): behind it.
-            if held.len() < BACKLOG_FRAMES {
-                held.push(frame);
-            } else {
-                self.0.metrics.frame_dropped("instance_backlog");
-            }
-            return;
-        }
-        self.deliver(shard, id, frame, !behind);
-    }
-
-    /// Delivers `frame` to the instance's clients (behind its backlog, if any), releasing the
-    /// shard lock before anything that could wait.
-    fn deliver(
-        &self,
-        mut shard: MutexGuard<'_, HashMap<Uuid, Entry>>,
-        id: Uuid,
-        frame: Frame,
-        write_now: bool,
-    ) {
-        let Some(e) = shard.get_mut(&id) else {
-            self.0.metrics.frame_dropped("no_clients");
-            return;
-        };
-        if frame.offset.is_some() {
-            e.last_offset = frame.offset;
-        }
-        if let Some(backlog) = &e.backlog {
-            // Order: behind the frames already waiting.
-            if backlog.try_send(frame).is_err() {
-                self.0.metrics.frame_dropped("instance_backlog");
-            }
-            return;
-        }
-        let stalled = push_all(&e.clients, &frame, &self.0.metrics, write_now);
-        if stalled.is_empty() {
-            return;
-        }
-        let (tx, rx) = mpsc::channel(BACKLOG_FRAMES);
-        e.backlog = Some(tx);
-        drop(shard);
-        let hub = self.clone();
-        self.0
-            .tasks
-            .spawn(async move { hub.drain_backlog(id, frame, stalled, rx).await });
-    }
-
-    /// The instance's delivery task while it has a stalled client: finish the stalled frame,
-    /// then deliver the backlog in order, then hand delivery back to [`Hub::dispatch`].
-    async fn drain_backlog(
-        &self,
-        id: Uuid,
-        first: Frame,
-        stalled: Vec<Arc<Outbox>>,
-        mut backlog: mpsc::Receiver<Frame>,
-    ) {
-        self.settle(&first, stalled).await;
-        loop {
-            let next = {
-                let mut shard = self.shard(id);
-                match backlog.try_recv() {
-                    Ok(frame) => {
-                        let clients = shard
-                            .get(&id)
-                            .map(|e| e.clients.clone())
-                            .unwrap_or_default();
-                        Some((frame, clients))
-                    }
-                    Err(_) => {
-                        // Empty, checked under the lock `dispatch` pushes under: nothing is lost.
-                        if let Some(e) = shard.get_mut(&id) {
-                            e.backlog = None;
-                        }
-                        None
-                    }
-                }
-            };
-            let Some((frame, clients)) = next else { return };
-            let stalled = push_all(&clients, &frame, &self.0.metrics, false);
-            if !stalled.is_empty() {
-                self.settle(&frame, stalled).await;
-            }
-        }
-    }
-
-    /// Waits (all together, at most `WS_SLOW_CONSUMER_GRACE`) for full outboxes to make room
-    /// for the frame; those that do not are closed as slow consumers (D7, D13, D35).
-    async fn settle(&self, frame: &Frame, outboxes: Vec<Arc<Outbox>>) {
-        let len = frame.text.len();
-        let grace = self.0.slow_grace;
-        let metrics = &self.0.metrics;
-        let waits = outboxes.iter().map(|outbox| async move {
-            if tokio::time::timeout(grace, outbox.room_for(len))
-                .await
-                .is_ok()
-            {
-                match outbox.push_as(frame, false) {
-                    Push::Sent => return metrics.frames_sent_alike(1, frame.published_micros),
-                    Push::Queued | Push::Closed => return,
-                    Push::Full => {}
-                }
-            }
-            outbox.close(close::SLOW_CONSUMER);
-        });
-        futures_util::future::join_all(waits).await;
-    }
-
-    /// Applies a control-channel message.
-    pub fn control(&self, msg: &ControlMessage) {
-        self.0.cache.invalidate(msg.instance_id);
-        if msg.op == ControlOp::InstanceDeleted {
-            let shard = self.shard(msg.instance_id);
-            if let Some(e) = shard.get(&msg.instance_id) {
-                for client in &e.clients {
-                    client.outbox.close(close::INSTANCE_DELETED);
-                }
-            }
-        }
-    }
-
-    /// Drops every cached auth entry (control messages may have been missed).
-    pub fn clear_cache(&self) {
-        self.0.cache.clear();
     }
 
     /// Whether this pod holds a client (or an upgrade in progress) of the instance.
@@ -531,59 +215,6 @@ impl Hub {
         }
         out
     }
-
-    fn open_outboxes(&self) -> Vec<Arc<Outbox>> {
-        let mut outboxes = Vec::new();
-        for shard in self.0.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            outboxes.extend(
-                shard
-                    .values()
-                    .flat_map(|e| e.clients.iter().map(|c| c.outbox.clone()))
-                    .filter(|o| o.close_requested().is_none()),
-            );
-        }
-        outboxes
-    }
-
-    /// Closes every client with 1001, paced at `rate` per second so reconnects spread over the
-    /// surviving pods, but fast enough to finish within `budget` (the pace rises if needed).
-    /// New joins are refused from the start. Returns once every close has been requested.
-    pub async fn drain(&self, rate: u32, budget: Duration) {
-        self.0.draining.cancel();
-        let outboxes = self.open_outboxes();
-        let budget_secs = (budget.as_secs_f64() * 0.8).max(0.1);
-        let rate = (rate as f64).max(outboxes.len() as f64 / budget_secs);
-        // Close in 10 ms steps of rate/100 clients (at least one).
-        let per_step = ((rate / 100.0).ceil() as usize).max(1);
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        for chunk in outboxes.chunks(per_step) {
-            tick.tick().await;
-            for outbox in chunk {
-                outbox.close(close::SHUTDOWN);
-            }
-        }
-        // Upgrades that were past their join when the drain started attach afterwards.
-        for outbox in self.open_outboxes() {
-            outbox.close(close::SHUTDOWN);
-        }
-    }
-}
-
-/// Pushes to every outbox (writing to idle sockets if `write_now`); returns the full ones.
-/// Frames written at once are counted here, once per dispatch, rather than per delivery.
-fn push_all(clients: &[Client], frame: &Frame, m: &Metrics, write_now: bool) -> Vec<Arc<Outbox>> {
-    let mut sent = 0;
-    let mut stalled = Vec::new();
-    for c in clients {
-        match c.outbox.push_as(frame, write_now) {
-            Push::Sent => sent += 1,
-            Push::Full => stalled.push(c.outbox.clone()),
-            Push::Queued | Push::Closed => {}
-        }
-    }
-    m.frames_sent_alike(sent, frame.published_micros);
-    stalled
 }
 
 /// A hold on an instance: keeps it subscribed while alive.

@@ -17,6 +17,8 @@
 //!   and gaps (SPEC §5.7).
 //! - [`rebalance`]: pods share their connection counts through Redis; a pod well above the
 //!   fleet mean closes its excess, paced, with 1001 `rebalancing` (SPEC D39).
+//! - [`control`]: control messages (config changed, instance deleted) applied to the auth
+//!   cache and the hub.
 //! - [`readiness`]: every condition `/readyz` depends on, in one place.
 //! - [`metrics`], [`error`], [`state`], [`console`]; logs and traces are set up by
 //!   `ryze_telemetry`.
@@ -27,6 +29,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod console;
+pub mod control;
 pub mod embed;
 pub mod error;
 pub mod hub;

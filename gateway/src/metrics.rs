@@ -3,6 +3,7 @@
 //! Label values are bounded: reasons and statuses are fixed sets, and per-instance series are
 //! limited to the `METRICS_INSTANCE_LABELS` busiest instances, recomputed at each scrape.
 
+use fleet::{FleetGauges, Outcome};
 use latency::Latency;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,10 +12,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use ryze_core::wire::now_micros;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use uuid::Uuid;
 
+mod fleet;
 mod latency;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,62 +36,6 @@ struct Status {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Instance {
     instance: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
-    outcome: &'static str,
-}
-
-/// Rebalancing's view of the fleet (D39).
-struct FleetGauges {
-    mean: Gauge<f64, AtomicU64>,
-    share: Gauge<f64, AtomicU64>,
-    pods: Gauge,
-    decisions: Family<Outcome, Counter>,
-}
-
-impl FleetGauges {
-    fn register(registry: &mut Registry) -> FleetGauges {
-        let fleet = FleetGauges {
-            mean: Gauge::default(),
-            share: Gauge::default(),
-            pods: Gauge::default(),
-            decisions: Family::default(),
-        };
-        for outcome in [
-            "off",
-            "warmup",
-            "single_pod",
-            "not_ready",
-            "balanced",
-            "closing",
-            "unknown",
-        ] {
-            let _ = fleet.decisions.get_or_create(&Outcome { outcome });
-        }
-        registry.register(
-            "ryze_gateway_fleet_mean_connections",
-            "Mean open connections per gateway pod, from the pods' Redis records (0 without Redis)",
-            fleet.mean.clone(),
-        );
-        registry.register(
-            "ryze_gateway_fleet_share",
-            "This pod's open connections over the fleet mean (rebalancing acts above REBALANCE_THRESHOLD)",
-            fleet.share.clone(),
-        );
-        registry.register(
-            "ryze_gateway_fleet_pods",
-            "Gateway pods with a live Redis record, this one included",
-            fleet.pods.clone(),
-        );
-        registry.register(
-            "ryze_gateway_rebalance_decisions",
-            "Rebalancing evaluations, by outcome (unknown: the fleet could not be read)",
-            fleet.decisions.clone(),
-        );
-        fleet
-    }
 }
 
 struct Inner {

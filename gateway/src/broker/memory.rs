@@ -2,6 +2,7 @@
 //! go straight into the hub, with no serialisation beyond the publisher's one and no header
 //! parsing (the stamp travels beside the frame).
 
+use crate::control::Control;
 use crate::hub::Hub;
 use futures_util::future::BoxFuture;
 use ryze_core::bus::{Bus, BusError, Outgoing};
@@ -13,17 +14,17 @@ use uuid::Uuid;
 /// Connects the embedded publisher to the hub.
 #[derive(Default)]
 pub struct MemoryBroker {
-    hub: OnceLock<Hub>,
+    wired: OnceLock<(Hub, Control)>,
 }
 
 impl MemoryBroker {
-    /// Wires the hub in once it exists (the hub itself holds this broker).
-    pub fn attach(&self, hub: Hub) {
-        let _ = self.hub.set(hub);
+    /// Wires the hub and control in once they exist (the hub itself holds this broker).
+    pub fn attach(&self, hub: Hub, control: Control) {
+        let _ = self.wired.set((hub, control));
     }
 
     fn hub(&self) -> Result<&Hub, BusError> {
-        self.hub.get().ok_or(BusError::Unavailable)
+        self.wired.get().map(|w| &w.0).ok_or(BusError::Unavailable)
     }
 }
 
@@ -53,7 +54,8 @@ impl Bus for MemoryBroker {
 
     fn control<'a>(&'a self, msg: &'a ControlMessage) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            self.hub()?.control(msg);
+            let (_, control) = self.wired.get().ok_or(BusError::Unavailable)?;
+            control.apply(msg);
             Ok(())
         })
     }

@@ -18,6 +18,7 @@ mod subscriber;
 pub use live::LIVE_TTL;
 
 use super::BrokerError;
+use crate::control::Control;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use fred::prelude::*;
@@ -109,14 +110,23 @@ impl RedisBroker {
 
     /// Starts the reader (frames and control messages into the hub), the reconnect watcher
     /// and the live-key heartbeat.
-    pub fn start(self: &Arc<Self>, hub: Hub, tasks: &TaskTracker, shutdown: CancellationToken) {
+    pub fn start(
+        self: &Arc<Self>,
+        hub: Hub,
+        control: Control,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
         let messages = self.subscriber.message_rx();
         let reconnects = self.subscriber.reconnect_rx();
         let errors = self.subscriber.error_rx();
-        tasks.spawn(self.clone().read(messages, hub.clone(), shutdown.clone()));
         tasks.spawn(
             self.clone()
-                .watch(reconnects, errors, hub, shutdown.clone()),
+                .read(messages, hub.clone(), control.clone(), shutdown.clone()),
+        );
+        tasks.spawn(
+            self.clone()
+                .watch(reconnects, errors, hub, control, shutdown.clone()),
         );
         if self.clustered {
             tasks.spawn(self.clone().watch_slots(shutdown.clone()));

@@ -2,6 +2,7 @@
 //! subscriptions that must be confirmed again after every reconnect.
 
 use super::RedisBroker;
+use crate::control::Control;
 use crate::hub::Hub;
 use fred::prelude::*;
 use fred::types::Message;
@@ -21,9 +22,10 @@ impl RedisBroker {
         self: Arc<Self>,
         mut messages: tokio::sync::broadcast::Receiver<Message>,
         hub: Hub,
+        control: Control,
         shutdown: CancellationToken,
     ) {
-        let control = self.names.control_channel();
+        let control_channel = self.names.control_channel();
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -49,9 +51,9 @@ impl RedisBroker {
             if *msg.channel == *self.probe_channel {
                 continue;
             }
-            if *msg.channel == *control {
+            if *msg.channel == *control_channel {
                 match serde_json::from_slice::<ControlMessage>(&body) {
-                    Ok(c) => hub.control(&c),
+                    Ok(c) => control.apply(&c),
                     Err(e) => tracing::warn!(error = %e, "ignoring malformed control message"),
                 }
                 continue;
@@ -75,13 +77,14 @@ impl RedisBroker {
         mut reconnects: tokio::sync::broadcast::Receiver<Server>,
         mut errors: tokio::sync::broadcast::Receiver<(fred::error::Error, Option<Server>)>,
         hub: Hub,
+        control: Control,
         shutdown: CancellationToken,
     ) {
         // The first connection may have happened before we listened for reconnects.
         let first = self.subscriber.wait_for_connect();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = first => if r.is_ok() { self.resync(&hub).await },
+            r = first => if r.is_ok() { self.resync(&hub, &control).await },
         }
         let mut repair = tokio::time::interval(Duration::from_secs(1));
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,7 +103,7 @@ impl RedisBroker {
                         );
                         async {
                             tracing::info!("redis subscriber reconnected; resubscribing");
-                            self.resync(&hub).await;
+                            self.resync(&hub, &control).await;
                             let (wanted, confirmed) = self.subscription_counts();
                             let span = tracing::Span::current();
                             span.record("subscriptions.wanted", wanted);
@@ -109,7 +112,7 @@ impl RedisBroker {
                         .instrument(span)
                         .await;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync(&hub).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.resync(&hub, &control).await,
                     Err(_) => return,
                 },
                 e = errors.recv() => if let Ok((e, _)) = e {
@@ -123,7 +126,7 @@ impl RedisBroker {
     }
 
     /// After a (re)connect: nothing is confirmed until resubscribed on this connection.
-    pub(super) async fn resync(&self, hub: &Hub) {
+    pub(super) async fn resync(&self, hub: &Hub, control: &Control) {
         let wanted: Vec<Uuid> = {
             let mut s = self.lock();
             s.confirmed.clear();
@@ -133,7 +136,7 @@ impl RedisBroker {
         // D38: what was published while unsubscribed comes from history, before newer frames.
         let held = hub.hold(&wanted);
         // Control messages may have been missed while disconnected.
-        hub.clear_cache();
+        control.missed();
         // Judge the new connection afresh (D38): silence before it says nothing about it.
         self.subscriber_silence.reset();
         match self.subscribe_own_channels().await {
