@@ -96,10 +96,11 @@ async fn stop_keeps_a_started_frame_and_drops_the_rest() {
     o.push(&frame(big.clone()));
     o.stop(ryze_core::close::SLOW_CONSUMER);
     assert_eq!(o.push(&frame(big.clone())), Push::Closed);
-    let s = o.lock();
-    assert!(s.wire.len() <= 1, "only a started frame may stay");
-    assert_eq!(s.wire.len(), usize::from(s.sent > 0));
-    drop(s);
+    {
+        let s = o.lock();
+        assert!(s.wire.len() <= 1, "only a started frame may stay");
+        assert_eq!(s.wire.len(), usize::from(s.sent > 0));
+    }
     let mut got = vec![0u8; sent.len()];
     client.read_exact(&mut got).await.unwrap();
     assert!(got == sent);
