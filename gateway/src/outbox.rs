@@ -14,6 +14,8 @@
 //! than the byte cap still goes through). An idle outbox holds no heap memory.
 
 mod direct;
+#[cfg(test)]
+mod direct_tests;
 mod wire;
 
 use crate::metrics::Metrics;

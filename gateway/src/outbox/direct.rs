@@ -306,6 +306,3 @@ impl Outbox {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

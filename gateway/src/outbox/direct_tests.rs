@@ -1,8 +1,12 @@
-//! Direct writes against real loopback sockets.
+//! Direct mode against a real loopback socket.
 
-use super::*;
+use super::wire::Header;
+use super::{Frame, Outbox, Push};
+use crate::metrics::Metrics;
+use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tungstenite::Utf8Bytes;
 
 async fn connected(max_frames: usize) -> (Arc<Outbox>, TcpStream) {
