@@ -77,9 +77,10 @@ const BIG: usize = 6 * 1024 * 1024;
 /// counters must be exact:
 /// - opened 3; closed `slow_consumer` 1, `client_close` 1, `gone` 1; open connections 0;
 /// - upgrade rejected `401` 1;
-/// - frames sent 10: 5 events × the 2 reading clients. The slow client's single frame was
-///   still being written when the close was requested, so it does not count;
-/// - publish→send observations 10, one per frame sent;
+/// - frames sent 11: 5 events × the 2 reading clients, plus event 0 to the slow client: its
+///   write had started when the 1008 was requested, so it is finished before the Close frame
+///   (the client reads it whole) and counted; event 1 never started and is not counted;
+/// - publish→send observations 11, one per frame sent;
 /// - publisher events `{event="message.exchange",outcome="published"}` 5.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_after_a_scripted_scenario_are_exact() {
@@ -193,8 +194,8 @@ async fn metrics_after_a_scripted_scenario_are_exact() {
                 "ryze_gateway_upgrade_rejected_total{status=\"401\"}",
                 Some(1.0),
             ),
-            ("ryze_gateway_frames_sent_total", Some(10.0)),
-            ("ryze_publish_to_send_seconds_count", Some(10.0)),
+            ("ryze_gateway_frames_sent_total", Some(11.0)),
+            ("ryze_publish_to_send_seconds_count", Some(11.0)),
             (
                 &format!(
                     "ryze_gateway_instance_connections{{instance=\"{}\"}}",
