@@ -291,7 +291,9 @@ test('a refused upgrade shows as close 1006 with the hint, and Disconnect stops 
     await page.locator('#last-close[data-code="1006"]').waitFor();
     await page.locator('#hint1006').waitFor({ state: 'visible' });
     assert.match(await page.locator('#last-close').innerText(), /1006 .*\(never opened\)/);
-    assert.match(await page.locator('#status').innerText(), /Closed 1006\. Reconnecting in \d+\.\d s \(attempt \d+\)/);
+    // Full jitter may pick a delay near 0, so the line can be gone before it is read: wait for
+    // it (every refused attempt shows it again, with a longer delay each time).
+    await page.locator('#status', { hasText: /Closed 1006\. Reconnecting in \d+\.\d s \(attempt \d+\)/ }).waitFor();
 
     await page.getByRole('button', { name: 'Disconnect' }).click();
     await page.locator('#status[data-state="idle"]').waitFor();
