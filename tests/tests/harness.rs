@@ -345,6 +345,8 @@ async fn service_waits_for_readiness_captures_logs_and_exits_cleanly_on_sigterm(
         .unwrap();
     assert_eq!(resp.status(), 200);
     fake.wait_not_ready(WAIT).await.unwrap();
+    // A negative observation window, not a speed bound: once unready it must stay unready
+    // (nothing would signal "still unready", so a short wait is the only way to look).
     assert!(fake.wait_ready(Duration::from_millis(200)).await.is_err());
 
     fake.sigterm();
