@@ -100,6 +100,10 @@ struct Entry {
     last_offset: Option<Offset>,
     /// Live frames held while a catch-up from history runs (see `catch_up`).
     held: Option<Vec<Frame>>,
+    /// After a catch-up: the last offset it delivered from history. Live copies of those
+    /// frames may still be on their way from the subscriber connection (history is read on
+    /// the other connection, whose reply can overtake them); they are dropped, not sent twice.
+    caught_up_through: Option<Offset>,
 }
 
 impl Entry {
@@ -113,6 +117,7 @@ impl Entry {
             backlog: None,
             last_offset: None,
             held: None,
+            caught_up_through: None,
         }
     }
 

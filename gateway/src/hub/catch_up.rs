@@ -6,9 +6,14 @@
 //! that arrive on the new subscription wait in the entry (bounded like a backlog), and the
 //! offset of the last frame delivered is noted. Once subscribed, [`Hub::catch_up`] reads history
 //! after that offset, delivers it, then delivers the held frames it did not already cover, and
-//! releases the hold. Instances without offsets (history off) are not held.
+//! releases the hold. History is read on the command connection, so its reply can overtake
+//! live copies of the same frames still on their way over the subscriber connection: after
+//! the release, live frames at or before the last one delivered from history are dropped
+//! (`Entry::caught_up_through`) until a newer one arrives. Instances without offsets (history
+//! off) are not held.
 
 use super::Hub;
+use crate::broker::History;
 use crate::outbox::Frame;
 use ryze_core::wire::{now_micros, Offset};
 use tungstenite::Utf8Bytes;
@@ -44,55 +49,185 @@ impl Hub {
     }
 
     async fn catch_up_one(&self, id: Uuid, last: Offset) {
-        {
-            let history = self
-                .0
-                .broker
-                .history_after(id, last, crate::resume::MAX_REPLAY)
-                .await;
-            if history.gap {
-                tracing::warn!(instance.id = %id, "history no longer holds everything missed while resubscribing");
-            }
-            let mut through = last;
-            let mut pending: Vec<Frame> = {
-                let mut shard = self.shard(id);
-                let Some(e) = shard.get_mut(&id) else { return };
-                let held = e.held.replace(Vec::new()).unwrap_or_default();
-                let e = &*e;
-                history
-                    .frames
-                    .into_iter()
-                    .filter_map(|(offset, bytes)| {
-                        let text = Utf8Bytes::try_from(bytes).ok()?;
-                        Some(e.frame(text, now_micros(), Some(offset)))
-                    })
-                    .chain(held)
-                    .collect()
-            };
-            let mut delivered = 0u64;
-            loop {
-                for frame in pending.drain(..) {
-                    if frame.offset.is_some_and(|o| o <= through) {
-                        continue; // already delivered from history
-                    }
-                    if let Some(o) = frame.offset {
-                        through = o;
-                    }
-                    delivered += 1;
-                    self.deliver(self.shard(id), id, frame, false);
-                }
-                // Frames held while delivering go next; the hold ends when none arrived.
-                let mut shard = self.shard(id);
-                let Some(e) = shard.get_mut(&id) else { break };
-                match e.held.take() {
-                    Some(more) if !more.is_empty() => {
-                        e.held = Some(Vec::new());
-                        pending = more;
-                    }
-                    _ => break,
-                }
-            }
-            tracing::info!(instance.id = %id, frames = delivered, "caught up after resubscribing");
+        let history = self
+            .0
+            .broker
+            .history_after(id, last, crate::resume::MAX_REPLAY)
+            .await;
+        if history.gap {
+            tracing::warn!(instance.id = %id, "history no longer holds everything missed while resubscribing");
         }
+        let delivered = self.deliver_caught_up(id, last, history);
+        tracing::info!(instance.id = %id, frames = delivered, "caught up after resubscribing");
+    }
+
+    /// Delivers `history` (read after `last`) and then the held frames, in offset order with
+    /// nothing twice, and releases the hold; returns how many frames went out.
+    fn deliver_caught_up(&self, id: Uuid, last: Offset, history: History) -> u64 {
+        let mut through = last;
+        let mut pending: Vec<Frame> = {
+            let mut shard = self.shard(id);
+            let Some(e) = shard.get_mut(&id) else {
+                return 0;
+            };
+            let held = e.held.replace(Vec::new()).unwrap_or_default();
+            let e = &*e;
+            history
+                .frames
+                .into_iter()
+                .filter_map(|(offset, bytes)| {
+                    let text = Utf8Bytes::try_from(bytes).ok()?;
+                    Some(e.frame(text, now_micros(), Some(offset)))
+                })
+                .chain(held)
+                .collect()
+        };
+        let mut delivered = 0u64;
+        loop {
+            for frame in pending.drain(..) {
+                if frame.offset.is_some_and(|o| o <= through) {
+                    continue; // already delivered from history
+                }
+                if let Some(o) = frame.offset {
+                    through = o;
+                }
+                delivered += 1;
+                self.deliver(self.shard(id), id, frame, false);
+            }
+            // Frames held while delivering go next; the hold ends when none arrived.
+            let mut shard = self.shard(id);
+            let Some(e) = shard.get_mut(&id) else { break };
+            match e.held.take() {
+                Some(more) if !more.is_empty() => {
+                    e.held = Some(Vec::new());
+                    pending = more;
+                }
+                _ => {
+                    if through > last {
+                        e.caught_up_through = Some(through);
+                    }
+                    break;
+                }
+            }
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{memory::MemoryBroker, Broker};
+    use crate::hub::HubOptions;
+    use crate::metrics::Metrics;
+    use crate::outbox::{Batch, Outbox};
+    use ryze_core::wire::WireFrame;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    fn hub() -> Hub {
+        Hub::new(
+            Broker::Memory(Arc::new(MemoryBroker::default())),
+            Metrics::new(0),
+            TaskTracker::new(),
+            CancellationToken::new(),
+            HubOptions {
+                unsubscribe_delay: Duration::from_secs(1),
+                slow_grace: Duration::from_secs(1),
+                draining: CancellationToken::new(),
+            },
+        )
+    }
+
+    fn at(ms: u64) -> Offset {
+        Offset { ms, seq: 0 }
+    }
+
+    fn live(ms: u64) -> WireFrame {
+        WireFrame {
+            published_micros: 0,
+            offset: Some(at(ms)),
+            frame: bytes::Bytes::from(format!("frame {ms}")),
+        }
+    }
+
+    fn history(ms: &[u64]) -> History {
+        History {
+            gap: false,
+            frames: ms
+                .iter()
+                .map(|m| (at(*m), bytes::Bytes::from(format!("frame {m}"))))
+                .collect(),
+        }
+    }
+
+    /// The texts queued for the client so far.
+    async fn received(outbox: &Outbox) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Batch::Frames(frames)) =
+            tokio::time::timeout(Duration::from_millis(10), outbox.next_batch(1000, 1 << 20)).await
+        {
+            out.extend(frames.iter().map(|f| f.text.as_str().to_owned()));
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn live_copies_of_frames_the_catch_up_delivered_are_dropped_once() {
+        let hub = hub();
+        let id = Uuid::new_v4();
+        let mut member = hub.join(id).await.unwrap();
+        let outbox = Arc::new(Outbox::new(100, 1 << 20));
+        member.attach(outbox.clone());
+        hub.dispatch(id, live(1), false);
+
+        let from = hub.hold(&[id]);
+        assert_eq!(from, vec![(id, at(1))]);
+        hub.dispatch(id, live(2), false); // held: arrived during the catch-up
+        assert_eq!(hub.deliver_caught_up(id, at(1), history(&[2, 3, 4])), 3);
+        // Live copies of 3 and 4 were still on the subscriber connection.
+        hub.dispatch(id, live(3), false);
+        hub.dispatch(id, live(4), false);
+        hub.dispatch(id, live(5), false);
+        let names = received(&outbox).await;
+        assert_eq!(
+            names,
+            ["frame 1", "frame 2", "frame 3", "frame 4", "frame 5"],
+            "each frame once, in order"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_seam_every_live_frame_goes_out_again() {
+        let hub = hub();
+        let id = Uuid::new_v4();
+        let mut member = hub.join(id).await.unwrap();
+        let outbox = Arc::new(Outbox::new(100, 1 << 20));
+        member.attach(outbox.clone());
+        hub.dispatch(id, live(1), false);
+        let from = hub.hold(&[id]);
+        hub.deliver_caught_up(id, from[0].1, history(&[2]));
+        hub.dispatch(id, live(3), false);
+        // A later frame with an older offset (a stream reset after a Redis data loss) is not
+        // taken for a copy once the seam has passed.
+        hub.dispatch(id, live(2), false);
+        let names = received(&outbox).await;
+        assert_eq!(names, ["frame 1", "frame 2", "frame 3", "frame 2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_catch_up_that_found_nothing_drops_nothing() {
+        let hub = hub();
+        let id = Uuid::new_v4();
+        let mut member = hub.join(id).await.unwrap();
+        let outbox = Arc::new(Outbox::new(100, 1 << 20));
+        member.attach(outbox.clone());
+        hub.dispatch(id, live(5), false);
+        let from = hub.hold(&[id]);
+        hub.deliver_caught_up(id, from[0].1, History::default());
+        hub.dispatch(id, live(6), false);
+        assert_eq!(received(&outbox).await, ["frame 5", "frame 6"]);
     }
 }

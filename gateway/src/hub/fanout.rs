@@ -28,6 +28,13 @@ impl Hub {
             self.0.metrics.frame_dropped("no_clients");
             return;
         };
+        if let Some(through) = e.caught_up_through {
+            match wire.offset {
+                // Delivered from history by the catch-up already.
+                Some(offset) if offset <= through => return,
+                _ => e.caught_up_through = None,
+            }
+        }
         let frame = e.frame(text, wire.published_micros, wire.offset);
         if let Some(held) = &mut e.held {
             // A catch-up from history is under way (after a resubscribe): behind it.
