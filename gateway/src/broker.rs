@@ -82,19 +82,32 @@ impl Broker {
         since: ryze_core::wire::Offset,
         max: usize,
     ) -> History {
-        let gap = History {
-            gap: true,
-            frames: Vec::new(),
-        };
-        match self {
-            Broker::Memory(_) => gap,
-            Broker::Redis(r) => match r.history_after(id, since, max).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(instance.id = %id, error = %e, "reading history failed; sending a gap");
-                    gap
+        match self.read_history(id, since, max).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(instance.id = %id, error = %e, "reading history failed; sending a gap");
+                History {
+                    gap: true,
+                    frames: Vec::new(),
                 }
-            },
+            }
+        }
+    }
+
+    /// Like [`Broker::history_after`], but a failed read is an error (the caller may retry)
+    /// rather than a gap. Without Redis there is no history: a gap.
+    pub async fn read_history(
+        &self,
+        id: Uuid,
+        since: ryze_core::wire::Offset,
+        max: usize,
+    ) -> Result<History, BrokerError> {
+        match self {
+            Broker::Memory(_) => Ok(History {
+                gap: true,
+                frames: Vec::new(),
+            }),
+            Broker::Redis(r) => Ok(r.history_after(id, since, max).await?),
         }
     }
 

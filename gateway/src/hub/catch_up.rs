@@ -16,11 +16,15 @@ use super::Hub;
 use crate::broker::History;
 use crate::outbox::Frame;
 use ryze_core::wire::{now_micros, Offset};
+use std::time::Duration;
 use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 /// History reads in flight at once during a catch-up.
 const CONCURRENT_READS: usize = 32;
+
+/// How long a catch-up keeps retrying a history read that fails.
+const READ_PATIENCE: Duration = Duration::from_secs(15);
 
 impl Hub {
     /// Holds the live frames of those `ids` that have delivered a frame with an offset, and
@@ -49,16 +53,45 @@ impl Hub {
     }
 
     async fn catch_up_one(&self, id: Uuid, last: Offset) {
-        let history = self
-            .0
-            .broker
-            .history_after(id, last, crate::resume::MAX_REPLAY)
-            .await;
+        let history = self.read_history(id, last).await;
         if history.gap {
             tracing::warn!(instance.id = %id, "history no longer holds everything missed while resubscribing");
         }
         let delivered = self.deliver_caught_up(id, last, history);
         tracing::info!(instance.id = %id, frames = delivered, "caught up after resubscribing");
+    }
+
+    /// History after `last`, retried while the command connection recovers (the fault that
+    /// broke the subscriber often broke it too): the instance's live frames stay held
+    /// meanwhile. Given up after [`READ_PATIENCE`], as a gap (logged), so the hold never
+    /// outlives a Redis that stays away.
+    async fn read_history(&self, id: Uuid, last: Offset) -> History {
+        let give_up = tokio::time::Instant::now() + READ_PATIENCE;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let read = self
+                .0
+                .broker
+                .read_history(id, last, crate::resume::MAX_REPLAY);
+            match read.await {
+                Ok(history) => return history,
+                Err(e) if tokio::time::Instant::now() + pause < give_up => {
+                    tracing::debug!(instance.id = %id, error = %e, "reading history failed; retrying");
+                }
+                Err(e) => {
+                    tracing::warn!(instance.id = %id, error = %e, "reading history failed; frames published while resubscribing are lost");
+                    return History {
+                        gap: true,
+                        frames: Vec::new(),
+                    };
+                }
+            }
+            tokio::select! {
+                _ = self.0.shutdown.cancelled() => return History::default(),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
     }
 
     /// Delivers `history` (read after `last`) and then the held frames, in offset order with

@@ -24,7 +24,9 @@ use super::history::{Anomaly, ClientLog, EventRec, FaultRec, GatewayLife, Micros
 use super::schedule::FaultKind;
 
 /// Events answered within this long before a data-losing Redis fault (or before a Redis
-/// fault chained to it) may be lost with the server's memory (no persistence).
+/// fault chained to it), or sent while it lasted (only the dying server can have taken them:
+/// a stop takes a moment, and the replacement starts when the fault heals), may be lost with
+/// the server's memory (no persistence).
 pub const LOSS_LOOKBACK: Micros = 10_000_000;
 /// A plain connection is not owed events answered this shortly before it ended.
 pub const PLAIN_GRACE: Micros = 2_000_000;
@@ -161,7 +163,7 @@ impl Checker<'_> {
                     start = start.min(g.started.saturating_sub(LOSS_LOOKBACK));
                 }
             }
-            self.loss.push((start, f.started));
+            self.loss.push((start, f.healed));
         }
         for g in faults.iter().filter(|g| g.kind.impairs_redis()) {
             self.impaired.push((
@@ -744,5 +746,32 @@ mod tests {
         let c = client(true, vec![conn(S / 2, None, &[1, 2, 4, 5], Some(None))]);
         let v = verdict(&ev, &[c], &[]);
         assert_eq!(kinds(&v), ["phantom_frame"]);
+    }
+
+    #[test]
+    fn events_sent_while_redis_was_stopping_may_be_lost_but_not_those_after_it_restarted() {
+        let ev = events(10);
+        // Redis stopped at 4.5 s and was up again, empty, at 6.5 s: 5 and 6 were sent while
+        // only the dying server could take them. 8 was sent to the new one.
+        let restart = FaultRec {
+            id: 0,
+            kind: FaultKind::RedisRestart,
+            target: "redis".into(),
+            started: 4 * S + S / 2,
+            healed: 6 * S + S / 2,
+            note: String::new(),
+        };
+        let lost = client(
+            true,
+            vec![conn(S / 2, None, &[1, 2, 3, 4, 7, 8, 9, 10], Some(None))],
+        );
+        let v = verdict(&ev, &[lost], std::slice::from_ref(&restart));
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        let after = client(
+            true,
+            vec![conn(S / 2, None, &[1, 2, 3, 4, 5, 6, 7, 9, 10], Some(None))],
+        );
+        let v = verdict(&ev, &[after], &[restart]);
+        assert_eq!(kinds(&v), ["missing"]);
     }
 }

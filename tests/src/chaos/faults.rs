@@ -54,7 +54,7 @@ pub async fn inject(
                 };
                 redis_fault(sys, fault, hold, &mut rec).await
             }
-            FaultKind::ClusterMasterKill => {
+            FaultKind::ClusterMasterKill | FaultKind::SentinelFailover => {
                 let _guard = locks.redis.lock().await;
                 redis_fault(sys, fault, hold, &mut rec).await
             }
@@ -246,6 +246,22 @@ async fn redis_fault(
             tokio::time::sleep(hold).await; // the wedge's drawn length
             crate::supervisor::kill_pid("CONT", pid);
         }
+        (Redis::Sentinel(s), FaultKind::SentinelFailover) => {
+            let server = sentinel_primary(s).await?;
+            rec.target = format!("sentinel primary :{}", server.port());
+            let pid = server.pid().context("the primary is not running")?;
+            crate::supervisor::kill_pid("KILL", pid);
+            tokio::time::sleep(hold).await; // Sentinel promotes the replica meanwhile
+            server.restart().await?; // empty; Sentinel turns it into a replica
+        }
+        (Redis::Sentinel(s), FaultKind::RedisPause) => {
+            let server = sentinel_primary(s).await?;
+            rec.target = format!("sentinel primary :{}", server.port());
+            let pid = server.pid().context("the primary is not running")?;
+            crate::supervisor::kill_pid("STOP", pid);
+            tokio::time::sleep(hold).await; // past down-after, Sentinel fails over
+            crate::supervisor::kill_pid("CONT", pid);
+        }
         (_, kind) => anyhow::bail!("{kind:?} does not apply to this Redis variant"),
     }
     rec.healed = now();
@@ -264,4 +280,13 @@ async fn wait_exit(svc: &crate::Service, timeout: Duration) -> Option<std::proce
         }
         tokio::time::sleep(Duration::from_millis(25)).await; // polled: a child's exit has no event we can share
     }
+}
+
+/// The server the Sentinels name as primary now (the roles swap with every failover).
+async fn sentinel_primary(s: &crate::RedisSentinel) -> anyhow::Result<&crate::RedisServer> {
+    let port = s.sentinels()[0].primary_port().await?;
+    [s.primary(), s.replica()]
+        .into_iter()
+        .find(|r| r.port() == port)
+        .with_context(|| format!("the Sentinels name port {port}, which is neither server"))
 }

@@ -76,7 +76,10 @@ impl Config {
         let variant = match var("CHAOS_REDIS").as_deref() {
             None | Some("single") => RedisVariant::Single,
             Some("cluster") => RedisVariant::Cluster,
-            Some(other) => anyhow::bail!("CHAOS_REDIS={other}: expected single or cluster"),
+            Some("sentinel") => RedisVariant::Sentinel,
+            Some(other) => {
+                anyhow::bail!("CHAOS_REDIS={other}: expected single, cluster or sentinel")
+            }
         };
         Ok(Config {
             seed,
@@ -102,14 +105,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let plan = schedule::plan(config.seed, config.seconds, config.mean_gap, config.variant);
     eprintln!("ryze-chaos: {} faults planned", plan.len());
     let recorder = Arc::new(Recorder::default());
-    let sys = Arc::new(
-        System::start(
-            config.variant == RedisVariant::Cluster,
-            config.instances,
-            recorder.clone(),
-        )
-        .await?,
-    );
+    let sys = Arc::new(System::start(config.variant, config.instances, recorder.clone()).await?);
 
     let stop_feed = CancellationToken::new();
     let stop_clients = CancellationToken::new();

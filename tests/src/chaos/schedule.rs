@@ -27,6 +27,10 @@ pub enum FaultKind {
     RedisBlackhole,
     /// A Redis Cluster master stopped, started again after the duration (cluster variant).
     ClusterMasterKill,
+    /// `kill -9` of the Sentinel-managed primary (Sentinel promotes the replica); the killed
+    /// server starts again, empty, after the duration and is turned into a replica (Sentinel
+    /// variant).
+    SentinelFailover,
     /// Postgres stopped, started again after the duration.
     PostgresRestart,
     /// A client of one instance that stops reading (tiny receive buffer) for the duration.
@@ -46,6 +50,7 @@ impl FaultKind {
             FaultKind::RedisPause => "redis_pause",
             FaultKind::RedisBlackhole => "redis_blackhole",
             FaultKind::ClusterMasterKill => "cluster_master_kill",
+            FaultKind::SentinelFailover => "sentinel_failover",
             FaultKind::PostgresRestart => "postgres_restart",
             FaultKind::StalledClient => "stalled_client",
             FaultKind::Burst => "burst",
@@ -53,9 +58,12 @@ impl FaultKind {
     }
 
     /// Whether this fault can lose frames Redis had accepted (history and in-flight pub/sub
-    /// messages are gone with the server's memory).
+    /// messages are gone with the server's memory, or were not replicated yet).
     pub fn loses_redis_data(self) -> bool {
-        matches!(self, FaultKind::RedisRestart | FaultKind::ClusterMasterKill)
+        matches!(
+            self,
+            FaultKind::RedisRestart | FaultKind::ClusterMasterKill | FaultKind::SentinelFailover
+        )
     }
 
     /// Whether this fault makes Redis unreachable or silent for the services.
@@ -66,6 +74,7 @@ impl FaultKind {
                 | FaultKind::RedisPause
                 | FaultKind::RedisBlackhole
                 | FaultKind::ClusterMasterKill
+                | FaultKind::SentinelFailover
         )
     }
 
@@ -75,6 +84,8 @@ impl FaultKind {
             FaultKind::GatewayKill | FaultKind::GatewayTerm => (1.0, 6.0),
             FaultKind::PublisherKill => (1.0, 5.0),
             FaultKind::RedisRestart | FaultKind::ClusterMasterKill => (0.5, 5.0),
+            // Long enough for Sentinel to notice (down-after 1 s) and promote the replica.
+            FaultKind::SentinelFailover => (3.0, 8.0),
             FaultKind::RedisPause | FaultKind::RedisBlackhole => (1.0, 8.0),
             FaultKind::PostgresRestart => (1.0, 6.0),
             FaultKind::StalledClient => (5.0, 20.0),
@@ -91,6 +102,8 @@ pub enum RedisVariant {
     Single,
     /// A 3-master Redis Cluster (`redis-cluster://`, sharded pub/sub).
     Cluster,
+    /// A primary, a replica and three Sentinels (`redis-sentinel://`).
+    Sentinel,
 }
 
 impl RedisVariant {
@@ -110,6 +123,8 @@ impl RedisVariant {
                 kinds.extend([FaultKind::RedisRestart, FaultKind::RedisBlackhole]);
             }
             RedisVariant::Cluster => kinds.push(FaultKind::ClusterMasterKill),
+            // A pause longer than Sentinel's down-after also fails over.
+            RedisVariant::Sentinel => kinds.push(FaultKind::SentinelFailover),
         }
         kinds
     }

@@ -1,5 +1,5 @@
 //! The system under chaos: a private Postgres, Redis (one server behind the black-holing
-//! [`FaultProxy`], or a 3-master Cluster), two publishers and three gateways behind the
+//! [`FaultProxy`], a 3-master Cluster, or a Sentinel-managed primary and replica), two publishers and three gateways behind the
 //! harness's [`Balancer`], one account and the run's instances seeded by SQL. Processes that a
 //! fault takes away leave an empty slot until the fault puts a new one in.
 
@@ -10,8 +10,10 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::history::{lock, now, GatewayLife, Recorder};
+use super::schedule::RedisVariant;
 use crate::{
-    run_cli_json, Balancer, Bin, FaultProxy, PgServer, RedisCluster, RedisServer, Service, TestDb,
+    run_cli_json, Balancer, Bin, FaultProxy, PgServer, RedisCluster, RedisSentinel, RedisServer,
+    Service, TestDb,
 };
 
 /// Upper bound for a (re)started service to become ready; generous because a Redis or
@@ -36,6 +38,8 @@ pub enum Redis {
     },
     /// A 3-master cluster, reached directly.
     Cluster(RedisCluster),
+    /// A primary, a replica and three Sentinels, reached directly through the Sentinels.
+    Sentinel(RedisSentinel),
 }
 
 impl Redis {
@@ -43,6 +47,7 @@ impl Redis {
         match self {
             Redis::Single { proxy, .. } => proxy.redis_url(),
             Redis::Cluster(c) => c.url(),
+            Redis::Sentinel(s) => s.url(),
         }
     }
 }
@@ -82,7 +87,7 @@ impl System {
     /// Starts everything: Postgres, Redis, `instances` instances, 2 publishers, 3 gateways and
     /// the balancer in front of them.
     pub async fn start(
-        cluster: bool,
+        variant: RedisVariant,
         instances: usize,
         recorder: Arc<Recorder>,
     ) -> anyhow::Result<System> {
@@ -90,16 +95,20 @@ impl System {
             .await
             .context("starting postgres")?;
         let db = pg.fresh_database().await?;
-        let redis = if cluster {
-            Redis::Cluster(
+        let redis = match variant {
+            RedisVariant::Cluster => Redis::Cluster(
                 RedisCluster::start()
                     .await
                     .context("starting the cluster")?,
-            )
-        } else {
-            let server = RedisServer::start().await.context("starting redis")?;
-            let proxy = FaultProxy::in_front_of(&server).await?;
-            Redis::Single { server, proxy }
+            ),
+            RedisVariant::Sentinel => {
+                Redis::Sentinel(RedisSentinel::start().await.context("starting sentinel")?)
+            }
+            RedisVariant::Single => {
+                let server = RedisServer::start().await.context("starting redis")?;
+                let proxy = FaultProxy::in_front_of(&server).await?;
+                Redis::Single { server, proxy }
+            }
         };
         let cli_env = vec![
             ("DATABASE_URL", db.url.clone()),
