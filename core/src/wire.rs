@@ -42,6 +42,9 @@ pub struct Offset {
 }
 
 impl Offset {
+    /// Before every entry (`0-0`): an instance whose stream holds nothing yet.
+    pub const ZERO: Offset = Offset { ms: 0, seq: 0 };
+
     /// Parses `<ms>-<seq>` (decimal, no sign, no spaces); `None` for anything else.
     pub fn parse(text: &[u8]) -> Option<Offset> {
         if text.is_empty() || text.len() > MAX_OFFSET_LEN {

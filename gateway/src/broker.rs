@@ -94,6 +94,23 @@ impl Broker {
         }
     }
 
+    /// Where the instance's history stands now (its newest offset, or [`Offset::ZERO`]);
+    /// `None` without Redis or when it cannot be read (logged).
+    ///
+    /// [`Offset::ZERO`]: ryze_core::wire::Offset::ZERO
+    pub async fn history_tail(&self, id: Uuid) -> Option<ryze_core::wire::Offset> {
+        match self {
+            Broker::Memory(_) => None,
+            Broker::Redis(r) => match r.history_tail(id).await {
+                Ok(tail) => Some(tail),
+                Err(e) => {
+                    tracing::warn!(instance.id = %id, error = %e, "reading where history stands failed; a resubscribe before the first frame will not catch up");
+                    None
+                }
+            },
+        }
+    }
+
     /// Like [`Broker::history_after`], but a failed read is an error (the caller may retry)
     /// rather than a gap. Without Redis there is no history: a gap.
     pub async fn read_history(

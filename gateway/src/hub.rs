@@ -96,7 +96,8 @@ struct Entry {
     /// Frames waiting behind a stalled client, in order; `Some` while the instance's delivery
     /// task runs.
     backlog: Option<mpsc::Sender<Frame>>,
-    /// The offset of the last frame delivered (history on): where a catch-up starts.
+    /// The offset of the last frame delivered, or where history stood when the subscription
+    /// was confirmed (history on): where a catch-up starts.
     last_offset: Option<Offset>,
     /// Live frames held while a catch-up from history runs (see `catch_up`).
     held: Option<Vec<Frame>>,

@@ -54,7 +54,8 @@ impl Hub {
 
     async fn catch_up_one(&self, id: Uuid, last: Offset) {
         let history = self.read_history(id, last).await;
-        if history.gap {
+        // From `0-0` (no stream when subscribed) there is nothing earlier to miss.
+        if history.gap && last != Offset::ZERO {
             tracing::warn!(instance.id = %id, "history no longer holds everything missed while resubscribing");
         }
         let delivered = self.deliver_caught_up(id, last, history);

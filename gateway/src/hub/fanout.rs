@@ -61,9 +61,9 @@ impl Hub {
             self.0.metrics.frame_dropped("no_clients");
             return;
         };
-        if frame.offset.is_some() {
-            e.last_offset = frame.offset;
-        }
+        // Monotonic: the position read at subscription may be ahead of live frames that were
+        // still on their way.
+        e.last_offset = e.last_offset.max(frame.offset);
         if let Some(backlog) = &e.backlog {
             // Order: behind the frames already waiting.
             if backlog.try_send(frame).is_err() {

@@ -92,11 +92,14 @@ impl Hub {
     }
 
     pub(super) async fn subscribe(&self, id: Uuid, done: watch::Sender<bool>) {
-        let ok = match self.0.broker.subscribe(id).await {
-            Ok(()) => true,
+        let (ok, tail) = match self.0.broker.subscribe(id).await {
+            // Where history stood once subscribed: what follows is owed to the clients about
+            // to join, so a resubscribe before the first frame arrives catches up from there
+            // (D38). Without it a pod that had delivered nothing yet would not catch up.
+            Ok(()) => (true, self.0.broker.history_tail(id).await),
             Err(e) => {
                 tracing::warn!(instance.id = %id, error = %e, "instance subscription failed");
-                false
+                (false, None)
             }
         };
         {
@@ -104,6 +107,7 @@ impl Hub {
             // The entry cannot be removed while Pending (see `expire`).
             if let Some(e) = shard.get_mut(&id) {
                 e.sub = if ok { Sub::Active } else { Sub::Idle };
+                e.last_offset = e.last_offset.max(tail);
             }
         }
         let _ = done.send(true);

@@ -181,7 +181,12 @@ impl System {
             ("DATABASE_URL", self.db.url.clone()),
             ("REDIS_URL", self.redis.url()),
             ("REDIS_PREFIX", self.prefix.clone()),
-            ("RUST_LOG", "warn".to_owned()),
+            // CHAOS_RUST_LOG (e.g. `warn,ryze_gateway=info`) with RYZE_TEST_ECHO_LOGS=1 shows
+            // what the services did around a violation.
+            (
+                "RUST_LOG",
+                std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            ),
             ("HISTORY_SIZE", HISTORY_SIZE.to_string()),
             (
                 "REDIS_STALL_TIMEOUT",

@@ -89,6 +89,44 @@ async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delive
     }
 }
 
+/// Sequence numbers published while the gateway's connections are black-holed.
+const HIDDEN: std::ops::Range<u64> = 3_000_000..3_000_010;
+
+/// D38 for a pod that has delivered no frame of the instance yet: it catches up from where
+/// history stood when its subscription was confirmed (not only from a last delivered frame).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_that_delivered_nothing_yet_still_catches_up_what_a_black_hole_hid() {
+    let proxy = FaultProxy::in_front_of(redis().await).await.expect("proxy");
+    let env = Env::new().await;
+    let via_proxy = [
+        ("REDIS_URL", proxy.redis_url()),
+        ("REDIS_STALL_TIMEOUT", STALL.to_owned()),
+    ];
+    let sys = System::start_in(env, "quiet", json!({"enabled": true}), 1, &via_proxy, &[]).await;
+    let client = connect(sys.gw(), &sys.inst.name, &sys.inst.token).await;
+    let frames = collect(client, FRAME_WAIT);
+
+    // Nothing has been published for the instance yet; now nothing flows either way.
+    assert!(proxy.blackhole_existing() >= 2, "both connections held");
+    // The publisher reaches Redis directly: these are in history and published.
+    publish_seqs(&sys.publisher, std::slice::from_ref(&sys.inst), HIDDEN, 5).await;
+    sys.gw()
+        .wait_not_ready(WAIT)
+        .await
+        .expect("not ready while stalled");
+    sys.gw().wait_ready(READY).await.expect("ready again");
+    publish_end(&sys.publisher, std::slice::from_ref(&sys.inst)).await;
+
+    let (_client, seen, error) = frames.await.expect("collector");
+    assert!(error.is_none(), "the client stayed connected: {error:?}");
+    let seqs: Vec<u64> = seen.iter().map(|s| s.seq).collect();
+    assert_eq!(
+        seqs,
+        HIDDEN.collect::<Vec<_>>(),
+        "every event published during the black hole, once, in order, before the end marker"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_black_holed_publisher_answers_503_fails_readiness_and_recovers() {
     let proxy = FaultProxy::in_front_of(redis().await).await.expect("proxy");

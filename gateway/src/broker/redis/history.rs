@@ -74,6 +74,26 @@ impl RedisBroker {
         }
     }
 
+    /// The offset of the instance's newest retained frame, [`Offset::ZERO`] when its stream
+    /// holds none.
+    pub async fn history_tail(&self, id: Uuid) -> Result<Offset, fred::error::Error> {
+        let newest: Value = self
+            .commands
+            .xrevrange(self.names.history_key(id), "+", "-", Some(1))
+            .await?;
+        // [[id, [field, value, …]]], or [] for an empty or missing stream.
+        let id = match newest {
+            Value::Array(entries) => entries.into_iter().next().and_then(|entry| match entry {
+                Value::Array(pair) => pair.into_iter().next(),
+                _ => None,
+            }),
+            _ => None,
+        };
+        Ok(id
+            .and_then(|id| id.as_bytes().and_then(Offset::parse))
+            .unwrap_or(Offset::ZERO))
+    }
+
     /// The retained frames after `since` (at most `max`), and whether any were lost.
     pub async fn history_after(
         &self,
