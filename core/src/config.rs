@@ -1,6 +1,5 @@
 //! Parsers for configuration values shared by both binaries (used as clap `value_parser`s).
 
-use std::path::Path;
 use std::time::Duration;
 
 /// Exit status for bad configuration (EX_USAGE).
@@ -148,28 +147,6 @@ pub fn collect<T>(problems: &mut Vec<String>, group: Result<T, Vec<String>>) -> 
     group.map_err(|more| problems.extend(more)).ok()
 }
 
-/// The problems with `OTEL_EXPORTER_OTLP_ENDPOINT` (must be `http://` or `https://` OTLP/HTTP)
-/// and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a readable PEM CA file), if any.
-pub fn otlp_problems(endpoint: Option<&str>, certificate: Option<&Path>) -> Vec<String> {
-    let mut problems = Vec::new();
-    let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
-    if endpoint.is_some_and(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
-        problems.push(
-            "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// OTLP/HTTP endpoint"
-                .to_owned(),
-        );
-    }
-    if let Some(path) = certificate {
-        if let Err(e) = crate::trust::load_ca_file(path) {
-            problems.push(format!(
-                "OTEL_EXPORTER_OTLP_CERTIFICATE: {}",
-                error_chain(&e)
-            ));
-        }
-    }
-    problems
-}
-
 /// `DATABASE_URL` parsed ([`crate::store::DatabaseTarget::parse`]), or the problem: it does
 /// not parse, names an unknown `sslmode`, or its `sslrootcert` cannot be used. The message
 /// never quotes the URL, which may hold a password.
@@ -302,16 +279,6 @@ mod tests {
             parse_all::<Sample, _>(["x", "--help"], needs_url),
             Err(Refusal::Display(_))
         ));
-    }
-
-    #[test]
-    fn otlp_takes_http_and_https_and_a_readable_ca_file() {
-        assert!(otlp_problems(Some("http://c:4318"), None).is_empty());
-        assert!(otlp_problems(Some("https://c:4318"), None).is_empty());
-        assert!(otlp_problems(None, None).is_empty());
-        assert_eq!(otlp_problems(Some("c:4317"), None).len(), 1);
-        let p = otlp_problems(Some("https://c"), Some(Path::new("/nope/ca.pem")));
-        assert!(p.len() == 1 && p[0].contains("/nope/ca.pem"), "{p:?}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ryze_core::history::HistoryConfig;
 use ryze_core::settings::{
     Database, DatabaseSettings, Ingest, IngestSettings, Redis, RedisSettings,
 };
-use ryze_telemetry::TelemetrySettings;
+use ryze_telemetry::{Telemetry, TelemetrySettings};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -145,7 +145,7 @@ pub struct Validated {
     /// `MAX_INGEST_BYTES`: the largest frame a publisher produces (bounds the write buffer).
     pub max_ingest_bytes: usize,
     /// Logs and traces.
-    pub telemetry: TelemetrySettings,
+    pub telemetry: Telemetry,
     /// Per-instance history.
     pub history: HistoryConfig,
 }
@@ -171,18 +171,20 @@ impl Config {
             false => Some(None),
         };
         self.gateway.check(&mut problems);
-        problems.extend(self.telemetry.problems());
+        let telemetry = collect(&mut problems, self.telemetry.validate());
         self.gateway.check_rates(&mut problems);
-        match (database, redis, ingest) {
-            (Some(database), Some(redis), Some(ingest)) if problems.is_empty() => Ok(Validated {
-                gateway: self.gateway.clone(),
-                database,
-                redis,
-                ingest,
-                max_ingest_bytes: self.ingest.max_bytes,
-                telemetry: self.telemetry.clone(),
-                history: self.history.clone(),
-            }),
+        match (database, redis, ingest, telemetry) {
+            (Some(database), Some(redis), Some(ingest), Some(telemetry)) if problems.is_empty() => {
+                Ok(Validated {
+                    gateway: self.gateway.clone(),
+                    database,
+                    redis,
+                    ingest,
+                    max_ingest_bytes: self.ingest.max_bytes,
+                    telemetry,
+                    history: self.history.clone(),
+                })
+            }
             _ => Err(problems),
         }
     }

@@ -6,7 +6,7 @@ use ryze_core::config::{collect, parse_duration};
 use ryze_core::history::HistoryConfig;
 use ryze_core::redis::RedisTarget;
 use ryze_core::settings::{Database, DatabaseSettings, Ingest, IngestSettings, RedisSettings};
-use ryze_telemetry::TelemetrySettings;
+use ryze_telemetry::{Telemetry, TelemetrySettings};
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -117,7 +117,7 @@ pub enum InstanceCommand {
 #[derive(Debug, Clone)]
 pub struct Validated {
     /// Logs and traces.
-    pub telemetry: TelemetrySettings,
+    pub telemetry: Telemetry,
     /// Postgres.
     pub database: Database,
     /// What the process does.
@@ -179,7 +179,7 @@ impl Config {
     pub fn validate(&self) -> Result<Validated, Vec<String>> {
         let mut problems = Vec::new();
         let database = collect(&mut problems, self.database.validate());
-        problems.extend(self.telemetry.problems());
+        let telemetry = collect(&mut problems, self.telemetry.validate());
         problems.extend(self.history.problems());
         let run = match &self.command {
             // Admin commands use Postgres alone.
@@ -188,9 +188,9 @@ impl Config {
                 .service(&mut problems)
                 .map(|s| Run::Service(Box::new(s))),
         };
-        match (database, run) {
-            (Some(database), Some(run)) if problems.is_empty() => Ok(Validated {
-                telemetry: self.telemetry.clone(),
+        match (database, run, telemetry) {
+            (Some(database), Some(run), Some(telemetry)) if problems.is_empty() => Ok(Validated {
+                telemetry,
                 database,
                 run,
             }),
