@@ -3,8 +3,6 @@
 //! Redis), so the ingest path is the same for both and neither side knows the other.
 
 use crate::channel::ControlMessage;
-use crate::redis::RedisUrlError;
-use crate::tls::TlsError;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
@@ -81,12 +79,6 @@ pub enum BusError {
     /// Redis did not answer in time.
     #[error("redis timed out")]
     Timeout,
-    /// The Redis URL does not parse (configuration validation normally catches it first).
-    #[error("invalid Redis URL: {0}")]
-    BadUrl(#[from] RedisUrlError),
-    /// The Redis TLS files could not be loaded (validation normally catches it first).
-    #[error("Redis TLS settings: {0}")]
-    Tls(#[from] TlsError),
     /// The in-process bus is not wired yet.
     #[error("event bus unavailable")]
     Unavailable,

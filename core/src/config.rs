@@ -1,19 +1,19 @@
 //! Parsers for configuration values shared by both binaries (used as clap `value_parser`s).
 
-use std::path::Path;
 use std::time::Duration;
 
 /// Exit status for bad configuration (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
-/// Parses flags and environment once, then `validate`s; every problem (values clap refuses,
-/// missing required settings, cross-field rules) is printed to stderr in one message, and the
-/// process exits 64 before anything listens. `--help` and `--version` print and exit 0.
-pub fn parse_or_exit<C: clap::Parser>(
+/// Parses flags and environment once, then `validate`s them into the typed settings the
+/// process runs on; every problem (values clap refuses, missing required settings, cross-field
+/// rules) is printed to stderr in one message, and the process exits 64 before anything
+/// listens. `--help` and `--version` print and exit 0.
+pub fn parse_or_exit<C: clap::Parser, V>(
     name: &str,
-    validate: impl FnOnce(&C) -> Result<(), Vec<String>>,
-) -> C {
-    match parse_all::<C>(std::env::args_os(), validate) {
+    validate: impl FnOnce(&C) -> Result<V, Vec<String>>,
+) -> V {
+    match parse_all::<C, V>(std::env::args_os(), validate) {
         Ok(config) => config,
         Err(Refusal::Display(e)) => e.exit(),
         Err(Refusal::Problems(problems)) => {
@@ -26,7 +26,7 @@ pub fn parse_or_exit<C: clap::Parser>(
     }
 }
 
-/// Why [`parse_all`] produced no configuration.
+/// Why [`parse_all`] produced no settings.
 #[derive(Debug)]
 pub enum Refusal {
     /// `--help`, `--version` or a usage error clap prints itself.
@@ -43,10 +43,10 @@ const MAX_VALUE_PROBLEMS: usize = 64;
 /// its source (environment variable or flag) is set aside, and the parse is run again. The
 /// settings set aside fall back to their defaults only to let `validate` see the rest; any
 /// refused value still fails the whole configuration.
-pub fn parse_all<C: clap::Parser>(
+pub fn parse_all<C: clap::Parser, V>(
     args: impl IntoIterator<Item = impl Into<std::ffi::OsString>>,
-    validate: impl FnOnce(&C) -> Result<(), Vec<String>>,
-) -> Result<C, Refusal> {
+    validate: impl FnOnce(&C) -> Result<V, Vec<String>>,
+) -> Result<V, Refusal> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
 
     let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
@@ -106,17 +106,15 @@ pub fn parse_all<C: clap::Parser>(
             return Err(Refusal::Problems(problems));
         }
     };
-    if let Err(more) = validate(&config) {
-        problems.extend(
+    match validate(&config) {
+        Ok(settings) if problems.is_empty() => return Ok(settings),
+        Ok(_) => {}
+        Err(more) => problems.extend(
             more.into_iter()
                 .filter(|p| !refused.iter().any(|r| p.starts_with(r.as_str()))),
-        );
+        ),
     }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(Refusal::Problems(problems))
-    }
+    Err(Refusal::Problems(problems))
 }
 
 /// clap's message without its `error: ` prefix and `--help` hint.
@@ -143,43 +141,17 @@ fn remove_flag(args: &mut Vec<std::ffi::OsString>, flag: &str) {
     }
 }
 
-/// `Ok` when no problem was found, else all of them (the shape `parse_or_exit` reports).
-pub fn into_result(problems: Vec<String>) -> Result<(), Vec<String>> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+/// One group's validated value, or `None` with its problems appended to `problems`: lets a
+/// binary's `validate` check every group and report all their problems at once.
+pub fn collect<T>(problems: &mut Vec<String>, group: Result<T, Vec<String>>) -> Option<T> {
+    group.map_err(|more| problems.extend(more)).ok()
 }
 
-/// The problems with `OTEL_EXPORTER_OTLP_ENDPOINT` (must be `http://` or `https://` OTLP/HTTP)
-/// and `OTEL_EXPORTER_OTLP_CERTIFICATE` (a readable PEM CA file), if any.
-pub fn otlp_problems(endpoint: Option<&str>, certificate: Option<&Path>) -> Vec<String> {
-    let mut problems = Vec::new();
-    let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty());
-    if endpoint.is_some_and(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
-        problems.push(
-            "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// OTLP/HTTP endpoint"
-                .to_owned(),
-        );
-    }
-    if let Some(path) = certificate {
-        if let Err(e) = crate::trust::load_ca_file(path) {
-            problems.push(format!(
-                "OTEL_EXPORTER_OTLP_CERTIFICATE: {}",
-                error_chain(&e)
-            ));
-        }
-    }
-    problems
-}
-
-/// The problem with `DATABASE_URL`, if any: it does not parse, names an unknown `sslmode`, or
-/// its `sslrootcert` cannot be used (see [`crate::store::DatabaseTarget::parse`]). The message
+/// `DATABASE_URL` parsed ([`crate::store::DatabaseTarget::parse`]), or the problem: it does
+/// not parse, names an unknown `sslmode`, or its `sslrootcert` cannot be used. The message
 /// never quotes the URL, which may hold a password.
-pub fn database_url_problem(url: &str) -> Option<String> {
-    let e = crate::store::DatabaseTarget::parse(url).err()?;
-    Some(error_chain(&e))
+pub fn parse_database_url(url: &str) -> Result<crate::store::DatabaseTarget, String> {
+    crate::store::DatabaseTarget::parse(url).map_err(|e| error_chain(&e))
 }
 
 /// `outer: cause: root cause`, skipping a cause whose text its parent already ends with
@@ -250,16 +222,16 @@ mod tests {
         url: Option<String>,
     }
 
-    fn needs_url(s: &Sample) -> Result<(), Vec<String>> {
-        into_result(if s.url.is_none() {
-            vec!["SAMPLE_URL is required".into()]
-        } else {
-            vec![]
-        })
+    /// The validated value is the wait, once the URL is there.
+    fn needs_url(s: &Sample) -> Result<Duration, Vec<String>> {
+        match s.url {
+            None => Err(vec!["SAMPLE_URL is required".into()]),
+            Some(_) => Ok(s.wait),
+        }
     }
 
     fn problems(args: &[&str]) -> Vec<String> {
-        match parse_all::<Sample>(args.iter().copied(), needs_url) {
+        match parse_all::<Sample, _>(args.iter().copied(), needs_url) {
             Err(Refusal::Problems(p)) => p,
             other => panic!("expected problems, got {other:?}"),
         }
@@ -287,14 +259,10 @@ mod tests {
             #[arg(long, env = "SAMPLE_BASE", value_parser = parse_base_url)]
             base: Option<String>,
         }
-        let p = match parse_all::<Base>(["x", "--base", "ftp://a"], |b: &Base| {
-            into_result(
-                b.base
-                    .is_none()
-                    .then(|| "SAMPLE_BASE is required".to_owned())
-                    .into_iter()
-                    .collect(),
-            )
+        let p = match parse_all::<Base, String>(["x", "--base", "ftp://a"], |b: &Base| {
+            b.base
+                .clone()
+                .ok_or_else(|| vec!["SAMPLE_BASE is required".to_owned()])
         }) {
             Err(Refusal::Problems(p)) => p,
             other => panic!("{other:?}"),
@@ -305,40 +273,27 @@ mod tests {
 
     #[test]
     fn good_input_parses_and_help_is_not_a_problem() {
-        let ok = parse_all::<Sample>(["x", "--url", "u", "--wait", "2s"], needs_url).unwrap();
-        assert_eq!(ok.wait, Duration::from_secs(2));
+        let wait = parse_all::<Sample, _>(["x", "--url", "u", "--wait", "2s"], needs_url).unwrap();
+        assert_eq!(wait, Duration::from_secs(2));
         assert!(matches!(
-            parse_all::<Sample>(["x", "--help"], needs_url),
+            parse_all::<Sample, _>(["x", "--help"], needs_url),
             Err(Refusal::Display(_))
         ));
     }
 
     #[test]
-    fn otlp_takes_http_and_https_and_a_readable_ca_file() {
-        assert!(otlp_problems(Some("http://c:4318"), None).is_empty());
-        assert!(otlp_problems(Some("https://c:4318"), None).is_empty());
-        assert!(otlp_problems(None, None).is_empty());
-        assert_eq!(otlp_problems(Some("c:4317"), None).len(), 1);
-        let p = otlp_problems(Some("https://c"), Some(Path::new("/nope/ca.pem")));
-        assert!(p.len() == 1 && p[0].contains("/nope/ca.pem"), "{p:?}");
-    }
-
-    #[test]
     fn database_url_problems_name_the_setting_not_the_url() {
         let url = "postgres://u:hunter2@db/x?sslmode=verify-full&sslrootcert=/nope/ca.pem";
-        let p = database_url_problem(url).expect("a problem");
+        let p = parse_database_url(url).expect_err("a problem");
         assert!(
             p.contains("/nope/ca.pem") && p.contains("sslrootcert"),
             "{p}"
         );
         assert!(!p.contains("hunter2"), "{p}");
-        let p = database_url_problem("postgres://u:hunter2@db/x?bogus=1").expect("a problem");
+        let p = parse_database_url("postgres://u:hunter2@db/x?bogus=1").expect_err("a problem");
         assert_eq!(p.matches("bogus").count(), 1, "{p}");
         assert!(!p.contains("hunter2"), "{p}");
-        assert_eq!(
-            database_url_problem("postgres://u@db/x?sslmode=require"),
-            None
-        );
+        assert!(parse_database_url("postgres://u@db/x?sslmode=require").is_ok());
     }
 
     #[test]

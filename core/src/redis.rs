@@ -224,14 +224,20 @@ pub const TLS_ENV: [&str; 3] = [
     "REDIS_TLS_KEY_FILE",
 ];
 
-/// The configuration problem with the Redis TLS settings, if any, for `validate()`: every
-/// named file is read (whatever the URL says), and when some URL asks for TLS without a CA
-/// file, the system roots must load. The message names the setting and the file.
-pub fn tls_problem(files: &TlsFiles, some_url_uses_tls: bool) -> Option<String> {
+/// The Redis TLS settings, for `validate()`: every named file is read (whatever the URL says),
+/// and when some URL asks for TLS without a CA file, the system roots must load. `Ok(None)`:
+/// nothing to read. The problem message names the setting and the file.
+pub fn tls_config(
+    files: &TlsFiles,
+    some_url_uses_tls: bool,
+) -> Result<Option<rustls::ClientConfig>, String> {
     if files.is_empty() && !some_url_uses_tls {
-        return None;
+        return Ok(None);
     }
-    let e = files.client_config().err()?;
+    let e = match files.client_config() {
+        Ok(config) => return Ok(Some(config)),
+        Err(e) => e,
+    };
     let setting = match &e {
         TlsError::Read { path, .. }
         | TlsError::NoCertificate { path }
@@ -246,7 +252,7 @@ pub fn tls_problem(files: &TlsFiles, some_url_uses_tls: bool) -> Option<String> 
         TlsError::NoSystemRoots => "REDIS_TLS_CA_FILE (unset)",
         _ => TLS_ENV[1],
     };
-    Some(format!("{setting}: {e}"))
+    Err(format!("{setting}: {e}"))
 }
 
 /// `TCP_NODELAY` and keepalive for every Redis connection (Sentinels included).

@@ -1,15 +1,20 @@
 //! Setting groups both binaries read, declared once and flattened into each binary's
-//! configuration (`#[command(flatten)]`), each with the checks clap cannot make and the typed
-//! values the process builds from it. `global = true` lets the publisher's admin subcommands
-//! take them too; it changes nothing for the gateway.
+//! configuration (`#[command(flatten)]`). Each group's `validate` makes the checks clap cannot
+//! and returns the typed value the process runs on ([`Database`], [`Redis`], [`Ingest`]), so
+//! nothing is checked twice. `global = true` lets the publisher's admin subcommands take them
+//! too; it changes nothing for the gateway.
 
 use crate::redis::RedisTarget;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{DatabaseTarget, Store, StoreError, StoreOptions};
 use crate::tls::TlsFiles;
-use crate::token::{TokenCipher, TokenError};
+use crate::token::TokenCipher;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+#[cfg(test)]
+mod tests;
 
 /// Postgres: `DATABASE_URL`, `DATABASE_POOL_SIZE`, `ENCRYPTION_KEY`.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,50 +52,55 @@ pub struct DatabaseSettings {
     pub encryption_key: Option<SecretString>,
 }
 
-/// The store could not be opened from the settings.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenStoreError {
-    /// `DATABASE_URL` is unset (validation reports it first).
-    #[error("DATABASE_URL is required")]
-    MissingUrl,
-    /// `ENCRYPTION_KEY` is not a usable key.
-    #[error(transparent)]
-    Key(#[from] TokenError),
-    /// The URL or its TLS settings are refused.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// Postgres after validation: the parsed `DATABASE_URL` (its `sslrootcert` read), the pool
+/// size and the token cipher.
+#[derive(Debug, Clone)]
+pub struct Database {
+    target: DatabaseTarget,
+    /// `DATABASE_POOL_SIZE` (above 0).
+    pub pool_size: usize,
+    cipher: TokenCipher,
 }
 
-impl DatabaseSettings {
-    /// Problems clap cannot see: a missing or unusable URL, a bad key, an empty pool.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        match &self.url {
-            None => problems.push("DATABASE_URL is required".to_owned()),
-            Some(url) => problems.extend(crate::config::database_url_problem(url.expose_secret())),
-        }
-        if let Err(e) = self.cipher() {
-            problems.push(e.to_string());
-        }
-        if self.pool_size == 0 {
-            problems.push("DATABASE_POOL_SIZE must be greater than 0".to_owned());
-        }
-        problems
-    }
-
-    /// The token cipher from `ENCRYPTION_KEY` (none: tokens stored as they are).
-    pub fn cipher(&self) -> Result<TokenCipher, TokenError> {
-        TokenCipher::from_setting(self.encryption_key.as_ref())
-    }
-
+impl Database {
     /// Opens the pool (connections are made lazily).
-    pub fn open(&self) -> Result<Store, OpenStoreError> {
-        let url = self.url.as_ref().ok_or(OpenStoreError::MissingUrl)?;
+    pub fn open(&self) -> Result<Store, StoreError> {
         let options = StoreOptions {
             pool_size: self.pool_size,
             timeout: Duration::from_secs(2),
         };
-        Ok(Store::new(url.expose_secret(), &options, self.cipher()?)?)
+        Store::with_target(self.target.clone(), &options, self.cipher.clone())
+    }
+}
+
+impl DatabaseSettings {
+    /// The settings as a [`Database`], or every problem clap cannot see: a missing or unusable
+    /// URL, a bad key, an empty pool.
+    pub fn validate(&self) -> Result<Database, Vec<String>> {
+        let mut problems = Vec::new();
+        let target = match &self.url {
+            None => {
+                problems.push("DATABASE_URL is required".to_owned());
+                None
+            }
+            Some(url) => crate::config::parse_database_url(url.expose_secret())
+                .map_err(|p| problems.push(p))
+                .ok(),
+        };
+        let cipher = TokenCipher::from_setting(self.encryption_key.as_ref())
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        if self.pool_size == 0 {
+            problems.push("DATABASE_POOL_SIZE must be greater than 0".to_owned());
+        }
+        match (target, cipher) {
+            (Some(target), Some(cipher)) if problems.is_empty() => Ok(Database {
+                target,
+                pool_size: self.pool_size,
+                cipher,
+            }),
+            _ => Err(problems),
+        }
     }
 }
 
@@ -162,6 +172,39 @@ pub struct RedisSettings {
     pub stall_timeout: Duration,
 }
 
+/// The fan-out Redis after validation: `REDIS_URL` ready to connect (TLS files read, stall
+/// timeout applied), and the same settings for other URLs (a publisher's regions).
+#[derive(Clone)]
+pub struct Redis {
+    /// `REDIS_URL`; `None` when unset (each binary's `validate` says when that is allowed).
+    pub target: Option<RedisTarget>,
+    /// `REDIS_PREFIX`.
+    pub prefix: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stall_timeout: Duration,
+}
+
+impl std::fmt::Debug for Redis {
+    // Never the target: its config holds the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .field("stall_timeout", &self.stall_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// `target` (another URL, parsed) with the TLS settings and stall timeout of this group.
+    pub fn prepare(&self, target: RedisTarget) -> RedisTarget {
+        let target = target.with_stall_timeout(self.stall_timeout);
+        match &self.tls {
+            Some(tls) => target.with_tls(tls.clone()),
+            None => target,
+        }
+    }
+}
+
 impl RedisSettings {
     /// `REDIS_TLS_CA_FILE`, `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` (read when a Redis URL
     /// asks for TLS).
@@ -173,29 +216,38 @@ impl RedisSettings {
         }
     }
 
-    /// `REDIS_URL` parsed, if set.
-    pub fn target(&self) -> Option<Result<RedisTarget, crate::redis::RedisUrlError>> {
-        self.url
-            .as_ref()
-            .map(|url| RedisTarget::parse(url.expose_secret()))
-    }
-
-    /// Problems clap cannot see: an unusable `REDIS_URL`, a stall timeout too short to judge,
-    /// and TLS files that are missing or unreadable while some URL asks for TLS (`other_tls`:
-    /// a URL outside this group does, such as a region's).
-    pub fn problems(&self, other_tls: bool) -> Vec<String> {
+    /// The settings as a [`Redis`], or every problem clap cannot see: an unusable `REDIS_URL`,
+    /// a stall timeout too short to judge, and TLS files that are missing or unreadable while
+    /// some URL asks for TLS (`other_tls`: a URL outside this group does, such as a region's,
+    /// to be [`Redis::prepare`]d).
+    pub fn validate(&self, other_tls: bool) -> Result<Redis, Vec<String>> {
         let mut problems = Vec::new();
-        let mut uses_tls = other_tls;
-        match self.target() {
-            Some(Ok(target)) => uses_tls |= target.tls,
-            Some(Err(e)) => problems.push(format!("REDIS_URL: {e}")),
-            None => {}
-        }
-        problems.extend(crate::redis::tls_problem(&self.tls_files(), uses_tls));
+        let target = match self.url.as_ref() {
+            None => None,
+            Some(url) => RedisTarget::parse(url.expose_secret())
+                .map_err(|e| problems.push(format!("REDIS_URL: {e}")))
+                .ok(),
+        };
+        let uses_tls = other_tls || target.as_ref().is_some_and(|t| t.tls);
+        let tls = crate::redis::tls_config(&self.tls_files(), uses_tls)
+            .map_err(|p| problems.push(p))
+            .ok()
+            .flatten()
+            .map(Arc::new);
         if self.stall_timeout < Duration::from_millis(30) {
             problems.push("REDIS_STALL_TIMEOUT must be at least 30ms".to_owned());
         }
-        problems
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut redis = Redis {
+            target: None,
+            prefix: self.prefix.clone(),
+            tls,
+            stall_timeout: self.stall_timeout,
+        };
+        redis.target = target.map(|t| redis.prepare(t));
+        Ok(redis)
     }
 }
 
@@ -235,21 +287,39 @@ pub struct IngestSettings {
     pub max_bytes: usize,
 }
 
+/// An ingest endpoint's settings after validation.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// `PUBLISHER_API_KEY` (not empty).
+    pub api_key: SecretString,
+    /// `PUBLIC_BASE_URL` without a trailing `/` (D11).
+    pub base_url: String,
+    /// `MAX_INGEST_BYTES`.
+    pub max_bytes: usize,
+}
+
 impl IngestSettings {
-    /// When /v1/events is served: the key and base URL are required (`suffix` ends each
-    /// message, e.g. ` with EMBEDDED_PUBLISHER=true`).
-    pub fn problems(&self, suffix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self
+    /// For a process that serves /v1/events: the settings as an [`Ingest`], or the missing
+    /// key and base URL (`suffix` ends each message, e.g. ` with EMBEDDED_PUBLISHER=true`).
+    pub fn validate(&self, suffix: &str) -> Result<Ingest, Vec<String>> {
+        let api_key = self
             .api_key
-            .as_ref()
-            .is_none_or(|k| k.expose_secret().is_empty())
-        {
+            .clone()
+            .filter(|k| !k.expose_secret().is_empty());
+        let mut problems = Vec::new();
+        if api_key.is_none() {
             problems.push(format!("PUBLISHER_API_KEY is required{suffix}"));
         }
         if self.base_url.is_none() {
             problems.push(format!("PUBLIC_BASE_URL is required{suffix}"));
         }
-        problems
+        match (api_key, self.base_url.clone()) {
+            (Some(api_key), Some(base_url)) => Ok(Ingest {
+                api_key,
+                base_url,
+                max_bytes: self.max_bytes,
+            }),
+            _ => Err(problems),
+        }
     }
 }

@@ -4,10 +4,10 @@ use crate::auth::AuthCache;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::Validated;
 use crate::connection::SessionLimits;
 use crate::control::Control;
-use crate::embed::{Guest, Host};
+use crate::embed::{Fanout, Guest, Host};
 use crate::hub::{Hub, HubOptions};
 use crate::metrics::Metrics;
 use crate::open_files;
@@ -41,11 +41,14 @@ pub struct App {
 impl App {
     /// Connects what must be connected, binds both listeners, starts background loops, and
     /// starts `guest` (the embedded publisher) on the gateway's store, bus and listener.
-    pub async fn build(config: Config, mut guest: Option<Box<dyn Guest>>) -> anyhow::Result<App> {
+    pub async fn build(
+        config: Validated,
+        mut guest: Option<Box<dyn Guest>>,
+    ) -> anyhow::Result<App> {
         // Before anything opens a descriptor of its own.
         let connection_cap = connection_cap(&config);
         let store = config.database.open()?;
-        let metrics = Metrics::with(config.metrics_instance_labels, |registry| {
+        let metrics = Metrics::with(config.gateway.metrics_instance_labels, |registry| {
             if let Some(guest) = guest.as_mut() {
                 guest.register_metrics(registry);
             }
@@ -55,27 +58,29 @@ impl App {
         // channel in one slot).
         let clustered = config
             .redis
-            .target()
-            .and_then(Result::ok)
+            .target
+            .as_ref()
             .is_some_and(|target| target.clustered);
         let names = Names::new(config.redis.prefix.clone()).with_hash_tags(clustered);
         let tasks = TaskTracker::new();
         let stops = Stops::new();
         let background = stops.background.clone();
-        let cache = Arc::new(AuthCache::new(config.config_cache_ttl));
-        let broker = match config.redis.target() {
-            Some(target) => {
-                let target = target?
-                    .with_tls_files(&config.redis.tls_files())?
-                    .with_stall_timeout(config.redis.stall_timeout);
+        let cache = Arc::new(AuthCache::new(config.gateway.config_cache_ttl));
+        // The guest publishes where the hub listens: into it, or to the same Redis.
+        let (broker, guest_fanout) = match &config.redis.target {
+            Some(target) => (
                 Broker::Redis(RedisBroker::connect(
-                    &target,
+                    target,
                     names.clone(),
                     metrics.clone(),
                     config.history.history_ttl,
-                )?)
+                )?),
+                Fanout::Redis(target.clone()),
+            ),
+            None => {
+                let memory = Arc::new(MemoryBroker::default());
+                (Broker::Memory(memory.clone()), Fanout::InProcess(memory))
             }
-            None => Broker::Memory(Arc::new(MemoryBroker::default())),
         };
         let hub = Hub::new(
             broker.clone(),
@@ -83,8 +88,8 @@ impl App {
             tasks.clone(),
             background.clone(),
             HubOptions {
-                unsubscribe_delay: config.unsubscribe_delay,
-                slow_grace: config.ws_slow_consumer_grace,
+                unsubscribe_delay: config.gateway.unsubscribe_delay,
+                slow_grace: config.gateway.ws_slow_consumer_grace,
                 draining: stops.draining.clone(),
             },
         );
@@ -94,7 +99,7 @@ impl App {
             Broker::Memory(m) => m.attach(hub.clone(), control),
         }
         let limiter = RateLimiter::new(
-            config.rate_limit_per_minute,
+            config.gateway.rate_limit_per_minute,
             broker.redis().cloned(),
             names.clone(),
             metrics.clone(),
@@ -105,47 +110,44 @@ impl App {
             cache: cache.clone(),
             hub,
             limiter,
-            origins: OriginPolicy::parse(config.allowed_ws_origins.as_deref()),
+            origins: OriginPolicy::parse(config.gateway.allowed_ws_origins.as_deref()),
             metrics,
             connections: Arc::new(Semaphore::new(connection_cap)),
             ws: WsLimits {
-                read_frame_cap: (config.ws_max_message_bytes * 4).max(64 * 1024),
-                send_queue: config.ws_send_queue,
-                send_queue_bytes: config.ws_send_queue_bytes,
+                read_frame_cap: (config.gateway.ws_max_message_bytes * 4).max(64 * 1024),
+                send_queue: config.gateway.ws_send_queue,
+                send_queue_bytes: config.gateway.ws_send_queue_bytes,
                 read_buffer: 1024,
                 write_buffer,
                 // A cap, not an allocation: above any frame a publisher can produce (its
                 // MAX_INGEST_BYTES; 64 MiB covers every sane setting), or the write would fail.
                 max_write_buffer: config
+                    .gateway
                     .ws_send_queue_bytes
-                    .max(config.ingest.max_bytes)
+                    .max(config.max_ingest_bytes)
                     .max(64 << 20)
                     + write_buffer,
                 session: SessionLimits {
-                    max_message_bytes: config.ws_max_message_bytes,
-                    ping_interval: config.ws_ping_interval,
-                    pong_timeout: config.ws_pong_timeout,
+                    max_message_bytes: config.gateway.ws_max_message_bytes,
+                    ping_interval: config.gateway.ws_ping_interval,
+                    pong_timeout: config.gateway.ws_pong_timeout,
                 },
             },
             tasks: tasks.clone(),
             draining: stops.draining.clone(),
             started: Instant::now(),
-            http_header_timeout: config.http_header_timeout,
-            trust_proxy_headers: config.trust_proxy_headers,
+            http_header_timeout: config.gateway.http_header_timeout,
+            trust_proxy_headers: config.gateway.trust_proxy_headers,
         });
 
         let mut extras = Extras {
             ingest: None,
-            console: config.console_enabled,
+            console: config.gateway.console_enabled,
         };
         if let Some(guest) = guest {
-            let bus: Option<Arc<dyn ryze_core::bus::Bus>> = match &broker {
-                Broker::Memory(m) => Some(m.clone()),
-                Broker::Redis(_) => None,
-            };
             extras.ingest = Some(guest.start(Host {
                 store: store.clone(),
-                bus,
+                fanout: guest_fanout,
                 names: names.clone(),
                 tasks: tasks.clone(),
                 stop: background.clone(),
@@ -159,12 +161,12 @@ impl App {
                 names.clone(),
                 crate::rebalance::Settings {
                     policy: crate::rebalance::decision::Policy {
-                        threshold: config.rebalance_threshold,
-                        warmup: config.rebalance_warmup,
+                        threshold: config.gateway.rebalance_threshold,
+                        warmup: config.gateway.rebalance_warmup,
                     },
-                    interval: config.rebalance_interval,
-                    rate: config.rebalance_rate,
-                    min_age: config.rebalance_min_age,
+                    interval: config.gateway.rebalance_interval,
+                    rate: config.gateway.rebalance_rate,
+                    min_age: config.gateway.rebalance_min_age,
                 },
             );
             tasks.spawn(rebalancer.run(background.clone()));
@@ -205,10 +207,14 @@ impl App {
             });
         }
 
-        let public = crate::server::bind(config.listen_addr)
-            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
-        let admin = crate::server::bind(config.admin_listen_addr)
-            .with_context(|| format!("binding ADMIN_LISTEN_ADDR {}", config.admin_listen_addr))?;
+        let public = crate::server::bind(config.gateway.listen_addr)
+            .with_context(|| format!("binding LISTEN_ADDR {}", config.gateway.listen_addr))?;
+        let admin = crate::server::bind(config.gateway.admin_listen_addr).with_context(|| {
+            format!(
+                "binding ADMIN_LISTEN_ADDR {}",
+                config.gateway.admin_listen_addr
+            )
+        })?;
         Ok(App {
             public_router: routes::router(state.clone(), extras),
             admin_router: routes::admin::router(state.clone()),
@@ -216,9 +222,9 @@ impl App {
             admin,
             state,
             stops,
-            drain_rate: config.drain_rate,
-            shutdown_timeout: config.shutdown_timeout,
-            header_timeout: config.http_header_timeout,
+            drain_rate: config.gateway.drain_rate,
+            shutdown_timeout: config.gateway.shutdown_timeout,
+            header_timeout: config.gateway.http_header_timeout,
         })
     }
 
@@ -312,8 +318,8 @@ impl Stops {
 
 /// Raises the soft open-files limit to the hard one and returns the effective connection cap,
 /// `min(MAX_CONNECTIONS, soft - reserve)` (see [`crate::open_files`]), logging both limits.
-fn connection_cap(config: &Config) -> usize {
-    let max = config.max_connections.min(Semaphore::MAX_PERMITS);
+fn connection_cap(config: &Validated) -> usize {
+    let max = config.gateway.max_connections.min(Semaphore::MAX_PERMITS);
     let limits = match open_files::raise_to_hard() {
         Ok(limits) => limits,
         Err(e) => {
@@ -332,7 +338,7 @@ fn connection_cap(config: &Config) -> usize {
         hard_limit = limits.hard,
         raised_from = limits.raised_from,
         reserve,
-        max_connections = config.max_connections,
+        max_connections = config.gateway.max_connections,
         connection_cap = cap,
         "open-files limit"
     );

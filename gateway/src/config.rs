@@ -4,10 +4,12 @@
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
-use ryze_core::config::{parse_bytes, parse_duration};
+use ryze_core::config::{collect, parse_bytes, parse_duration};
 use ryze_core::history::HistoryConfig;
-use ryze_core::settings::{DatabaseSettings, IngestSettings, RedisSettings};
-use ryze_telemetry::TelemetrySettings;
+use ryze_core::settings::{
+    Database, DatabaseSettings, Ingest, IngestSettings, Redis, RedisSettings,
+};
+use ryze_telemetry::{Telemetry, TelemetrySettings};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,12 +20,9 @@ pub use ryze_telemetry::LogFormat;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ryze-gateway", version, about)]
 pub struct Config {
-    /// Public listener: /ws/:instance, the config endpoints, /health.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
-    pub listen_addr: SocketAddr,
-    /// Admin listener: /livez, /readyz, /metrics.
-    #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
-    pub admin_listen_addr: SocketAddr,
+    /// The gateway's own settings.
+    #[command(flatten)]
+    pub gateway: Options,
     /// Postgres.
     #[command(flatten)]
     pub database: DatabaseSettings,
@@ -36,16 +35,27 @@ pub struct Config {
     /// `/v1/events` of the embedded publisher (`EMBEDDED_PUBLISHER=true`).
     #[command(flatten)]
     pub ingest: IngestSettings,
+    /// Per-instance history in Redis (SPEC D37): what the embedded publisher appends, and
+    /// what resumable clients replay from.
+    #[command(flatten)]
+    pub history: HistoryConfig,
+}
+
+/// The settings only the gateway reads (checked by [`Config::validate`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Public listener: /ws/:instance, the config endpoints, /health.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+    /// Admin listener: /livez, /readyz, /metrics.
+    #[arg(long, env = "ADMIN_LISTEN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_listen_addr: SocketAddr,
     /// Upper bound on the shutdown drain.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     /// Longest time a positive auth lookup is cached (SPEC D30).
     #[arg(long, env = "CONFIG_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub config_cache_ttl: Duration,
-    /// Per-instance history in Redis (SPEC D37): what the embedded publisher appends, and
-    /// what resumable clients replay from.
-    #[command(flatten)]
-    pub history: HistoryConfig,
     /// Extra browser origins allowed to open /ws (comma-separated; `*` = any).
     #[arg(long, env = "ALLOWED_WS_ORIGINS")]
     pub allowed_ws_origins: Option<String>,
@@ -120,18 +130,69 @@ pub struct Config {
     pub console_enabled: bool,
 }
 
+/// The gateway's configuration after validation: what [`crate::app::App`] is built from.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The gateway's own settings.
+    pub gateway: Options,
+    /// Postgres.
+    pub database: Database,
+    /// The fan-out Redis; its `target` is `None` only with `EMBEDDED_PUBLISHER=true`
+    /// (in-process fan-out).
+    pub redis: Redis,
+    /// The embedded publisher's `/v1/events`: `Some` exactly with `EMBEDDED_PUBLISHER=true`.
+    pub ingest: Option<Ingest>,
+    /// `MAX_INGEST_BYTES`: the largest frame a publisher produces (bounds the write buffer).
+    pub max_ingest_bytes: usize,
+    /// Logs and traces.
+    pub telemetry: Telemetry,
+    /// Per-instance history.
+    pub history: HistoryConfig,
+}
+
 impl Config {
-    /// Every problem clap cannot see, all at once (the caller prints them and exits 64).
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = self.database.problems();
+    /// The typed settings, or every problem clap cannot see, all at once (the caller prints
+    /// them and exits 64).
+    pub fn validate(&self) -> Result<Validated, Vec<String>> {
+        let mut problems = Vec::new();
+        let database = collect(&mut problems, self.database.validate());
         problems.extend(self.history.problems());
-        if self.redis.url.is_none() && !self.embedded_publisher {
+        let embedded = self.gateway.embedded_publisher;
+        if self.redis.url.is_none() && !embedded {
             problems.push("REDIS_URL is required unless EMBEDDED_PUBLISHER=true".to_owned());
         }
-        problems.extend(self.redis.problems(false));
-        if self.embedded_publisher {
-            problems.extend(self.ingest.problems(" with EMBEDDED_PUBLISHER=true"));
+        let redis = collect(&mut problems, self.redis.validate(false));
+        let ingest = match embedded {
+            true => collect(
+                &mut problems,
+                self.ingest.validate(" with EMBEDDED_PUBLISHER=true"),
+            )
+            .map(Some),
+            false => Some(None),
+        };
+        self.gateway.check(&mut problems);
+        let telemetry = collect(&mut problems, self.telemetry.validate());
+        self.gateway.check_rates(&mut problems);
+        match (database, redis, ingest, telemetry) {
+            (Some(database), Some(redis), Some(ingest), Some(telemetry)) if problems.is_empty() => {
+                Ok(Validated {
+                    gateway: self.gateway.clone(),
+                    database,
+                    redis,
+                    ingest,
+                    max_ingest_bytes: self.ingest.max_bytes,
+                    telemetry,
+                    history: self.history.clone(),
+                })
+            }
+            _ => Err(problems),
         }
+    }
+}
+
+impl Options {
+    /// The WebSocket and connection limits.
+    fn check(&self, problems: &mut Vec<String>) {
         if self.ws_ping_interval.is_zero() || self.ws_pong_timeout <= self.ws_ping_interval {
             problems.push("WS_PONG_TIMEOUT must be longer than WS_PING_INTERVAL (> 0)".into());
         }
@@ -145,7 +206,10 @@ impl Config {
                 problems.push(format!("{name} must be greater than 0"));
             }
         }
-        problems.extend(self.telemetry.problems());
+    }
+
+    /// The drain, rebalancing and rate-limit rates.
+    fn check_rates(&self, problems: &mut Vec<String>) {
         if self.drain_rate == 0 {
             problems.push("DRAIN_RATE must be greater than 0".into());
         }
@@ -162,6 +226,79 @@ impl Config {
         if self.rate_limit_per_minute == 0 {
             problems.push("RATE_LIMIT_PER_MINUTE must be greater than 0".into());
         }
-        ryze_core::config::into_result(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    const DB: &str = "postgres://u@127.0.0.1/x?sslmode=disable";
+
+    /// Parses `args` alone: the test process's environment is not read.
+    fn parse(args: &[&str]) -> Config {
+        let matches = Config::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .try_get_matches_from(std::iter::once("ryze-gateway").chain(args.iter().copied()))
+            .expect("clap accepts the arguments");
+        Config::from_arg_matches(&matches).expect("a config")
+    }
+
+    #[test]
+    fn missing_urls_are_reported_with_the_exact_messages() {
+        let problems = parse(&[]).validate().expect_err("problems");
+        assert_eq!(
+            problems,
+            [
+                "DATABASE_URL is required",
+                "REDIS_URL is required unless EMBEDDED_PUBLISHER=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_valid_config_yields_the_typed_groups() {
+        let v = parse(&[
+            "--database-url",
+            DB,
+            "--redis-url",
+            "redis-cluster://a:1,b:2",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!(v.database.pool_size, 16);
+        let target = v.redis.target.as_ref().expect("REDIS_URL's target");
+        assert!(target.clustered);
+        assert_eq!(target.stall_timeout, Duration::from_secs(3));
+        assert!(v.ingest.is_none(), "no embedded publisher");
+        assert_eq!(v.max_ingest_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn the_embedded_publisher_needs_its_ingest_settings_but_no_redis() {
+        let base = ["--database-url", DB, "--embedded-publisher"];
+        let problems = parse(&base)
+            .validate()
+            .expect_err("ingest settings missing");
+        assert_eq!(
+            problems,
+            [
+                "PUBLISHER_API_KEY is required with EMBEDDED_PUBLISHER=true",
+                "PUBLIC_BASE_URL is required with EMBEDDED_PUBLISHER=true"
+            ]
+        );
+        let ingest = [
+            "--publisher-api-key",
+            "k",
+            "--public-base-url",
+            "https://a.example/",
+        ];
+        let v = parse(&[&base[..], &ingest[..]].concat())
+            .validate()
+            .expect("valid");
+        assert!(v.redis.target.is_none(), "in-process fan-out");
+        let ingest = v.ingest.expect("the embedded publisher's settings");
+        assert_eq!(ingest.base_url, "https://a.example");
     }
 }

@@ -5,6 +5,7 @@
 use prometheus_client::registry::Registry;
 use ryze_core::bus::Bus;
 use ryze_core::channel::Names;
+use ryze_core::redis::RedisTarget;
 use ryze_core::store::Store;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -14,15 +15,23 @@ use tokio_util::task::TaskTracker;
 pub struct Host {
     /// The gateway's Postgres store.
     pub store: Store,
-    /// The in-process bus into the hub when there is no Redis; `None` with Redis (the guest
-    /// publishes there itself, as a standalone publisher would).
-    pub bus: Option<Arc<dyn Bus>>,
+    /// Where the guest publishes.
+    pub fanout: Fanout,
     /// Channel and key names, hash-tagged as the gateway's.
     pub names: Names,
     /// Tracks the guest's background tasks with the gateway's, so shutdown waits for them.
     pub tasks: TaskTracker,
     /// Cancelled when the gateway stops its background work.
     pub stop: CancellationToken,
+}
+
+/// Where the gateway's hub takes frames from.
+pub enum Fanout {
+    /// No Redis: the in-process bus into the hub.
+    InProcess(Arc<dyn Bus>),
+    /// `REDIS_URL`, ready to connect: the guest publishes there itself, as a standalone
+    /// publisher would.
+    Redis(RedisTarget),
 }
 
 /// A component served by the gateway's process.

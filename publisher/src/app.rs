@@ -1,9 +1,9 @@
 //! The standalone publisher service: `/v1/events`, `/livez`, `/readyz`, `/metrics` on one
 //! listener, the NOTIFY relay, and graceful shutdown.
 
-use crate::config::Config;
-use crate::outlet::regions::{parse_regions, RegionsOutlet};
-use crate::outlet::{RedisOptions, RedisOutlet};
+use crate::config::{Fanout, Service};
+use crate::outlet::regions::RegionsOutlet;
+use crate::outlet::RedisOutlet;
 use crate::{Publisher, Settings};
 use anyhow::Context;
 use axum::extract::State;
@@ -13,19 +13,13 @@ use axum::routing::get;
 use axum::Router;
 use ryze_core::bus::Bus;
 use ryze_core::channel::Names;
-use ryze_core::store::Store;
-use secrecy::ExposeSecret;
+use ryze_core::settings::Database;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Opens the store from the config (used by the service and the admin commands).
-pub fn store(config: &Config) -> anyhow::Result<Store> {
-    Ok(config.database.open()?)
-}
 
 struct Admin {
     publisher: Arc<Publisher>,
@@ -44,44 +38,29 @@ pub struct App {
 
 impl App {
     /// Builds the service and binds its listener.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
-        let store = store(&config)?;
-        let names = Names::new(config.redis.prefix.clone());
+    pub async fn build(database: &Database, config: Service) -> anyhow::Result<App> {
+        let store = database.open()?;
+        let names = Names::new(config.prefix.clone());
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let publisher_metrics = crate::metrics::Metrics::new();
-        let outlet: Arc<dyn Bus> = match &config.region_redis_urls {
-            Some(spec) => {
-                let regions = parse_regions(spec.expose_secret()).map_err(anyhow::Error::msg)?;
-                Arc::new(RegionsOutlet::connect(
-                    &regions,
-                    &config.redis.tls_files(),
-                    names,
-                    RedisOptions {
-                        stall_timeout: config.redis.stall_timeout,
-                        history: config.history.retention(),
-                    },
-                    publisher_metrics.clone(),
-                    &tasks,
-                    stop.clone(),
-                )?)
-            }
-            None => {
-                let url = config.redis.url.as_ref().context("REDIS_URL is required")?;
-                let outlet = RedisOutlet::connect(
-                    url.expose_secret(),
-                    &config.redis.tls_files(),
-                    names,
-                    RedisOptions {
-                        stall_timeout: config.redis.stall_timeout,
-                        history: config.history.retention(),
-                    },
-                )?;
+        let history = config.history.retention();
+        let outlet: Arc<dyn Bus> = match config.fanout {
+            Fanout::Regions(regions) => Arc::new(RegionsOutlet::connect(
+                regions,
+                names,
+                history,
+                publisher_metrics.clone(),
+                &tasks,
+                stop.clone(),
+            )?),
+            Fanout::Redis(target) => {
+                let outlet = RedisOutlet::connect(target, names, history)?;
                 outlet.watch("default", publisher_metrics.clone(), &tasks, stop.clone());
                 outlet
             }
         };
-        let settings = Settings::new(&config.ingest, config.config_cache_ttl)?;
+        let settings = Settings::new(config.ingest, config.config_cache_ttl);
         let publisher = Publisher::with_metrics(store, outlet, settings, publisher_metrics);
         let draining = CancellationToken::new();
         tasks.spawn(crate::relay::run(publisher.clone(), stop.clone()));

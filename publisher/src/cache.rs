@@ -5,9 +5,12 @@
 use ryze_core::event::EventFilter;
 use ryze_core::store::{InstanceDelivery, Store, StoreError};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock (the system's, unless a test pauses it).
+use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -83,6 +86,22 @@ impl ConfigCache {
         store: &Store,
         ids: &[Uuid],
     ) -> Result<HashMap<Uuid, Option<Arc<Delivery>>>, StoreError> {
+        self.get_many_with(ids, |misses| async move {
+            store.instance_deliveries(&misses).await
+        })
+        .await
+    }
+
+    /// [`ConfigCache::get_many`] with the misses looked up by `fetch`.
+    async fn get_many_with<F, Fut>(
+        &self,
+        ids: &[Uuid],
+        fetch: F,
+    ) -> Result<HashMap<Uuid, Option<Arc<Delivery>>>, StoreError>
+    where
+        F: FnOnce(Vec<Uuid>) -> Fut,
+        Fut: Future<Output = Result<HashMap<Uuid, InstanceDelivery>, StoreError>>,
+    {
         let mut out = HashMap::with_capacity(ids.len());
         let mut misses = Vec::new();
         {
@@ -106,11 +125,7 @@ impl ConfigCache {
             instances = misses.len(),
             found = tracing::field::Empty,
         );
-        let mut found = match store
-            .instance_deliveries(&misses)
-            .instrument(span.clone())
-            .await
-        {
+        let mut found = match fetch(misses.clone()).instrument(span.clone()).await {
             Ok(found) => found,
             Err(e) => {
                 // Postgres is down: an expired entry is still the best knowledge we have, and
@@ -170,3 +185,6 @@ impl ConfigCache {
         entries.clear();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -24,7 +24,7 @@ pub mod routes;
 
 use cache::ConfigCache;
 use ryze_core::bus::Bus;
-use ryze_core::settings::IngestSettings;
+use ryze_core::settings::Ingest;
 use ryze_core::store::Store;
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -44,28 +44,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// From the ingest settings both binaries share; validation already reported a missing
-    /// key or base URL, so their absence here is a programming error.
-    pub fn new(ingest: &IngestSettings, cache_ttl: Duration) -> Result<Settings, SettingsError> {
-        Ok(Settings {
-            base_url: ingest
-                .base_url
-                .clone()
-                .ok_or(SettingsError("PUBLIC_BASE_URL"))?,
-            api_key: ingest
-                .api_key
-                .clone()
-                .ok_or(SettingsError("PUBLISHER_API_KEY"))?,
+    /// From the validated ingest settings both binaries share.
+    pub fn new(ingest: Ingest, cache_ttl: Duration) -> Settings {
+        Settings {
+            base_url: ingest.base_url,
+            api_key: ingest.api_key,
             max_ingest_bytes: ingest.max_bytes,
             cache_ttl,
-        })
+        }
     }
 }
-
-/// A required publisher setting is missing.
-#[derive(Debug, thiserror::Error)]
-#[error("{0} is required")]
-pub struct SettingsError(&'static str);
 
 /// Everything a request or the relay needs.
 pub struct Publisher {

@@ -1,7 +1,7 @@
 //! `ryze-publisher`: the ingest service, or one admin command.
 
 use ryze_publisher::app::App;
-use ryze_publisher::config::Config;
+use ryze_publisher::config::{Config, Run};
 
 #[tokio::main]
 async fn main() {
@@ -10,23 +10,26 @@ async fn main() {
     // main, which flushes the spans still queued; `exit` skips drops, so the error paths shut
     // it down first.
     let telemetry = config.telemetry.init("ryze-publisher");
-    if let Some(command) = &config.command {
-        let result = async {
-            let store = ryze_publisher::app::store(&config)?;
-            Ok::<_, anyhow::Error>(ryze_publisher::cmd::run(&store, command).await?)
-        }
-        .await;
-        match result {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                eprintln!("ryze-publisher: {e}");
-                telemetry.shutdown();
-                std::process::exit(1);
+    let service = match config.run {
+        Run::Service(service) => *service,
+        Run::Admin(command) => {
+            let result = async {
+                let store = config.database.open()?;
+                Ok::<_, anyhow::Error>(ryze_publisher::cmd::run(&store, &command).await?)
             }
+            .await;
+            match result {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    eprintln!("ryze-publisher: {e}");
+                    telemetry.shutdown();
+                    std::process::exit(1);
+                }
+            }
+            return;
         }
-        return;
-    }
-    let app = match App::build(config).await {
+    };
+    let app = match App::build(&config.database, service).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, error.chain = ?e, "publisher failed to start");

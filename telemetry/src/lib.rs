@@ -20,6 +20,7 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::filter::{filter_fn, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -69,25 +70,58 @@ pub struct TelemetrySettings {
     pub otlp_certificate: Option<std::path::PathBuf>,
 }
 
-impl TelemetrySettings {
-    /// An endpoint that is not http(s), or a certificate file that cannot be read.
-    pub fn problems(&self) -> Vec<String> {
-        ryze_core::config::otlp_problems(
-            self.otlp_endpoint.as_deref(),
-            self.otlp_certificate.as_deref(),
-        )
-    }
+/// The telemetry settings after validation.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// Trace export; `None` when `OTEL_EXPORTER_OTLP_ENDPOINT` is unset or empty.
+    pub export: Option<OtlpExport>,
+}
 
+impl Telemetry {
     /// Installs logging and, with an endpoint, trace export ([`init`]).
     pub fn init(&self, service_name: &'static str) -> TelemetryGuard {
-        init(
-            self.log_format,
-            OtlpExport {
-                endpoint: self.otlp_endpoint.as_deref(),
-                certificate: self.otlp_certificate.as_deref(),
-            },
-            service_name,
-        )
+        init(self.log_format, self.export.as_ref(), service_name)
+    }
+}
+
+impl TelemetrySettings {
+    /// The settings as a [`Telemetry`], or the problems: an endpoint that is not http(s)
+    /// OTLP/HTTP, a certificate file that cannot be read (it is read here, once).
+    pub fn validate(&self) -> Result<Telemetry, Vec<String>> {
+        let mut problems = Vec::new();
+        let endpoint = self
+            .otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        if endpoint.is_some_and(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+            problems.push(
+                "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// OTLP/HTTP endpoint"
+                    .to_owned(),
+            );
+        }
+        let roots = match &self.otlp_certificate {
+            None => None,
+            Some(path) => ryze_core::trust::load_ca_file(path)
+                .map_err(|e| {
+                    let e = ryze_core::config::error_chain(&e);
+                    problems.push(format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {e}"));
+                })
+                .ok()
+                .map(Arc::new),
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Telemetry {
+            log_format: self.log_format,
+            export: endpoint.map(|endpoint| OtlpExport {
+                endpoint: endpoint.to_owned(),
+                roots,
+            }),
+        })
     }
 }
 
@@ -167,11 +201,15 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber (the first call wins; later calls only return a guard).
 ///
-/// `otlp.endpoint` is the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, e.g.
+/// `otlp` (`None`: no export) names the OTLP/HTTP base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, e.g.
 /// `http://collector:4318` or `https://collector:4318`); spans go to `<endpoint>/v1/traces`.
 /// `service_name` becomes the `service.name` resource attribute unless `OTEL_SERVICE_NAME` is
 /// set. With an endpoint this must run inside a tokio runtime.
-pub fn init(format: LogFormat, otlp: OtlpExport<'_>, service_name: &'static str) -> TelemetryGuard {
+pub fn init(
+    format: LogFormat,
+    otlp: Option<&OtlpExport>,
+    service_name: &'static str,
+) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second global filter: an event must pass both, so this only ever removes. Its default
     // is RUST_LOG's own ceiling, not TRACE: the subscriber's level hint (which also sets the
@@ -196,8 +234,7 @@ pub fn init(format: LogFormat, otlp: OtlpExport<'_>, service_name: &'static str)
             .event_format(JsonLine)
             .boxed(),
     };
-    let endpoint = otlp.endpoint.map(str::trim).filter(|e| !e.is_empty());
-    let exporter = endpoint.map(|e| build_provider(e, otlp.certificate, service_name));
+    let exporter = otlp.map(|export| build_provider(export, service_name));
     let (provider, failure) = match exporter {
         Some(Ok(p)) => (Some(p), None),
         Some(Err(e)) => (None, Some(e)),
@@ -230,8 +267,57 @@ pub fn init(format: LogFormat, otlp: OtlpExport<'_>, service_name: &'static str)
         // Another subscriber was first (tests): its layers do not include ours.
         return TelemetryGuard { provider: None };
     }
-    if let Some(e) = endpoint.filter(|_| provider.is_some()) {
-        tracing::info!(endpoint = %traces_url(e), "exporting traces over OTLP/HTTP");
+    if let Some(export) = otlp.filter(|_| provider.is_some()) {
+        tracing::info!(endpoint = %traces_url(&export.endpoint), "exporting traces over OTLP/HTTP");
     }
     TelemetryGuard { provider }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn settings(endpoint: Option<&str>, certificate: Option<&str>) -> TelemetrySettings {
+        TelemetrySettings {
+            log_format: LogFormat::Json,
+            otlp_endpoint: endpoint.map(str::to_owned),
+            otlp_certificate: certificate.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn an_http_or_https_endpoint_validates_to_an_export() {
+        for endpoint in ["http://c:4318", " https://c:4318 "] {
+            let t = settings(Some(endpoint), None).validate().expect("valid");
+            let export = t.export.expect("an export");
+            assert_eq!(export.endpoint, endpoint.trim());
+            assert!(export.roots.is_none(), "the system store");
+        }
+        let off = settings(Some("  "), None).validate().expect("valid");
+        assert!(off.export.is_none(), "an empty endpoint exports nothing");
+        assert_eq!(off.log_format, LogFormat::Json);
+        assert!(settings(None, None)
+            .validate()
+            .expect("valid")
+            .export
+            .is_none());
+    }
+
+    #[test]
+    fn a_bad_endpoint_and_an_unreadable_ca_file_are_both_reported() {
+        let problems = settings(Some("c:4317"), Some("/nope/ca.pem"))
+            .validate()
+            .expect_err("two problems");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(
+            problems[0],
+            "OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// OTLP/HTTP endpoint"
+        );
+        assert!(
+            problems[1].starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE: ")
+                && problems[1].contains("/nope/ca.pem"),
+            "{problems:?}"
+        );
+    }
 }

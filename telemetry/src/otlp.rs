@@ -5,23 +5,24 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use std::path::Path;
+use rustls::RootCertStore;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Where spans go (both binaries' `OTEL_EXPORTER_OTLP_*` settings).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OtlpExport<'a> {
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `http://` or `https://`; `None` or empty: no export.
-    pub endpoint: Option<&'a str>,
-    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM CA file the collector's certificate must lead
-    /// to (instead of the system store). Only used with `https://`.
-    pub certificate: Option<&'a Path>,
+/// Where spans go (both binaries' `OTEL_EXPORTER_OTLP_*` settings), validated.
+#[derive(Debug, Clone)]
+pub struct OtlpExport {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, trimmed: `http://` or `https://`.
+    pub endpoint: String,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`'s CAs, which an `https://` collector's certificate must
+    /// lead to; `None`: the system store's.
+    pub roots: Option<Arc<RootCertStore>>,
 }
 
 /// Why the trace exporter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ExportError {
-    #[error("OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    #[error("no trust anchors for the https:// collector")]
     Trust(#[source] ryze_core::trust::TrustError),
     #[error("invalid OTEL_EXPORTER_OTLP_ENDPOINT")]
     Build(#[source] opentelemetry_otlp::ExporterBuildError),
@@ -54,14 +55,14 @@ fn export_timeout() -> Duration {
 /// verifies the collector against `certificate`, else the system CAs. HTTP/1.1, as the SDK's
 /// default client for `http://` (which is kept as it was).
 fn https_client(
-    certificate: Option<&Path>,
+    roots: Option<Arc<RootCertStore>>,
 ) -> Result<impl opentelemetry_http::HttpClient, ryze_core::trust::TrustError> {
     use ryze_core::trust::{self, Roots};
-    let roots = match certificate {
-        Some(path) => Roots::File(path.to_owned()),
-        None => Roots::System,
+    let roots = match roots {
+        Some(roots) => roots,
+        None => Roots::System.load()?,
     };
-    let verifier = trust::full_verifier(roots.load()?)?;
+    let verifier = trust::full_verifier(roots)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(trust::client_config(verifier))
         .https_only()
@@ -75,16 +76,16 @@ fn https_client(
 }
 
 pub(super) fn build_provider(
-    endpoint: &str,
-    certificate: Option<&Path>,
+    export: &OtlpExport,
     service_name: &'static str,
 ) -> Result<SdkTracerProvider, ExportError> {
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_endpoint(traces_url(endpoint));
-    if endpoint.starts_with("https://") {
-        builder = builder.with_http_client(https_client(certificate).map_err(ExportError::Trust)?);
+        .with_endpoint(traces_url(&export.endpoint));
+    if export.endpoint.starts_with("https://") {
+        let client = https_client(export.roots.clone()).map_err(ExportError::Trust)?;
+        builder = builder.with_http_client(client);
     }
     let exporter = builder.build().map_err(ExportError::Build)?;
     let processor =

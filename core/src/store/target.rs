@@ -107,7 +107,8 @@ impl std::fmt::Debug for DatabaseTarget {
 
 impl DatabaseTarget {
     /// Parses and validates `url` (reads the `sslrootcert` file, or the system store when
-    /// verification needs it). Called by both binaries' `validate()` and again by the store.
+    /// verification needs it). Called once, by the settings' validation
+    /// ([`crate::settings::DatabaseSettings::validate`]), or by [`crate::store::Store::new`].
     pub fn parse(url: &str) -> Result<DatabaseTarget, DatabaseUrlError> {
         let split = split_tls_params(url)?;
         let root_cert = split.sslrootcert.as_deref().map(|p| match p {

@@ -2,33 +2,32 @@
 //! gateway's public listener, publishing into the hub (no Redis) or to Redis as a standalone
 //! publisher would, with its metrics in the gateway's registry.
 
-use anyhow::Context;
 use prometheus_client::registry::Registry;
 use ryze_core::bus::Bus;
-use ryze_gateway::config::Config;
-use ryze_gateway::embed::{Guest, Host};
+use ryze_core::history::Retention;
+use ryze_core::settings::Ingest;
+use ryze_gateway::config::Validated;
+use ryze_gateway::embed::{Fanout, Guest, Host};
 use ryze_publisher::metrics::Metrics;
-use ryze_publisher::outlet::{RedisOptions, RedisOutlet};
+use ryze_publisher::outlet::RedisOutlet;
 use ryze_publisher::{Publisher, Settings};
-use secrecy::ExposeSecret;
 use std::sync::Arc;
 
 /// The embedded publisher, configured from the gateway's settings.
 pub struct EmbeddedPublisher {
-    config: Config,
     settings: Settings,
+    history: Option<Retention>,
     metrics: Option<Metrics>,
 }
 
 impl EmbeddedPublisher {
-    /// From the gateway's config (validation already required the publisher's settings).
-    pub fn new(config: &Config) -> anyhow::Result<EmbeddedPublisher> {
-        let settings = Settings::new(&config.ingest, config.config_cache_ttl)?;
-        Ok(EmbeddedPublisher {
-            config: config.clone(),
-            settings,
+    /// From the gateway's validated config and its `/v1/events` settings.
+    pub fn new(config: &Validated, ingest: Ingest) -> EmbeddedPublisher {
+        EmbeddedPublisher {
+            settings: Settings::new(ingest, config.gateway.config_cache_ttl),
+            history: config.history.retention(),
             metrics: None,
-        })
+        }
     }
 }
 
@@ -39,20 +38,10 @@ impl Guest for EmbeddedPublisher {
 
     fn start(self: Box<Self>, host: Host) -> anyhow::Result<axum::Router> {
         let metrics = self.metrics.unwrap_or_default();
-        let bus: Arc<dyn Bus> = match host.bus {
-            Some(bus) => bus,
-            None => {
-                let config = &self.config;
-                let url = config.redis.url.as_ref().context("REDIS_URL")?;
-                let outlet = RedisOutlet::connect(
-                    url.expose_secret(),
-                    &config.redis.tls_files(),
-                    host.names.clone(),
-                    RedisOptions {
-                        stall_timeout: config.redis.stall_timeout,
-                        history: config.history.retention(),
-                    },
-                )?;
+        let bus: Arc<dyn Bus> = match host.fanout {
+            Fanout::InProcess(bus) => bus,
+            Fanout::Redis(target) => {
+                let outlet = RedisOutlet::connect(target, host.names.clone(), self.history)?;
                 outlet.watch("default", metrics.clone(), &host.tasks, host.stop.clone());
                 outlet
             }

@@ -13,17 +13,9 @@ async fn main() {
     // Dropped at the end of main, which flushes the spans still queued; `exit` skips drops,
     // so the error paths shut it down first.
     let telemetry = config.telemetry.init("ryze-gateway");
-    let guest = match config.embedded_publisher {
-        true => match embedded::EmbeddedPublisher::new(&config) {
-            Ok(publisher) => Some(Box::new(publisher) as Box<dyn Guest>),
-            Err(e) => {
-                tracing::error!(error = %e, "embedded publisher misconfigured");
-                telemetry.shutdown();
-                std::process::exit(1);
-            }
-        },
-        false => None,
-    };
+    let guest = config.ingest.clone().map(|ingest| {
+        Box::new(embedded::EmbeddedPublisher::new(&config, ingest)) as Box<dyn Guest>
+    });
     let app = match App::build(config, guest).await {
         Ok(app) => app,
         Err(e) => {

@@ -4,15 +4,14 @@
 //! offset.
 
 use super::history::{is_noscript, HistoryScript};
-use super::RedisOptions;
 use crate::metrics::Metrics;
 use fred::prelude::*;
 use futures_util::future::BoxFuture;
 use ryze_core::bus::{Audience, Bus, BusError, Outgoing};
 use ryze_core::channel::{ControlMessage, Names};
+use ryze_core::history::Retention;
 use ryze_core::liveness::{replace, ticker, Answers};
 use ryze_core::redis::RedisTarget;
-use ryze_core::tls::TlsFiles;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -36,21 +35,17 @@ pub struct RedisOutlet {
 
 impl RedisOutlet {
     /// Creates the client and starts connecting (readiness reports when it is connected and
-    /// answering; see [`RedisOutlet::watch`]). `tls` is read only when the URL asks for TLS.
-    /// On a `redis-cluster://` URL the names are hash-tagged, as the gateway's are.
+    /// answering; see [`RedisOutlet::watch`]). `target` comes validated, TLS and stall timeout
+    /// applied ([`ryze_core::settings::Redis`]); `history` is the retention with history on
+    /// (`HISTORY_SIZE` > 0), `None` for plain publishes (version-1 headers). On a
+    /// `redis-cluster://` URL the names are hash-tagged, as the gateway's are.
     pub fn connect(
-        url: &str,
-        tls: &TlsFiles,
+        target: RedisTarget,
         names: Names,
-        options: RedisOptions,
+        history: Option<Retention>,
     ) -> Result<Arc<RedisOutlet>, BusError> {
-        let RedisOptions {
-            stall_timeout,
-            history,
-        } = options;
-        let target = RedisTarget::parse(url)?
-            .with_tls_files(tls)?
-            .with_stall_timeout(stall_timeout)
+        let stall_timeout = target.stall_timeout;
+        let target = target
             // A publish the client re-sent after its connection failed could run twice: the
             // first write may still be executed by a server that was only wedged.
             .write_once();

@@ -9,11 +9,13 @@
 //! With history on, each region's outlet runs the history script on its own Redis: every
 //! region keeps its own history, and offsets are region-local (D37).
 
-use super::{RedisOptions, RedisOutlet};
+use super::RedisOutlet;
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use ryze_core::bus::{Audience, Bus, BusError, Outgoing};
 use ryze_core::channel::{ControlMessage, Names};
+use ryze_core::history::Retention;
+use ryze_core::redis::RedisTarget;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,7 @@ const STALLED_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Parses `eu=redis://…,us=redis-cluster://a:1,b:2`: a piece without `name=` continues the
 /// previous URL (cluster URLs contain commas).
-pub fn parse_regions(spec: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_regions(spec: &str) -> Result<Vec<(String, RedisTarget)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     for piece in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let named = piece.split_once('=').filter(|(name, _)| {
@@ -57,10 +59,12 @@ pub fn parse_regions(spec: &str) -> Result<Vec<(String, String)>, String> {
     if out.is_empty() {
         return Err("no regions listed".to_owned());
     }
-    for (name, url) in &out {
-        ryze_core::redis::RedisTarget::parse(url).map_err(|e| format!("region {name}: {e}"))?;
-    }
-    Ok(out)
+    out.into_iter()
+        .map(|(name, url)| match RedisTarget::parse(&url) {
+            Ok(target) => Ok((name, target)),
+            Err(e) => Err(format!("region {name}: {e}")),
+        })
+        .collect()
 }
 
 enum Job {
@@ -103,18 +107,17 @@ impl RegionsOutlet {
     /// Connects every region and starts one worker each (tracked, stopped by `stop`). With
     /// history on (`options.history`), each region appends to its own history.
     pub fn connect(
-        regions: &[(String, String)],
-        tls: &ryze_core::tls::TlsFiles,
+        regions: Vec<(String, RedisTarget)>,
         names: Names,
-        options: RedisOptions,
+        history: Option<Retention>,
         metrics: Metrics,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<RegionsOutlet, BusError> {
         let mut out = Vec::new();
-        for (name, url) in regions {
-            let outlet = RedisOutlet::connect(url, tls, names.clone(), options)?;
-            outlet.watch(name, metrics.clone(), tasks, stop.clone());
+        for (name, target) in regions {
+            let outlet = RedisOutlet::connect(target, names.clone(), history)?;
+            outlet.watch(&name, metrics.clone(), tasks, stop.clone());
             let (tx, rx) = mpsc::channel(QUEUE_JOBS);
             tasks.spawn(worker(
                 name.clone(),
@@ -124,7 +127,7 @@ impl RegionsOutlet {
                 stop.clone(),
             ));
             out.push(Region {
-                name: name.clone(),
+                name,
                 outlet,
                 queue: tx,
                 stalled: Arc::new(AtomicBool::new(false)),
@@ -279,26 +282,41 @@ impl Bus for RegionsOutlet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fred::types::config::ServerConfig;
+    use ryze_core::redis::Topology;
+
+    /// The hosts a cluster or sentinel URL lists (the pieces after the first comma included).
+    fn hosts(t: &RedisTarget) -> usize {
+        match &t.config.server {
+            ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+                hosts.len()
+            }
+            _ => 1,
+        }
+    }
 
     #[test]
     fn regions_parse_with_cluster_urls_inside() {
         let r = parse_regions("eu=redis://127.0.0.1:1,us=redis-cluster://a:1,b:2, ap=redis://c:3")
             .unwrap();
+        let shape: Vec<_> = r.iter().map(|(n, t)| (n.as_str(), t.topology)).collect();
         assert_eq!(
-            r,
-            vec![
-                ("eu".to_owned(), "redis://127.0.0.1:1".to_owned()),
-                ("us".to_owned(), "redis-cluster://a:1,b:2".to_owned()),
-                ("ap".to_owned(), "redis://c:3".to_owned()),
+            shape,
+            [
+                ("eu", Topology::Standalone),
+                ("us", Topology::Cluster),
+                ("ap", Topology::Standalone),
             ]
         );
+        assert_eq!(hosts(&r[1].1), 2);
         assert!(parse_regions("").is_err());
         assert!(parse_regions("redis://x:1").is_err());
         assert!(parse_regions("eu=redis://a:1,eu=redis://b:2").is_err());
         assert!(parse_regions("eu=http://a").is_err());
         let r = parse_regions("eu=rediss-sentinel://a:1,b,c:3?sentinelServiceName=m,us=redis://d")
             .unwrap();
-        assert_eq!(r[0].1, "rediss-sentinel://a:1,b,c:3?sentinelServiceName=m");
+        assert!(r[0].1.tls && r[0].1.topology == Topology::Sentinel);
+        assert_eq!(hosts(&r[0].1), 3);
         assert_eq!(r[1].0, "us");
     }
 }
