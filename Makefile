@@ -24,7 +24,7 @@ deps: ## Install redis-server, Postgres, chromium and the browser-test driver wh
 soak: ## Long connection-churn soak: SOAK_SECONDS (600), SOAK_WORKERS (24), SOAK_INSTANCES (40)
 	@bash scripts/soak.sh
 
-chaos: ## Chaos soak: seeded faults under load, invariant checker; CHAOS_SECONDS (600), CHAOS_SEED, CHAOS_REDIS=cluster; report into docs/reliability.md
+chaos: ## Chaos soak: seeded faults under load, invariant checker; CHAOS_SECONDS (600), CHAOS_SEED, CHAOS_REDIS=cluster|sentinel; report into docs/reliability.md
 	$(CARGO) build --workspace --bins
 	CHAOS_DOC=$${CHAOS_DOC-docs/reliability.md} CHAOS_REPORT=$${CHAOS_REPORT:-$(CARGO_TARGET_DIR)/chaos-report.json} \
 		RYZE_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(CARGO_TARGET_DIR)/debug/ryze-chaos

@@ -5,7 +5,7 @@
 //! Markdown table into its generated block. Exits 1 when any invariant was violated.
 //!
 //! Settings (environment): `CHAOS_SEED`, `CHAOS_SECONDS` (600), `CHAOS_REDIS`
-//! (`single` | `cluster`), `CHAOS_INSTANCES` (30), `CHAOS_CLIENTS_PER_INSTANCE` (10),
+//! (`single` | `cluster` | `sentinel`), `CHAOS_INSTANCES` (30), `CHAOS_CLIENTS_PER_INSTANCE` (10),
 //! `CHAOS_PERIOD_MS` (250), `CHAOS_MEAN_GAP` (5 s between fault starts), `CHAOS_COMMAND`
 //! (the command line the report quotes). The product binaries are taken from `RYZE_BIN_DIR`
 //! (the Makefile sets it to `$CARGO_TARGET_DIR/debug`).
