@@ -197,6 +197,17 @@ mod tests {
         }
     }
 
+    /// A hub with one client of an instance, which has received live frame `first`.
+    async fn one_client_after(first: u64) -> (Hub, Uuid, Arc<Outbox>, crate::hub::Membership) {
+        let hub = hub();
+        let id = Uuid::new_v4();
+        let mut member = hub.join(id).await.unwrap();
+        let outbox = Arc::new(Outbox::new(100, 1 << 20));
+        member.attach(outbox.clone());
+        hub.dispatch(id, live(first), false);
+        (hub, id, outbox, member)
+    }
+
     /// The texts queued for the client so far.
     async fn received(outbox: &Outbox) -> Vec<String> {
         let mut out = Vec::new();
@@ -210,12 +221,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn live_copies_of_frames_the_catch_up_delivered_are_dropped_once() {
-        let hub = hub();
-        let id = Uuid::new_v4();
-        let mut member = hub.join(id).await.unwrap();
-        let outbox = Arc::new(Outbox::new(100, 1 << 20));
-        member.attach(outbox.clone());
-        hub.dispatch(id, live(1), false);
+        let (hub, id, outbox, _member) = one_client_after(1).await;
 
         let from = hub.hold(&[id]);
         assert_eq!(from, vec![(id, at(1))]);
@@ -235,12 +241,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_the_seam_every_live_frame_goes_out_again() {
-        let hub = hub();
-        let id = Uuid::new_v4();
-        let mut member = hub.join(id).await.unwrap();
-        let outbox = Arc::new(Outbox::new(100, 1 << 20));
-        member.attach(outbox.clone());
-        hub.dispatch(id, live(1), false);
+        let (hub, id, outbox, _member) = one_client_after(1).await;
         let from = hub.hold(&[id]);
         hub.deliver_caught_up(id, from[0].1, history(&[2]));
         hub.dispatch(id, live(3), false);
@@ -253,12 +254,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_catch_up_that_found_nothing_drops_nothing() {
-        let hub = hub();
-        let id = Uuid::new_v4();
-        let mut member = hub.join(id).await.unwrap();
-        let outbox = Arc::new(Outbox::new(100, 1 << 20));
-        member.attach(outbox.clone());
-        hub.dispatch(id, live(5), false);
+        let (hub, id, outbox, _member) = one_client_after(5).await;
         let from = hub.hold(&[id]);
         hub.deliver_caught_up(id, from[0].1, History::default());
         hub.dispatch(id, live(6), false);
