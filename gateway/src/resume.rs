@@ -62,7 +62,14 @@ pub struct Resume {
 impl Resume {
     /// The session of a connection that gave `since` and found `history` after it.
     pub fn after(since: Offset, history: History) -> Resume {
-        let replayed_through = history.frames.last().map(|(id, _)| *id);
+        // Nothing at or before `since` may follow either: the pod may still be catching up
+        // from an older offset (D38) than the one this client already reached elsewhere.
+        // After a gap `since` may not be this stream's, so only what was replayed counts.
+        let replayed_through = history
+            .frames
+            .last()
+            .map(|(id, _)| *id)
+            .or((!history.gap).then_some(since));
         let replay = history
             .frames
             .into_iter()
@@ -195,6 +202,24 @@ mod tests {
             .text_of(frame(4))
             .as_str()
             .contains("offset"));
+    }
+
+    #[test]
+    fn nothing_at_or_before_since_follows_even_when_nothing_was_replayed() {
+        let at = |ms| Offset { ms, seq: 0 };
+        let caught_up = Resume::after(at(5), History::default());
+        assert!(caught_up.already_sent(&frame(4)) && caught_up.already_sent(&frame(5)));
+        assert!(!caught_up.already_sent(&frame(6)));
+        // After a gap the offset may belong to another stream: newer frames of this one may
+        // carry smaller ids, and must go out.
+        let gap = Resume::after(
+            at(5),
+            History {
+                gap: true,
+                frames: Vec::new(),
+            },
+        );
+        assert!(!gap.already_sent(&frame(4)));
     }
     use bytes::Bytes;
 }
