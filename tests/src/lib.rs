@@ -22,6 +22,7 @@
 //!   a refused upgrade's status and body.
 //! - [`chaos`]: the chaos soak (issue 21): seeded faults under load and an invariant checker
 //!   over the recorded history (`make chaos`, tests/tests/chaos.rs).
+//! - [`wait`]: [`eventually`], which polls a condition that has no event to await.
 //! - `supervisor` (private): the `sh` wrapper that ties every server to the test process, so
 //!   nothing outlives a panic or a killed test binary.
 //!
@@ -42,6 +43,7 @@ pub mod redis;
 pub mod sentinel;
 mod supervisor;
 pub mod tls;
+pub mod wait;
 
 pub use balancer::Balancer;
 pub use certs::Certs;
@@ -56,3 +58,4 @@ pub use redis::{redis, try_redis, unique_prefix, ClientAuth, RedisServer};
 pub use sentinel::RedisSentinel;
 pub use supervisor::pid_is_alive;
 pub use tls::TestCerts;
+pub use wait::eventually;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ryze_tests::{Service, WsClient};
+use ryze_tests::{eventually, Service, WsClient};
 use serde_json::Value as Json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -18,30 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Instance, API_KEY, WAIT};
 
-/// How often polled conditions are checked.
-pub const POLL: Duration = Duration::from_millis(25);
-
 /// The `data` of the frame that ends a client's run.
 pub const END: &str = r#"{"end":true}"#;
-
-/// Polls `check` until it returns `Ok`; panics with its last `Err` at `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "{what}: not true within {timeout:?}; last: {last}"
-            ),
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// One ingest round of a [`Feed`].
 #[derive(Debug, Clone)]
