@@ -58,4 +58,4 @@ pub use redis::{redis, try_redis, unique_prefix, ClientAuth, RedisServer};
 pub use sentinel::RedisSentinel;
 pub use supervisor::pid_is_alive;
 pub use tls::TestCerts;
-pub use wait::eventually;
+pub use wait::{eventually, eventually_every};

@@ -353,30 +353,42 @@ impl Service {
 
     /// Waits until the output contains `needle`. Fails at `timeout` with the output so far.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_log_count(needle, 1, timeout).await
+    }
+
+    /// Waits until the output contains `needle` at least `count` times (a reconnect's second
+    /// "listening" line). Fails at `timeout` with the output so far.
+    pub async fn wait_for_log_count(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let printed = || self.lock_captured().all.matches(needle).count() >= count;
         let mut lines = self.lines.clone();
         let wait = async {
             loop {
                 // Mark the current version seen before checking, so no line slips between the
                 // check and the wait.
                 lines.borrow_and_update();
-                if self.lock_captured().all.contains(needle) {
+                if printed() {
                     return true;
                 }
                 if lines.changed().await.is_err() {
                     // Both readers finished: the output is complete.
-                    return self.lock_captured().all.contains(needle);
+                    return printed();
                 }
             }
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(true) => Ok(()),
             Ok(false) => bail!(
-                "{} closed its output without printing {needle:?}; output:\n{}",
+                "{} closed its output without printing {needle:?} {count} time(s); output:\n{}",
                 self.name,
                 self.logs()
             ),
             Err(_) => bail!(
-                "{} did not print {needle:?} within {timeout:?}; output:\n{}",
+                "{} did not print {needle:?} {count} time(s) within {timeout:?}; output:\n{}",
                 self.name,
                 self.logs()
             ),

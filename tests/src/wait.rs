@@ -16,7 +16,22 @@ pub const POLL: Duration = Duration::from_millis(25);
 /// a count), so a failure says what the system did instead. The timeout is an upper bound
 /// against hangs, never the assertion itself: prefer awaiting an event (a frame, a log line,
 /// a readiness change) where one exists.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    eventually_every(what, timeout, POLL, check).await
+}
+
+/// [`eventually`] with its own poll interval, for checks that are expensive or must see the
+/// same value on two polls some time apart.
+pub async fn eventually_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    poll: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -30,6 +45,6 @@ where
                 "{what}: not true within {timeout:?}; last: {last}"
             ),
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
     }
 }

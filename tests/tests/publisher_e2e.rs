@@ -14,7 +14,7 @@ use common::{
     batch, configure, connect, envelope, frame, item, post_events, post_events_auth,
     publish_expect, ws_url, Env, System, API_KEY, BASE_URL, EVENTS, READY, WAIT,
 };
-use ryze_tests::{pg, RedisServer, WsClient};
+use ryze_tests::{eventually, pg, RedisServer, WsClient};
 use serde_json::json;
 
 /// A payload per event type that a re-serialising gateway would alter: keys out of

@@ -86,6 +86,8 @@ async fn publish_until_delivered(
     tag: &str,
 ) -> u64 {
     const EVENT: &str = "message.exchange";
+    // Not `eventually`: each round publishes a new probe and reads every client, and the
+    // failure names the clients still waiting.
     let deadline = tokio::time::Instant::now() + RECOVERY;
     let mut done = vec![false; clients.len()];
     let mut seq = 0;

@@ -109,7 +109,8 @@ impl NodeRun {
         }
     }
 
-    /// Polls for `path` until it exists; fails early if node exits first.
+    /// Polls for `path` until it exists; fails early if node exits first. Not
+    /// [`ryze_tests::eventually`]: the caller kills node and adds its output to the error.
     pub async fn wait_for_file(&mut self, path: &Path) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + PHASE;
         loop {

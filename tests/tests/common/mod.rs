@@ -377,25 +377,21 @@ pub async fn numsub(server: &ryze_tests::RedisServer, prefix: &str, instance_id:
         .unwrap_or_else(|| panic!("unexpected NUMSUB output {out:?}"))
 }
 
-/// Polls NUMSUB (25 ms interval) until it equals `want`; panics at `WAIT`.
+/// Polls NUMSUB until it equals `want`; panics at `WAIT`.
 pub async fn wait_numsub(
     server: &ryze_tests::RedisServer,
     prefix: &str,
     instance_id: &str,
     want: u64,
 ) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let n = numsub(server, prefix, instance_id).await;
-        if n == want {
-            return;
+    let what = format!("NUMSUB of {instance_id} is {want}");
+    ryze_tests::eventually(&what, WAIT, || async {
+        match numsub(server, prefix, instance_id).await {
+            n if n == want => Ok(()),
+            n => Err(format!("NUMSUB of {instance_id} is {n}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "NUMSUB of {instance_id} stayed {n}, wanted {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
 }
 
 /// Subscribed to `<prefix>:ctl` before any change is made, so each change's relay message can

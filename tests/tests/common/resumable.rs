@@ -199,6 +199,8 @@ pub fn resumable_client(
             let url = &urls[i % urls.len()];
             log.sinces.push(since.clone());
             let full = format!("{url}?since={since}");
+            // A client's own reconnect loop (it retries while its gateway drains or restarts)
+            // that records a failure in its log instead of panicking in the spawned task.
             let deadline = Instant::now() + WAIT;
             let mut c = loop {
                 match WsClient::connect(&full, &[("token", &token)]).await {
