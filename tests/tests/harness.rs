@@ -247,6 +247,18 @@ async fn unique_prefixes_and_free_ports_do_not_repeat() {
     assert_ne!(a, b);
     let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
     assert_eq!(ports.len(), 50);
+    // None from the ephemeral range, where outgoing connections get their source ports.
+    let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        ports.iter().all(|p| (1_024..ephemeral).contains(p)),
+        "{ports:?} (ephemeral from {ephemeral})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
