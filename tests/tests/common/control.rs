@@ -74,6 +74,7 @@ impl ControlWatcher {
             self.backlog.remove(pos);
             return;
         }
+        // One bound over several reads, each awaiting the next message: not a poll.
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.rx.recv())

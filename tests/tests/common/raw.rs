@@ -237,6 +237,7 @@ impl RawWs {
     /// Reads until a Close frame or EOF, collecting text frames and counting pings. Errors
     /// when the connection is still open at `timeout`.
     pub async fn read_until_close(&mut self, timeout: Duration) -> anyhow::Result<RawEnd> {
+        // One bound over several reads, each awaiting the next message: not a poll.
         let deadline = tokio::time::Instant::now() + timeout;
         let mut end = RawEnd::default();
         loop {
@@ -299,6 +300,7 @@ impl RawWs {
 
     /// Whether the server ends the TCP connection within `timeout` (frames are skipped).
     pub async fn ends_within(&mut self, timeout: Duration) -> bool {
+        // One bound over several reads, each awaiting the next message: not a poll.
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
