@@ -13,7 +13,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+use ryze_tests::fixtures as common;
 
 #[path = "failure/blackhole.rs"]
 mod blackhole;

@@ -17,7 +17,7 @@
 //! `tests/browser/node_modules`; without them the tests are skipped with a message on stderr,
 //! except under `CI`, where they fail.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -5,7 +5,7 @@
 //! Every wait is bounded and awaits a condition (a frame, a close, a metric value, a span);
 //! nothing sleeps.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

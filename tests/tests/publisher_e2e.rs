@@ -8,7 +8,7 @@
 //! slept on. An event that must not arrive is proven absent with a sentinel published after
 //! it: the sentinel must be the next frame.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use common::{
     batch, configure, connect, envelope, frame, item, post_events, post_events_auth,

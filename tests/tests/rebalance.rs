@@ -17,7 +17,7 @@
 //!
 //! No sleeps: every wait polls `/metrics` under a timeout.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

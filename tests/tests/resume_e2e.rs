@@ -12,7 +12,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

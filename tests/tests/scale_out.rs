@@ -14,7 +14,7 @@
 //! Every wait is bounded; where recovery timing is not specified (after a restart) the tests
 //! publish until the event arrives, within a bound.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 #[path = "scale_out/cluster.rs"]
 mod cluster;

@@ -6,7 +6,7 @@
 //! Every wait is bounded; nothing sleeps. A frame that must not arrive is proven absent by
 //! publishing a sentinel after it and asserting the sentinel is the next frame.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::time::Duration;
 
