@@ -22,6 +22,10 @@
 //!   a refused upgrade's status and body.
 //! - [`chaos`]: the chaos soak (issue 21): seeded faults under load and an invariant checker
 //!   over the recorded history (`make chaos`, tests/tests/chaos.rs).
+//! - [`fixtures`]: what the test binaries share beyond the servers (`use ryze_tests::fixtures
+//!   as common;`): a migrated database with an account, a [`fixtures::System`] of running
+//!   services, request and frame helpers, raw clients, resumable clients, browser runs.
+//! - [`wait`]: [`eventually`], which polls a condition that has no event to await.
 //! - `supervisor` (private): the `sh` wrapper that ties every server to the test process, so
 //!   nothing outlives a panic or a killed test binary.
 //!
@@ -34,6 +38,7 @@ pub mod certs;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod fixtures;
 pub mod metrics;
 pub mod postgres;
 pub mod process;
@@ -42,6 +47,7 @@ pub mod redis;
 pub mod sentinel;
 mod supervisor;
 pub mod tls;
+pub mod wait;
 
 pub use balancer::Balancer;
 pub use certs::Certs;
@@ -56,3 +62,4 @@ pub use redis::{redis, try_redis, unique_prefix, ClientAuth, RedisServer};
 pub use sentinel::RedisSentinel;
 pub use supervisor::pid_is_alive;
 pub use tls::TestCerts;
+pub use wait::{eventually, eventually_every};

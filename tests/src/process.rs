@@ -33,22 +33,84 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the process exits, how long to wait for the rest of its output.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A TCP port on 127.0.0.1 that was free a moment ago and that this process has not handed out
-/// before (so two services of one test never get the same port).
+/// The lowest port [`free_port`] hands out: below are well-known and commonly configured
+/// service ports (5432, 6379, 8080, ...).
+const PORTS_FROM: u16 = 10_000;
+/// The first ephemeral port when `/proc/sys/net/ipv4/ip_local_port_range` cannot be read
+/// (Linux's default).
+const EPHEMERAL_FALLBACK: u16 = 32_768;
+
+/// A TCP port on 127.0.0.1 for a child to listen on: free a moment ago, and not handed out by
+/// this process before (so two services of one test never get the same port).
 ///
-/// Panics if no port can be bound, which means the machine has no loopback.
+/// Why not "bind port 0, release it, hand the number over": the kernel picks port 0 from the
+/// ephemeral range, which is also where every outgoing connection on the machine (a client
+/// of Redis, Postgres, a gateway, in any process) gets its source port. Between the release
+/// and the child's bind, such a connection could take the port. So ports come from below the
+/// ephemeral range (`[10000, ip_local_port_range start)`, 32768 if unreadable), where the
+/// kernel never assigns one on its own: only an explicit bind can take them. Each candidate is
+/// checked by binding it. Test binaries run side by side, each with its own handed-out set, so
+/// each starts at its own point of the range (derived from its pid) and walks up from there:
+/// two processes only collide if one walks into the ports the other just handed out.
+///
+/// Panics if no port of the range can be bound, which means the machine has no loopback.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let handed_out = HANDED_OUT.get_or_init(Mutex::default);
-    loop {
-        let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-            Ok(addr) => addr.port(),
-            Err(e) => panic!("cannot bind a loopback port: {e}"),
-        };
-        let mut seen = handed_out.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.insert(port) {
-            return port;
+    static PORTS: OnceLock<Mutex<Ports>> = OnceLock::new();
+    let ports = PORTS.get_or_init(|| Mutex::new(Ports::new()));
+    let mut ports = ports.lock().unwrap_or_else(|e| e.into_inner());
+    ports.next_free()
+}
+
+/// [`free_port`]'s state: the range, where this process looks next, and what it handed out.
+struct Ports {
+    from: u16,
+    to: u16,
+    next: u16,
+    handed_out: HashSet<u16>,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        let to = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(EPHEMERAL_FALLBACK)
+            .max(2_024);
+        // A machine whose ephemeral range starts low still gets a range of 1,000 ports.
+        let from = PORTS_FROM.min(to.saturating_sub(1_000)).max(1_024);
+        let span = u32::from(to - from);
+        // A large prime stride spreads consecutive pids over the range.
+        let offset = (u64::from(std::process::id()) * 7_919 % u64::from(span)) as u16;
+        Ports {
+            from,
+            to,
+            next: from + offset,
+            handed_out: HashSet::new(),
         }
+    }
+
+    fn next_free(&mut self) -> u16 {
+        for _ in self.from..self.to {
+            let port = self.next;
+            self.next = if port + 1 >= self.to {
+                self.from
+            } else {
+                port + 1
+            };
+            if self.handed_out.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                self.handed_out.insert(port);
+                return port;
+            }
+        }
+        panic!(
+            "no free loopback port in {}..{} ({} handed out already)",
+            self.from,
+            self.to,
+            self.handed_out.len()
+        );
     }
 }
 
@@ -353,30 +415,42 @@ impl Service {
 
     /// Waits until the output contains `needle`. Fails at `timeout` with the output so far.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_log_count(needle, 1, timeout).await
+    }
+
+    /// Waits until the output contains `needle` at least `count` times (a reconnect's second
+    /// "listening" line). Fails at `timeout` with the output so far.
+    pub async fn wait_for_log_count(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let printed = || self.lock_captured().all.matches(needle).count() >= count;
         let mut lines = self.lines.clone();
         let wait = async {
             loop {
                 // Mark the current version seen before checking, so no line slips between the
                 // check and the wait.
                 lines.borrow_and_update();
-                if self.lock_captured().all.contains(needle) {
+                if printed() {
                     return true;
                 }
                 if lines.changed().await.is_err() {
                     // Both readers finished: the output is complete.
-                    return self.lock_captured().all.contains(needle);
+                    return printed();
                 }
             }
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(true) => Ok(()),
             Ok(false) => bail!(
-                "{} closed its output without printing {needle:?}; output:\n{}",
+                "{} closed its output without printing {needle:?} {count} time(s); output:\n{}",
                 self.name,
                 self.logs()
             ),
             Err(_) => bail!(
-                "{} did not print {needle:?} within {timeout:?}; output:\n{}",
+                "{} did not print {needle:?} {count} time(s) within {timeout:?}; output:\n{}",
                 self.name,
                 self.logs()
             ),

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 use reqwest::Method;
-use ryze_tests::{http, pg, redis, run_cli_json, unique_prefix, Bin, Service, TestDb};
+use ryze_tests::{eventually, http, pg, redis, run_cli_json, unique_prefix, Bin, Service, TestDb};
 use serde_json::{json, Value};
 
 #[path = "config_api/auth.rs"]

@@ -17,7 +17,7 @@
 //! The screenshot goes to `artifacts/console.png`; with `UPDATE_DOCS_SCREENSHOT=1` it is also
 //! copied to `docs/img/console.png`.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use common::browser::{browser_dir, browser_tools, repo_root, NodeRun};
 use common::System;

@@ -8,7 +8,7 @@
 //! a counter `x` as `x_total`, a histogram `x` as `x_bucket`, `x_sum` and `x_count`, a gauge as
 //! `x`. The bare family name of a counter or histogram is not accepted: no series has it.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

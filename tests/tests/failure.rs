@@ -13,7 +13,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+use ryze_tests::fixtures as common;
 
 #[path = "failure/blackhole.rs"]
 mod blackhole;
@@ -34,7 +34,6 @@ mod redis_outage;
 #[path = "failure/storm.rs"]
 mod storm;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,34 +41,11 @@ use std::time::Duration;
 use common::{item, Env, Instance, API_KEY, WAIT};
 use ryze_core::store::{Store, StoreOptions, WsConfig};
 use ryze_core::token::TokenCipher;
+pub use ryze_tests::eventually;
 use ryze_tests::{Service, WsClient};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// How often polled conditions are checked.
-const POLL: Duration = Duration::from_millis(25);
-
-/// Polls `check` until it returns `Ok`, and panics with its last `Err` at `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(last) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{what}: not true within {timeout:?}; last: {last}"
-                );
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// The gateway's `/metrics` text.
 pub async fn scrape(gw: &Service) -> String {

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use ryze_tests::{
-    describe, free_port, pg, pid_is_alive, redis, run_program, Listeners, PgServer, RedisServer,
-    Service, WsClient,
+    describe, eventually, free_port, pg, pid_is_alive, redis, run_program, Listeners, PgServer,
+    RedisServer, Service, WsClient,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -38,30 +38,33 @@ fn helper() -> Option<String> {
     std::env::var(HELPER_ENV).ok()
 }
 
-/// Waits until `/proc/<pid>` is gone (reaped). Bounded by `GONE_TIMEOUT`.
-async fn wait_absent(pid: u32) -> bool {
+/// Waits until `/proc/<pid>` of `who` is gone (reaped); panics at `GONE_TIMEOUT`.
+async fn wait_absent(who: &str, pid: u32) {
     let path = format!("/proc/{pid}");
-    let deadline = tokio::time::Instant::now() + GONE_TIMEOUT;
-    while std::path::Path::new(&path).exists() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
+    let what = format!("{who} (pid {pid}) reaped");
+    eventually(&what, GONE_TIMEOUT, || async {
+        if std::path::Path::new(&path).exists() {
+            Err(format!("{path} still exists"))
+        } else {
+            Ok(())
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
+    })
+    .await;
 }
 
-/// Waits until `pid` is dead: gone or a zombie. Used for processes whose parent died, where
-/// reaping is up to PID 1 and outside our control; a zombie holds no port or memory.
-async fn wait_dead(pid: u32) -> bool {
-    let deadline = tokio::time::Instant::now() + GONE_TIMEOUT;
-    while pid_is_alive(pid) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
+/// Waits until `pid` of `who` is dead: gone or a zombie; panics at `GONE_TIMEOUT`. Used for
+/// processes whose parent died, where reaping is up to PID 1 and outside our control; a zombie
+/// holds no port or memory.
+async fn wait_dead(who: &str, pid: u32) {
+    let what = format!("{who} (pid {pid}) dead");
+    eventually(&what, GONE_TIMEOUT, || async {
+        if pid_is_alive(pid) {
+            Err("still alive".to_owned())
+        } else {
+            Ok(())
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
+    })
+    .await;
 }
 
 /// Parses `HARNESS_PIDS name=pid name=pid ...` (libtest may print `test name ... ` before it).
@@ -118,14 +121,13 @@ async fn start_everything() -> (RedisServer, PgServer, Service) {
 async fn assert_all_gone(pids: &[(String, u32)]) {
     assert_eq!(pids.len(), 5, "{pids:?}");
     for (name, pid) in pids {
-        let gone = if name == "service" {
+        if name == "service" {
             // Its parent (the killed test binary) can't reap it; PID 1 does, eventually.
-            wait_dead(*pid).await
+            wait_dead(name, *pid).await;
         } else {
             // Servers are reaped by their supervisor, so they must vanish entirely.
-            wait_absent(*pid).await
-        };
-        assert!(gone, "{name} (pid {pid}) still exists");
+            wait_absent(name, *pid).await;
+        }
     }
 }
 
@@ -245,6 +247,18 @@ async fn unique_prefixes_and_free_ports_do_not_repeat() {
     assert_ne!(a, b);
     let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
     assert_eq!(ports.len(), 50);
+    // None from the ephemeral range, where outgoing connections get their source ports.
+    let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        ports.iter().all(|p| (1_024..ephemeral).contains(p)),
+        "{ports:?} (ephemeral from {ephemeral})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,10 +268,7 @@ async fn dropping_a_private_server_stops_it_and_removes_its_dir() {
     let dir = server.dir().to_path_buf();
     assert!(dir.exists());
     drop(server);
-    assert!(
-        wait_absent(pid).await,
-        "redis-server {pid} survived its drop"
-    );
+    wait_absent("redis-server after its drop", pid).await;
     assert!(!dir.exists(), "{} was not removed", dir.display());
 }
 
@@ -398,7 +409,7 @@ async fn service_kill9_ends_the_process_with_signal_9() {
     fake.kill9();
     let status = fake.wait_exit(WAIT).await.unwrap();
     assert_eq!(describe(status), "signal 9");
-    assert!(wait_absent(fake.pid()).await);
+    wait_absent("the killed fake service", fake.pid()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

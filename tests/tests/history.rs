@@ -8,7 +8,7 @@
 //! A raw Redis subscriber stands in for the gateway, and the live and resume keys are set by
 //! hand (the gateway's job), so each case is exact.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use common::{batch, publish_expect, System, WAIT};
 use fred::prelude::*;

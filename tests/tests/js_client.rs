@@ -17,13 +17,14 @@
 //! `tests/browser/node_modules`; without them the tests are skipped with a message on stderr,
 //! except under `CI`, where they fail.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::System;
+use ryze_tests::eventually;
 use serde_json::json;
 use tokio::process::Command;
 
@@ -92,18 +93,20 @@ async fn js_client_stops_when_the_instance_is_deleted() {
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawning node");
     let received = control.path().join("received");
-    let deadline = tokio::time::Instant::now() + NODE_RUN;
-    while !received.exists() {
-        if child.try_wait().expect("node status").is_some() {
-            break; // failed early: its output is asserted below
+    let what = format!("node wrote {}", received.display());
+    eventually(&what, NODE_RUN, || {
+        // If node failed early, its output is asserted below.
+        let exited = child.try_wait().expect("node status");
+        let written = received.exists();
+        async move {
+            if written || exited.is_some() {
+                Ok(())
+            } else {
+                Err("not written yet, node still running".to_owned())
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node did not write {}",
-            received.display()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     if received.exists() {
         sys.env.delete_instance(&sys.inst.name).await;
     }
@@ -164,18 +167,20 @@ async fn js_client_resumes_across_a_gateway_restart_without_loss() {
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawning node");
     let signal = control.path().join("restart");
-    let deadline = tokio::time::Instant::now() + NODE_RUN;
-    while !signal.exists() {
-        if child.try_wait().expect("node status").is_some() {
-            break; // failed early: its output is asserted below
+    let what = format!("node wrote {}", signal.display());
+    eventually(&what, NODE_RUN, || {
+        // If node failed early, its output is asserted below.
+        let exited = child.try_wait().expect("node status");
+        let written = signal.exists();
+        async move {
+            if written || exited.is_some() {
+                Ok(())
+            } else {
+                Err("not written yet, node still running".to_owned())
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node did not write {}",
-            signal.display()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     let restarted = signal.exists();
     if restarted {
         let mut old = sys.gateways.remove(0);

@@ -1,7 +1,7 @@
 //! `make run`'s promise to a new user (README, CONTRACT §1): the commands it prints work as
 //! printed on a machine that has only what `make test` installs (npm, curl).
 
-use ryze_tests::{free_port, http, run_program, Bin, Listeners, Service};
+use ryze_tests::{eventually, free_port, http, run_program, Bin, Listeners, Service};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,20 +78,15 @@ async fn make_run_prints_a_watch_command_and_a_publish_command_that_work_as_prin
 
     // The gateway is up once /health answers (it is printed before the process starts).
     let health = format!("http://127.0.0.1:{port}/health");
-    let deadline = tokio::time::Instant::now() + SLOW;
-    while !http()
-        .get(&health)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gateway never came up"
-        );
-        // Nothing to await: the gateway is a grandchild whose start is not reported.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Polled: the gateway is a grandchild whose start is not reported.
+    eventually("the gateway came up (/health 2xx)", SLOW, || async {
+        match http().get(&health).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("status {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
 
     // The printed watch command, run as printed in a terminal (`script` gives it one: wscat
     // prints nothing without one), whose input stays open for a bounded time.

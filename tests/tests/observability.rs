@@ -5,12 +5,11 @@
 //! Every wait is bounded and awaits a condition (a frame, a close, a metric value, a span);
 //! nothing sleeps.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -18,7 +17,7 @@ use common::{
     configure, item, post_events, post_events_auth, publish_expect, segment, ws_url, Env, RawWs,
     System, API_KEY, BASE_URL, WAIT,
 };
-use ryze_tests::{http, pg, redis, run_cli, Bin, Service, WsClient};
+use ryze_tests::{eventually, http, pg, redis, run_cli, Bin, Service, WsClient};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -38,19 +37,15 @@ async fn scrape(url: &str) -> BTreeMap<String, f64> {
 
 /// Polls `url` until series `key` reads `want`; panics with the last scrape at [`WAIT`].
 async fn wait_metric(url: &str, key: &str, want: f64) -> BTreeMap<String, f64> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(&format!("{key} reads {want}"), WAIT, || async {
         let m = scrape(url).await;
         if m.get(key) == Some(&want) {
-            return m;
+            Ok(m)
+        } else {
+            Err(format!("{key} is {:?}; scrape: {m:#?}", m.get(key)))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{key} stayed {:?}, wanted {want}; scrape: {m:#?}",
-            m.get(key)
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await
 }
 
 /// Asserts exact values (`None`: the series must be absent or 0).

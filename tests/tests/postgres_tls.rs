@@ -3,7 +3,7 @@
 //!
 //! Every wait is bounded and awaits a condition (readiness, a log line, a relay message).
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

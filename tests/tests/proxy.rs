@@ -100,16 +100,19 @@ async fn closed(stream: &mut TcpStream) -> io::Result<usize> {
     }
 }
 
-/// Polls `cond` until it holds, bounded by [`WAIT`].
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {WAIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Polls `value` until it equals `want`, bounded by [`WAIT`].
+async fn eventually_eq(what: &str, want: usize, value: impl Fn() -> usize) {
+    ryze_tests::eventually(what, WAIT, || {
+        let now = value();
+        async move {
+            if now == want {
+                Ok(())
+            } else {
+                Err(format!("{now}, wanted {want}"))
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,8 +144,8 @@ async fn bytes_pass_through_both_ways() {
     // A client half-close passes on: the echo server ends its side, so the client sees EOF.
     client.shutdown().await.unwrap();
     assert_eq!(closed(&mut client).await.unwrap(), 0);
-    eventually("the proxy forgets the closed connection", || {
-        proxy.open_connections() == 0
+    eventually_eq("the proxy forgets the closed connection", 0, || {
+        proxy.open_connections()
     })
     .await;
 }
@@ -171,9 +174,10 @@ async fn blackholed_connection_stays_open_but_silent_while_new_connections_pass(
 
     // Closing a black-holed client connection releases it in the proxy.
     drop(old);
-    eventually(
+    eventually_eq(
         "the proxy forgets the closed black-holed connection",
-        || proxy.open_connections() == 1,
+        1,
+        || proxy.open_connections(),
     )
     .await;
 }
@@ -231,8 +235,8 @@ async fn reset_all_resets_open_and_blackholed_connections() {
     assert_echoes(&mut live2, b"live2").await;
     drop(live);
 
-    eventually("the closed connection is forgotten", || {
-        proxy.open_connections() == 2
+    eventually_eq("the closed connection is forgotten", 2, || {
+        proxy.open_connections()
     })
     .await;
     assert_eq!(proxy.reset_all(), 2);
@@ -242,12 +246,12 @@ async fn reset_all_resets_open_and_blackholed_connections() {
             other => panic!("expected a reset, got {other:?}"),
         }
     }
-    eventually("reset connections are forgotten", || {
-        proxy.open_connections() == 0
+    eventually_eq("reset connections are forgotten", 0, || {
+        proxy.open_connections()
     })
     .await;
-    eventually("the upstream sees its connections end", || {
-        echo.open.load(Ordering::SeqCst) == 0
+    eventually_eq("the upstream sees its connections end", 0, || {
+        echo.open.load(Ordering::SeqCst)
     })
     .await;
 
@@ -275,20 +279,19 @@ async fn dropping_the_proxy_closes_every_connection_and_the_listener() {
         // EOF, or a reset where the proxy dropped unread bytes.
         let _ = closed(stream).await;
     }
-    eventually("the upstream sees its connections end", || {
-        echo.open.load(Ordering::SeqCst) == 0
+    eventually_eq("the upstream sees its connections end", 0, || {
+        echo.open.load(Ordering::SeqCst)
     })
     .await;
     // The listener is gone: connects are refused (one racing the shutdown may still land in
     // the backlog, hence the retry).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the proxy still accepts"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    ryze_tests::eventually("the proxy refuses connections", WAIT, || async {
+        match TcpStream::connect(addr).await {
+            Ok(_) => Err("the proxy still accepts".to_owned()),
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

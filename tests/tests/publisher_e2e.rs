@@ -8,13 +8,13 @@
 //! slept on. An event that must not arrive is proven absent with a sentinel published after
 //! it: the sentinel must be the next frame.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use common::{
     batch, configure, connect, envelope, frame, item, post_events, post_events_auth,
     publish_expect, ws_url, Env, System, API_KEY, BASE_URL, EVENTS, READY, WAIT,
 };
-use ryze_tests::{pg, RedisServer, WsClient};
+use ryze_tests::{eventually, pg, RedisServer, WsClient};
 use serde_json::json;
 
 /// A payload per event type that a re-serialising gateway would alter: keys out of

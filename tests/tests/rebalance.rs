@@ -17,7 +17,7 @@
 //!
 //! No sleeps: every wait polls `/metrics` under a timeout.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use common::resumable::{
     all_published, check_exactly_once, publish_end, resumable_client, wait_all, Feed, Progress,
 };
 use common::{configure, metric, segment, Env, Instance};
-use ryze_tests::{redis, Balancer, Service, WsClient};
+use ryze_tests::{eventually_every, redis, Balancer, Service, WsClient};
 use serde_json::json;
 
 /// Pings every 30 s, a connection dropped after 120 s without a pong: 2,000 clients in the test
@@ -62,20 +62,14 @@ fn fast(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     env
 }
 
-/// Polls until `cond` holds on the gateways' metrics, or panics after [`CONVERGE`] with `what`.
-async fn until<F, Fut>(what: &str, mut cond: F)
+/// Polls `check` on the gateways' metrics every [`POLL`] until it is `Ok`, or panics after
+/// [`CONVERGE`] with `what` and the last observed values.
+async fn until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {CONVERGE:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    eventually_every(what, CONVERGE, POLL, check).await
 }
 
 async fn decisions(gw: &Service, outcome: &str) -> f64 {
@@ -90,7 +84,10 @@ async fn decisions(gw: &Service, outcome: &str) -> f64 {
 async fn holds_for_three(gw: &Service, outcome: &str, who: &str) {
     let before = decisions(gw, outcome).await;
     until(&format!("{who}: three `{outcome}` evaluations"), || async {
-        decisions(gw, outcome).await >= before + 3.0
+        match decisions(gw, outcome).await {
+            n if n >= before + 3.0 => Ok(()),
+            n => Err(format!("{n} `{outcome}` evaluations, {before} before")),
+        }
     })
     .await;
     assert_eq!(
@@ -159,12 +156,22 @@ async fn holds_still_without_cause() {
     // clients do not reconnect, so nothing comes back).
     fake_pod(&env, &fake, "0 1").await;
     until("the excess closed", || async {
-        metric(&gw, CLOSED).await >= 12.0
+        match metric(&gw, CLOSED).await {
+            n if n >= 12.0 => Ok(()),
+            n => Err(format!("{n} closed")),
+        }
     })
     .await;
     until("the pod back within the threshold", || async {
-        metric(&gw, "ryze_gateway_connections").await == 18.0
-            && decisions(&gw, "balanced").await >= 1.0
+        let connections = metric(&gw, "ryze_gateway_connections").await;
+        let balanced = decisions(&gw, "balanced").await;
+        if connections == 18.0 && balanced >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{connections} connections, {balanced} `balanced` evaluations"
+            ))
+        }
     })
     .await;
     assert_eq!(
@@ -314,7 +321,15 @@ async fn scale_out_under_feed(
     // Each client has an offset to resume from before anything closes it (bounded by
     // [`CONVERGE`]: on a loaded machine 2,000 clients take longer than `WAIT` to be served).
     until("every client saw a frame", || async {
-        progress.iter().all(|p| p.frames.load(Ordering::SeqCst) > 0)
+        let saw = progress
+            .iter()
+            .filter(|p| p.frames.load(Ordering::SeqCst) > 0)
+            .count();
+        if saw == progress.len() {
+            Ok(())
+        } else {
+            Err(format!("{saw} of {} clients saw a frame", progress.len()))
+        }
     })
     .await;
     assert_eq!(metric(&gw1, CLOSED).await, 0.0, "closed while alone");
@@ -358,9 +373,18 @@ async fn scale_out_under_feed(
             let mean = total / counts.len() as f64;
             let now = (closed, opened);
             let same = previous.lock().unwrap().replace(now) == Some(now);
-            same && opened as f64 == clients as f64 + closed
+            if same
+                && opened as f64 == clients as f64 + closed
                 && total == clients as f64
                 && counts.iter().all(|c| *c <= THRESHOLD * mean)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "connections {counts:?} (mean {mean}), {closed} closed, {opened} opened, \
+                     same as the previous poll: {same}"
+                ))
+            }
         },
     )
     .await;
@@ -381,7 +405,10 @@ async fn scale_out_under_feed(
             let mut low = lowest.lock().unwrap();
             *low = low.min(count);
         }
-        decisions(&gw1, "balanced").await >= balanced + 3.0
+        match decisions(&gw1, "balanced").await {
+            n if n >= balanced + 3.0 => Ok(()),
+            n => Err(format!("{n} `balanced` evaluations, {balanced} before")),
+        }
     })
     .await;
     assert_eq!(metric(&gw1, CLOSED).await, closed, "closed once balanced");

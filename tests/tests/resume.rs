@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use common::{configure, ws_url, Env, Instance, WAIT};
 use fred::prelude::*;

@@ -8,22 +8,21 @@
 //!   (D38: after the resubscribe the gateway catches up from history).
 //!
 //! Every wait is bounded; the only timers pace the publisher. Polled conditions (clients
-//! connected, rounds accepted) are checked every [`POLL`] under a deadline.
+//! connected, rounds accepted) are polled with [`ryze_tests::eventually`].
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::resumable::{
-    all_published, check_exactly_once, eventually, publish_end, resumable_client, wait_all, Feed,
-    Progress,
+    all_published, check_exactly_once, publish_end, resumable_client, wait_all, Feed, Progress,
 };
 use common::{configure, Env, System, READY, WAIT};
-use ryze_tests::{pg, Balancer, RedisServer, WsClient};
+use ryze_tests::{eventually, pg, Balancer, RedisServer, WsClient};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

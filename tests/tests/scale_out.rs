@@ -14,7 +14,7 @@
 //! Every wait is bounded; where recovery timing is not specified (after a restart) the tests
 //! publish until the event arrives, within a bound.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 #[path = "scale_out/cluster.rs"]
 mod cluster;
@@ -62,6 +62,7 @@ fn parse_probe(text: &str, event: &str, inst: &Instance) -> (String, u64) {
 /// The next text frame within `timeout`: `Ok(None)` when none came; panics on a close or an
 /// ended stream (these tests keep their sockets open through every outage).
 async fn next_text_or_none(client: &mut WsClient, timeout: Duration, who: &str) -> Option<String> {
+    // One bound over several reads, each awaiting the next message: not a poll.
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, client.stream().next()).await {
@@ -86,6 +87,8 @@ async fn publish_until_delivered(
     tag: &str,
 ) -> u64 {
     const EVENT: &str = "message.exchange";
+    // Not `eventually`: each round publishes a new probe and reads every client, and the
+    // failure names the clients still waiting.
     let deadline = tokio::time::Instant::now() + RECOVERY;
     let mut done = vec![false; clients.len()];
     let mut seq = 0;
@@ -128,6 +131,7 @@ async fn publish_until_delivered(
 /// Reads frames until `expected` arrives (exact text), skipping frames of earlier probes of
 /// `inst` (left over from [`publish_until_delivered`]). Fails on any other frame or at `WAIT`.
 async fn next_probe(client: &mut WsClient, expected: &str, inst: &Instance, who: &str) {
+    // One bound over several reads, each awaiting the next message: not a poll.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! Every wait is bounded; nothing sleeps. A frame that must not arrive is proven absent by
 //! publishing a sentinel after it and asserting the sentinel is the next frame.
 
-mod common;
+use ryze_tests::fixtures as common;
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use common::{
     raw_http_then_eof, segment, wait_numsub, ws_url, Env, RawWs, System, READY, WAIT,
 };
 use futures_util::SinkExt;
-use ryze_tests::{pg, redis, PgServer, RedisServer, WsClient, WsConnectError};
+use ryze_tests::{eventually, pg, redis, PgServer, RedisServer, WsClient, WsConnectError};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -9,19 +9,16 @@ const ENABLE_FILTERED: &str = r#"{"enabled": true, "events": ["group.flow"], "me
 
 /// Polls `/health` until it answers 200 (the pool reconnected); fails at `WAIT`.
 async fn wait_healthy(gw: &Service) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let reply = eventually("/health healthy", WAIT, || async {
         let reply = request(gw, Method::GET, "/health", &[], None).await;
         if reply.status == 200 {
-            assert_health_shape(&reply);
-            return;
+            Ok(reply)
+        } else {
+            Err(format!("{reply:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health still unhealthy after {WAIT:?}: {reply:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_health_shape(&reply);
 }
 
 #[tokio::test(flavor = "multi_thread")]

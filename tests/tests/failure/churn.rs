@@ -143,6 +143,7 @@ async fn connection_churn_leaves_no_connections_subscriptions_or_memory_behind()
     let cycles = Arc::new(AtomicU64::new(300));
     let failures: Shared<String> = Shared::default();
     let started = Instant::now();
+    // The soak's length (work until then, progress reports on the way), not a wait.
     let deadline = started + Duration::from_secs(seconds);
     let progress_every = Duration::from_secs((seconds / 10).max(5));
     let tasks: Vec<_> = (0..workers)

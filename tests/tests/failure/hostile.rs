@@ -41,6 +41,7 @@ async fn trickle(addr: std::net::SocketAddr, parts: Vec<Vec<u8>>, gap: Duration)
     let start = Instant::now();
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut received = Vec::new();
+    // Not a poll: reads and paced writes race an upper bound, and "still open" is a result.
     let deadline = start + WAIT;
     let mut parts = parts.into_iter();
     let mut next_write = start;

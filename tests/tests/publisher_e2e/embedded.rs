@@ -105,19 +105,17 @@ async fn embedded_mode_applies_config_changes_to_open_connections() {
             } else {
                 r#""filtered":1"#
             };
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                let (status, text) = post_events(gw, &item(&probe.id, "label.update", "{}")).await;
+            let probe_item = item(&probe.id, "label.update", "{}");
+            eventually("the relay applied the probe's change", WAIT, || async {
+                let (status, text) = post_events(gw, &probe_item).await;
                 assert_eq!(status, 202, "{text}");
                 if text.contains(want) {
-                    return;
+                    Ok(())
+                } else {
+                    Err(text)
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the relay never applied the probe's change"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            })
+            .await;
         }
     };
 

@@ -233,37 +233,24 @@ async fn config_changes_still_reach_the_publisher_after_a_postgres_restart() {
         .unwrap();
     server.start().await.unwrap();
     // The relay listens again (its second "listening" line).
-    let deadline = tokio::time::Instant::now() + READY;
-    while sys
-        .publisher
-        .logs()
-        .matches("listening for config changes")
-        .count()
-        < 2
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay did not reconnect:\n{}",
-            sys.publisher.logs()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    sys.publisher
+        .wait_for_log_count("listening for config changes", 2, READY)
+        .await
+        .expect("the relay reconnects");
 
     // The gateway's pool may need a moment to reconnect: retry the POST (bounded).
-    let deadline = tokio::time::Instant::now() + WAIT;
     let config = json!({"enabled": true, "events": ["label.update"]});
-    loop {
-        let (status, text) =
-            common::post_config(sys.gw(), "sales", &sys.env.account_token, &config).await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "config POST kept failing after the restart: {status} {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the config POST succeeds after the restart",
+        WAIT,
+        || async {
+            match common::post_config(sys.gw(), "sales", &sys.env.account_token, &config).await {
+                (200, _) => Ok(()),
+                (status, text) => Err(format!("{status} {text}")),
+            }
+        },
+    )
+    .await;
     sys.watcher.wait("config_changed", &sys.inst.id).await;
     let sentinel = r#"{"sentinel":"after the restart"}"#;
     publish_expect(

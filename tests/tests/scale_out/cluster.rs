@@ -10,7 +10,7 @@ use crate::common::{
     WAIT,
 };
 use crate::{next_probe, probe, publish_until_delivered};
-use ryze_tests::{pg, RedisCluster, Service, SlotOwner, WsClient};
+use ryze_tests::{eventually, pg, RedisCluster, Service, SlotOwner, WsClient};
 
 /// Most instances created while looking for two channels on different masters (each new one
 /// lands on another master with probability 2/3, so 12 fail together with ~(1/3)^11).
@@ -110,18 +110,16 @@ async fn shard_numsub(cluster: &RedisCluster, i: usize, channel: &str) -> u64 {
 
 /// Polls until master `i` holds `want` sharded subscribers of `channel` (bounded by `WAIT`).
 async fn wait_shard_numsub(cluster: &RedisCluster, i: usize, channel: &str, want: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let n = shard_numsub(cluster, i, channel).await;
-        if n == want {
-            return;
+    let what = format!("{want} sharded subscribers of {channel} on master {i}");
+    eventually(&what, WAIT, || async {
+        match shard_numsub(cluster, i, channel).await {
+            n if n == want => Ok(()),
+            n => Err(format!(
+                "{channel} has {n} sharded subscribers on master {i}"
+            )),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{channel} has {n} sharded subscribers on master {i}, wanted {want}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,16 +11,17 @@ use crate::common::{
     ControlWatcher, Env, Instance, READY, WAIT,
 };
 use crate::{metric, next_probe, probe, publish_until_delivered};
-use ryze_tests::{pg, RedisServer, Service, WsClient};
+use ryze_tests::{eventually, pg, RedisServer, Service, WsClient};
 
 /// The regions, in `REGION_REDIS_URLS` order.
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
-/// Upper bound for one ingest request while a region is down. The region's Redis round trip
-/// is bounded at 2 s inside the publisher; none of it may show up in ingest.
-const INGEST_BOUND: Duration = Duration::from_secs(1);
-/// Ingest requests while a region's Redis hangs, and the bound on their total duration.
+/// The publisher's `REDIS_STALL_TIMEOUT` in the outage tests: it bounds every Redis round trip
+/// (and so any wait for a down or hung region), and it is far beyond [`WAIT`]. An ingest
+/// request that waited for the region would therefore not finish within its `WAIT` guard:
+/// the tests assert that behaviour, not a duration that depends on the machine.
+const LONG_STALL: (&str, &str) = ("REDIS_STALL_TIMEOUT", "60s");
+/// Ingest requests while a region's Redis hangs.
 const HUNG_EVENTS: u64 = 10;
-const HUNG_TOTAL_BOUND: Duration = Duration::from_millis(1500);
 
 struct Region {
     name: &'static str,
@@ -34,8 +35,12 @@ struct World {
     publisher: Service,
 }
 
-/// Three regional Redis servers with a gateway each, and one publisher for all of them.
-async fn start_world(extra: &[(&'static str, String)]) -> World {
+/// Three regional Redis servers with a gateway each, and one publisher for all of them. `extra`
+/// goes to every process, `publisher_extra` to the publisher only.
+async fn start_world(
+    extra: &[(&'static str, String)],
+    publisher_extra: &[(&'static str, &str)],
+) -> World {
     let db = pg().await.fresh_database().await.expect("fresh database");
     // No REDIS_URL in the shared environment: each gateway gets its region's.
     let env = Env::with(db.url, None, None).await;
@@ -52,6 +57,7 @@ async fn start_world(extra: &[(&'static str, String)]) -> World {
         .map(|r| format!("{}={}", r.name, r.redis.url()))
         .collect();
     let mut pub_env = extra.to_vec();
+    pub_env.extend(publisher_extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     pub_env.push(("REGION_REDIS_URLS", spec.join(",")));
     let publisher = env.publisher(&pub_env).await;
     World {
@@ -94,31 +100,30 @@ impl World {
     }
 }
 
-/// Publishes one probe and returns how long the ingest request took (asserting its 202).
-async fn timed_publish(publisher: &Service, inst: &Instance, data: &str) -> Duration {
+/// Publishes one probe (asserting its 202) and returns how long the ingest request took, for
+/// information only. The request must complete within [`WAIT`]: with [`LONG_STALL`], one that
+/// waited for a down or hung region could not.
+async fn guarded_publish(publisher: &Service, inst: &Instance, data: &str, when: &str) -> Duration {
     let t = Instant::now();
-    publish_expect(
-        publisher,
-        &item(&inst.id, "message.exchange", data),
-        1,
-        0,
-        0,
-        0,
-    )
-    .await;
+    let body = item(&inst.id, "message.exchange", data);
+    let publish = publish_expect(publisher, &body, 1, 0, 0, 0);
+    tokio::time::timeout(WAIT, publish).await.unwrap_or_else(|_| {
+        panic!("ingest of {data} did not complete within {WAIT:?} {when}: it waited for the region")
+    });
     t.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_region_receives_and_a_stopped_region_delays_nothing_and_resumes_by_itself() {
-    let w = start_world(&[]).await;
+    let w = start_world(&[], &[LONG_STALL]).await;
     let (inst, mut clients) = w.instance_with_clients("fleet").await;
 
     // Every region receives every event, exactly as published.
     let mut baseline = Duration::ZERO;
     for seq in 0..3 {
         let data = probe("all", seq);
-        baseline = baseline.max(timed_publish(&w.publisher, &inst, &data).await);
+        baseline =
+            baseline.max(guarded_publish(&w.publisher, &inst, &data, "before the outage").await);
         for (r, c) in w.regions.iter().zip(clients.iter_mut()) {
             assert_eq!(
                 c.next_text(WAIT).await.unwrap(),
@@ -140,15 +145,16 @@ async fn every_region_receives_and_a_stopped_region_delays_nothing_and_resumes_b
     ap.redis.stop().await.unwrap();
     ap.gw.wait_not_ready(WAIT).await.unwrap();
 
-    // Ingest still answers 202 at once, and eu and us get every event in order.
+    // Ingest still answers 202 without waiting for ap (each request within its guard, see
+    // `LONG_STALL`; ap stays down until all have answered), and eu and us get every event in
+    // order.
     let mut slowest = Duration::ZERO;
     for seq in 0..5 {
-        slowest = slowest.max(timed_publish(&w.publisher, &inst, &probe("outage", seq)).await);
+        let data = probe("outage", seq);
+        slowest =
+            slowest.max(guarded_publish(&w.publisher, &inst, &data, "while ap was down").await);
     }
-    assert!(
-        slowest < INGEST_BOUND,
-        "ingest took {slowest:?} while ap was down (before: at most {baseline:?})"
-    );
+    println!("ingest while ap was down: at most {slowest:?} (before: at most {baseline:?})");
     for (r, c) in w.regions.iter().zip(clients.iter_mut()).take(2) {
         for seq in 0..5 {
             assert_eq!(
@@ -160,16 +166,20 @@ async fn every_region_receives_and_a_stopped_region_delays_nothing_and_resumes_b
         }
     }
 
-    // The lost messages are counted for ap, and only for ap.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while w.dropped("ap").await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no drops counted for ap within {WAIT:?}; publisher output:\n{}",
-            w.publisher.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The lost messages are counted for ap, and only for ap. `LONG_STALL` does not delay the
+    // count: ap's connection is gone (not hung), so its worker fails each job at once
+    // (`publish` fails fast while disconnected) and counts it; the stall timeout bounds only
+    // round trips on a connection that still looks up.
+    eventually("drops counted for ap", WAIT, || async {
+        match w.dropped("ap").await {
+            d if d >= 1.0 => Ok(()),
+            d => Err(format!(
+                "{d} dropped; publisher output:\n{}",
+                w.publisher.logs()
+            )),
+        }
+    })
+    .await;
     assert_eq!(w.dropped("eu").await, 0.0);
     assert_eq!(w.dropped("us").await, 0.0);
 
@@ -194,7 +204,7 @@ async fn every_region_receives_and_a_stopped_region_delays_nothing_and_resumes_b
         .await;
     }
     let last = probe("last", 0);
-    timed_publish(&w.publisher, &inst, &last).await;
+    guarded_publish(&w.publisher, &inst, &last, "after ap recovered").await;
     let expected = frame("message.exchange", &last, &inst);
     for (r, c) in w.regions.iter().zip(clients.iter_mut()) {
         next_probe(c, &expected, &inst, r.name).await;
@@ -204,10 +214,13 @@ async fn every_region_receives_and_a_stopped_region_delays_nothing_and_resumes_b
 #[tokio::test(flavor = "multi_thread")]
 async fn config_changes_and_deletions_reach_every_region_through_the_relayed_control_channel() {
     // Caches that would outlive the test: only the control channel can invalidate them.
-    let w = start_world(&[
-        ("CONFIG_CACHE_TTL", "10m".to_owned()),
-        ("RATE_LIMIT_PER_MINUTE", "10000".to_owned()),
-    ])
+    let w = start_world(
+        &[
+            ("CONFIG_CACHE_TTL", "10m".to_owned()),
+            ("RATE_LIMIT_PER_MINUTE", "10000".to_owned()),
+        ],
+        &[],
+    )
     .await;
     let (inst, mut clients) = w.instance_with_clients("orders").await;
     // Relay messages as us receives them (any region would do: each has its own queue).
@@ -278,25 +291,19 @@ async fn config_changes_and_deletions_reach_every_region_through_the_relayed_con
          /api/events/websocket/orders",
     );
     for r in &w.regions {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let what = format!(
+            "region {}: upgrades of the disabled instance refused",
+            r.name
+        );
+        let e = eventually(&what, WAIT, || async {
             match WsClient::connect(&ws_url(&r.gw, "orders"), &[("token", &inst.token)]).await {
-                Ok(c) => {
-                    drop(c);
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "region {}: still upgrading a disabled instance after {WAIT:?}",
-                        r.name
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    assert_eq!(e.status(), Some(400), "region {}: {e}", r.name);
-                    assert_eq!(e.body(), Some(disabled.as_str()), "region {}", r.name);
-                    break;
-                }
+                Ok(_) => Err("still upgrading a disabled instance".to_owned()),
+                Err(e) => Ok(e),
             }
-        }
+        })
+        .await;
+        assert_eq!(e.status(), Some(400), "region {}: {e}", r.name);
+        assert_eq!(e.body(), Some(disabled.as_str()), "region {}", r.name);
     }
 
     // Deleting the instance closes its clients in every region.
@@ -339,7 +346,7 @@ fn signal(name: &str, pid: u32) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_region_delays_neither_ingest_nor_the_other_regions() {
-    let w = start_world(&[]).await;
+    let w = start_world(&[], &[LONG_STALL]).await;
     let (inst, mut clients) = w.instance_with_clients("fleet").await;
 
     // ap's Redis stops answering (SIGSTOP) but keeps its connections open: the slow-region
@@ -349,7 +356,7 @@ async fn a_hung_region_delays_neither_ingest_nor_the_other_regions() {
     let mut took = Vec::new();
     for seq in 0..HUNG_EVENTS {
         let data = probe("hung", seq);
-        took.push(timed_publish(&w.publisher, &inst, &data).await);
+        took.push(guarded_publish(&w.publisher, &inst, &data, "while ap's Redis hung").await);
         for (r, c) in w.regions.iter().zip(clients.iter_mut()).take(2) {
             assert_eq!(
                 c.next_text(WAIT).await.unwrap(),
@@ -359,12 +366,37 @@ async fn a_hung_region_delays_neither_ingest_nor_the_other_regions() {
             );
         }
     }
-    // The first request may wait once for the hung region's fast-path answer (250 ms); after
-    // that no request may wait for it (waiting each time would add up to 2.5 s here).
-    let total: Duration = took.iter().sum();
-    assert!(
-        total < HUNG_TOTAL_BOUND,
-        "{HUNG_EVENTS} ingest requests took {total:?} while ap's Redis hung: {took:?}"
+    println!(
+        "{HUNG_EVENTS} ingest requests while ap's Redis hung took {:?}: {took:?}",
+        took.iter().sum::<Duration>()
+    );
+    // Ingest gave up on ap's fast-path answer once (the publisher's bounded wait, which the
+    // first request may pay) and then stopped asking it: ap was marked slow exactly once while
+    // it hung. (Its connection stays up for `LONG_STALL`, so this is the path every request
+    // took; a request waiting for ap's answer would have blown its guard above.)
+    // (Other regions may be marked slow too on a loaded machine: only ap's lines count, and
+    // its line may still be on its way through the output pipe.)
+    const SLOW: &str = "region slow to answer";
+    let ap_marked = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains(SLOW) && l.contains("region=ap"))
+            .count()
+    };
+    eventually("ap marked slow", WAIT, || async {
+        match ap_marked(&w.publisher.logs()) {
+            0 => Err(format!(
+                "not yet; publisher output:\n{}",
+                w.publisher.logs()
+            )),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let logs = w.publisher.logs();
+    let marked = ap_marked(&logs);
+    assert_eq!(
+        marked, 1,
+        "ap marked slow {marked} times; publisher output:\n{logs}"
     );
 
     // ap answers again: new events reach it by themselves. (What was queued for it while it
@@ -386,30 +418,28 @@ async fn a_hung_region_delays_neither_ingest_nor_the_other_regions() {
         json!({"enabled": true}),
     )
     .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = post_events(
-            &w.publisher,
-            &item(&nobody.id, "message.exchange", &probe("nobody", 0)),
-        )
-        .await;
-        assert_eq!(status, 202, "{body}");
-        if body.contains(r#""noListeners":1"#) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the fast path did not come back after ap recovered: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let nobody_item = item(&nobody.id, "message.exchange", &probe("nobody", 0));
+    eventually(
+        "the fast path came back after ap recovered",
+        WAIT,
+        || async {
+            let (status, body) = post_events(&w.publisher, &nobody_item).await;
+            assert_eq!(status, 202, "{body}");
+            if body.contains(r#""noListeners":1"#) {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
 }
 
 /// §5.7, D37 in every region: each region keeps its own history with region-local offsets, and
 /// resuming works in each against that region's gateway.
 #[tokio::test(flavor = "multi_thread")]
 async fn resume_works_in_every_region_with_region_local_offsets() {
-    let world = start_world(&[]).await;
+    let world = start_world(&[], &[]).await;
     let inst = world.env.create_instance("resumable").await;
     configure(
         &world.regions[0].gw,

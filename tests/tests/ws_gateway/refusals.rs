@@ -375,19 +375,17 @@ async fn database_errors_before_the_upgrade_are_500_with_the_documented_messages
     assert_refusal(&e, 500, "Failed to get websocket configuration");
 
     server.start().await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let what = "gateway recovered from the database outage (400, not 500)";
+    let e = eventually(what, WAIT, || async {
         let e = refused(&url, &[("token", &sales.token)]).await;
         if e.status() == Some(400) {
-            assert_refusal(&e, 400, &not_enabled("sales"));
-            break;
+            Ok(e)
+        } else {
+            Err(e.to_string())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gateway did not recover from the database outage: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_refusal(&e, 400, &not_enabled("sales"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -415,23 +413,16 @@ async fn upgrade_past_max_connections_is_503_server_at_capacity() {
 
     // The slot is released when the first client leaves.
     first.close().await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match WsClient::connect(&url, &[("token", &env.account_token)]).await {
-            Ok(c) => {
-                c.close().await.unwrap();
-                break;
-            }
-            Err(e) => {
+    let c = eventually("capacity freed", WAIT, || async {
+        WsClient::connect(&url, &[("token", &env.account_token)])
+            .await
+            .map_err(|e| {
                 assert_refusal(&e, 503, "Server at capacity");
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "capacity never freed"
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        }
-    }
+                e.to_string()
+            })
+    })
+    .await;
+    c.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
