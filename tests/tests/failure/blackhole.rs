@@ -14,16 +14,32 @@ const STALL: &str = "1s";
 /// Sequence numbers published once the pod is ready again.
 const AFTER: std::ops::Range<u64> = 2_000_000..2_000_100;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delivers_again() {
+/// Which service reaches Redis through the black-holing proxy (the other goes directly).
+enum Through {
+    Gateway,
+    Publisher,
+}
+
+/// A system on one enabled instance `name` whose gateway or publisher reaches Redis through
+/// a [`FaultProxy`] with the short stall timeout.
+async fn behind_proxy(name: &str, through: Through) -> (FaultProxy, System) {
     let proxy = FaultProxy::in_front_of(redis().await).await.expect("proxy");
     let env = Env::new().await;
-    // The gateway reaches Redis through the proxy; the publisher directly.
     let via_proxy = [
         ("REDIS_URL", proxy.redis_url()),
         ("REDIS_STALL_TIMEOUT", STALL.to_owned()),
     ];
-    let sys = System::start_in(env, "sales", json!({"enabled": true}), 1, &via_proxy, &[]).await;
+    let (gateway, publisher): (&[_], &[_]) = match through {
+        Through::Gateway => (&via_proxy, &[]),
+        Through::Publisher => (&[], &via_proxy),
+    };
+    let sys = System::start_in(env, name, json!({"enabled": true}), 1, gateway, publisher).await;
+    (proxy, sys)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delivers_again() {
+    let (proxy, sys) = behind_proxy("sales", Through::Gateway).await;
     let client = connect(sys.gw(), &sys.inst.name, &sys.inst.token).await;
     let frames = collect(client, FRAME_WAIT);
     let feed = Feed::start(
@@ -96,13 +112,7 @@ const HIDDEN: std::ops::Range<u64> = 3_000_000..3_000_010;
 /// history stood when its subscription was confirmed (not only from a last delivered frame).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_that_delivered_nothing_yet_still_catches_up_what_a_black_hole_hid() {
-    let proxy = FaultProxy::in_front_of(redis().await).await.expect("proxy");
-    let env = Env::new().await;
-    let via_proxy = [
-        ("REDIS_URL", proxy.redis_url()),
-        ("REDIS_STALL_TIMEOUT", STALL.to_owned()),
-    ];
-    let sys = System::start_in(env, "quiet", json!({"enabled": true}), 1, &via_proxy, &[]).await;
+    let (proxy, sys) = behind_proxy("quiet", Through::Gateway).await;
     let client = connect(sys.gw(), &sys.inst.name, &sys.inst.token).await;
     let frames = collect(client, FRAME_WAIT);
 
@@ -129,13 +139,7 @@ async fn a_pod_that_delivered_nothing_yet_still_catches_up_what_a_black_hole_hid
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_black_holed_publisher_answers_503_fails_readiness_and_recovers() {
-    let proxy = FaultProxy::in_front_of(redis().await).await.expect("proxy");
-    let env = Env::new().await;
-    let via_proxy = [
-        ("REDIS_URL", proxy.redis_url()),
-        ("REDIS_STALL_TIMEOUT", STALL.to_owned()),
-    ];
-    let sys = System::start_in(env, "sales", json!({"enabled": true}), 1, &[], &via_proxy).await;
+    let (proxy, sys) = behind_proxy("sales", Through::Publisher).await;
     let mut client = connect(sys.gw(), &sys.inst.name, &sys.inst.token).await;
     let event = crate::common::item(&sys.inst.id, "message.status", r#"{"seq":1}"#);
     crate::common::publish_expect(&sys.publisher, &event, 1, 0, 0, 0).await;
