@@ -54,7 +54,9 @@ pub async fn inject(
                 };
                 redis_fault(sys, fault, hold, &mut rec).await
             }
-            FaultKind::ClusterMasterKill | FaultKind::SentinelFailover => {
+            FaultKind::ClusterMasterKill
+            | FaultKind::SentinelFailover
+            | FaultKind::SentinelPause => {
                 let _guard = locks.redis.lock().await;
                 redis_fault(sys, fault, hold, &mut rec).await
             }
@@ -254,7 +256,7 @@ async fn redis_fault(
             tokio::time::sleep(hold).await; // Sentinel promotes the replica meanwhile
             server.restart().await?; // empty; Sentinel turns it into a replica
         }
-        (Redis::Sentinel(s), FaultKind::RedisPause) => {
+        (Redis::Sentinel(s), FaultKind::SentinelPause) => {
             let server = sentinel_primary(s).await?;
             rec.target = format!("sentinel primary :{}", server.port());
             let pid = server.pid().context("the primary is not running")?;

@@ -31,6 +31,9 @@ pub enum FaultKind {
     /// server starts again, empty, after the duration and is turned into a replica (Sentinel
     /// variant).
     SentinelFailover,
+    /// SIGSTOP of the Sentinel-managed primary, SIGCONT after the duration: past Sentinel's
+    /// `down-after` it fails over, and the old primary rejoins as a replica (Sentinel variant).
+    SentinelPause,
     /// Postgres stopped, started again after the duration.
     PostgresRestart,
     /// A client of one instance that stops reading (tiny receive buffer) for the duration.
@@ -51,6 +54,7 @@ impl FaultKind {
             FaultKind::RedisBlackhole => "redis_blackhole",
             FaultKind::ClusterMasterKill => "cluster_master_kill",
             FaultKind::SentinelFailover => "sentinel_failover",
+            FaultKind::SentinelPause => "sentinel_pause",
             FaultKind::PostgresRestart => "postgres_restart",
             FaultKind::StalledClient => "stalled_client",
             FaultKind::Burst => "burst",
@@ -62,7 +66,10 @@ impl FaultKind {
     pub fn loses_redis_data(self) -> bool {
         matches!(
             self,
-            FaultKind::RedisRestart | FaultKind::ClusterMasterKill | FaultKind::SentinelFailover
+            FaultKind::RedisRestart
+                | FaultKind::ClusterMasterKill
+                | FaultKind::SentinelFailover
+                | FaultKind::SentinelPause
         )
     }
 
@@ -75,6 +82,7 @@ impl FaultKind {
                 | FaultKind::RedisBlackhole
                 | FaultKind::ClusterMasterKill
                 | FaultKind::SentinelFailover
+                | FaultKind::SentinelPause
         )
     }
 
@@ -86,7 +94,9 @@ impl FaultKind {
             FaultKind::RedisRestart | FaultKind::ClusterMasterKill => (0.5, 5.0),
             // Long enough for Sentinel to notice (down-after 1 s) and promote the replica.
             FaultKind::SentinelFailover => (3.0, 8.0),
-            FaultKind::RedisPause | FaultKind::RedisBlackhole => (1.0, 8.0),
+            FaultKind::RedisPause | FaultKind::RedisBlackhole | FaultKind::SentinelPause => {
+                (1.0, 8.0)
+            }
             FaultKind::PostgresRestart => (1.0, 6.0),
             FaultKind::StalledClient => (5.0, 20.0),
             FaultKind::Burst => (0.0, 0.0),
@@ -109,6 +119,8 @@ pub enum RedisVariant {
 impl RedisVariant {
     /// The fault kinds this variant injects.
     pub fn kinds(self) -> Vec<FaultKind> {
+        // The order matters: the seed shuffles this list, so a change would move every
+        // recorded seed's schedule.
         let mut kinds = vec![
             FaultKind::GatewayKill,
             FaultKind::GatewayTerm,
@@ -123,8 +135,15 @@ impl RedisVariant {
                 kinds.extend([FaultKind::RedisRestart, FaultKind::RedisBlackhole]);
             }
             RedisVariant::Cluster => kinds.push(FaultKind::ClusterMasterKill),
-            // A pause longer than Sentinel's down-after also fails over.
-            RedisVariant::Sentinel => kinds.push(FaultKind::SentinelFailover),
+            RedisVariant::Sentinel => {
+                // A pause of the primary is a failover there: its own kind.
+                for kind in &mut kinds {
+                    if *kind == FaultKind::RedisPause {
+                        *kind = FaultKind::SentinelPause;
+                    }
+                }
+                kinds.push(FaultKind::SentinelFailover);
+            }
         }
         kinds
     }
