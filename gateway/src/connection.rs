@@ -4,6 +4,8 @@
 //! socket did not take at once (the hub writes live frames itself, see `outbox`).
 
 mod io;
+#[cfg(test)]
+mod tests;
 
 pub use io::SessionIo;
 
