@@ -35,6 +35,8 @@ mod drain;
 mod fanout;
 mod pick;
 mod subscription;
+#[cfg(test)]
+mod testing;
 
 const SHARDS: usize = 64;
 

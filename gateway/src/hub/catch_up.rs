@@ -151,29 +151,11 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{memory::MemoryBroker, Broker};
-    use crate::hub::HubOptions;
-    use crate::metrics::Metrics;
+    use crate::hub::testing::hub;
     use crate::outbox::{Batch, Outbox};
     use ryze_core::wire::WireFrame;
     use std::sync::Arc;
     use std::time::Duration;
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
-
-    fn hub() -> Hub {
-        Hub::new(
-            Broker::Memory(Arc::new(MemoryBroker::default())),
-            Metrics::new(0),
-            TaskTracker::new(),
-            CancellationToken::new(),
-            HubOptions {
-                unsubscribe_delay: Duration::from_secs(1),
-                slow_grace: Duration::from_secs(1),
-                draining: CancellationToken::new(),
-            },
-        )
-    }
 
     fn at(ms: u64) -> Offset {
         Offset { ms, seq: 0 }

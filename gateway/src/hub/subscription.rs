@@ -195,3 +195,73 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::testing::{hub, UNSUBSCRIBE_DELAY};
+    use std::time::Duration;
+
+    fn state(hub: &Hub, id: Uuid) -> Option<&'static str> {
+        hub.shard(id).get(&id).map(|e| match e.sub {
+            Sub::Idle => "idle",
+            Sub::Pending(_) => "pending",
+            Sub::Active => "active",
+            Sub::Unsubscribing(_) => "unsubscribing",
+        })
+    }
+
+    /// Lets spawned hub tasks run (paused time advances only when every task is idle).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_is_unsubscribed_only_after_the_delay_once_nobody_holds_it() {
+        let hub = hub();
+        let id = Uuid::new_v4();
+        let member = hub.join(id).await.unwrap();
+        assert_eq!(state(&hub, id), Some("active"));
+        drop(member);
+        assert!(!hub.has_holders(id));
+        tokio::time::sleep(UNSUBSCRIBE_DELAY - Duration::from_millis(1)).await;
+        assert_eq!(
+            state(&hub, id),
+            Some("active"),
+            "still subscribed within the delay"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        settle().await;
+        assert_eq!(state(&hub, id), None, "forgotten after the delay");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejoining_within_the_delay_keeps_the_subscription_and_a_stale_expiry_does_nothing() {
+        let hub = hub();
+        let id = Uuid::new_v4();
+        drop(hub.join(id).await.unwrap());
+        tokio::time::sleep(UNSUBSCRIBE_DELAY / 2).await;
+        let member = hub.join(id).await.unwrap();
+        // The first leave's expiry fires now, for an older generation.
+        tokio::time::sleep(UNSUBSCRIBE_DELAY).await;
+        settle().await;
+        assert_eq!(state(&hub, id), Some("active"));
+        assert!(hub.has_holders(id));
+        drop(member);
+        tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+        settle().await;
+        assert_eq!(state(&hub, id), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_hub_refuses_joins() {
+        let draining = tokio_util::sync::CancellationToken::new();
+        let hub = crate::hub::testing::hub_draining_on(draining.clone());
+        let id = Uuid::new_v4();
+        assert!(hub.join(id).await.is_ok());
+        draining.cancel();
+        assert!(matches!(hub.join(id).await, Err(JoinError::Unavailable)));
+    }
+}
