@@ -118,9 +118,10 @@ async fn ingest(sys: &System, inst: usize, body: &str, n: u64) -> Outcome {
                 let published = serde_json::from_str::<Json>(&text)
                     .ok()
                     .and_then(|v| v["published"].as_u64());
+                // `published: 0` (noListeners) skips only the PUBLISH: the event may still be
+                // in history (D37) and reach clients through a resume or a catch-up (D38).
                 match published {
                     Some(p) if p == n => Outcome::Accepted,
-                    Some(0) => Outcome::Never,
                     _ => Outcome::Maybe,
                 }
             }
