@@ -34,18 +34,16 @@ mod redis_outage;
 #[path = "failure/storm.rs"]
 mod storm;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{item, Env, Instance, API_KEY, WAIT};
+use common::{item, Env, Instance, WAIT};
 use ryze_core::store::{Store, StoreOptions, WsConfig};
 use ryze_core::token::TokenCipher;
 pub use ryze_tests::eventually;
+pub use ryze_tests::fixtures::resumable::{publish_end, Feed};
 use ryze_tests::{Service, WsClient};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// The gateway's `/metrics` text.
 pub async fn scrape(gw: &Service) -> String {
@@ -119,135 +117,8 @@ pub async fn bulk_instances(env: &Env, prefix: &str, n: usize) -> Vec<Instance> 
     out
 }
 
-/// What became of one round of a [`Feed`].
-#[derive(Debug, Clone)]
-pub struct Round {
-    /// The sequence number every instance's event of the round carries.
-    pub seq: u64,
-    /// When the round's request was sent.
-    pub sent: Instant,
-    /// 202 and `published` equal to the number of instances; anything else is a refusal
-    /// (a 503 while Redis is down).
-    pub accepted: bool,
-    /// Status and body when not accepted.
-    pub refusal: Option<(u16, String)>,
-}
-
-/// Steady traffic: every `period`, one ingest request with one `message.status` event
-/// `{"seq":n}` per instance, until stopped. Records each round's outcome.
-pub struct Feed {
-    stop: CancellationToken,
-    accepted: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
-    handle: JoinHandle<Vec<Round>>,
-}
-
-impl Feed {
-    /// Starts publishing to `ingest_url` (a publisher's `/v1/events`).
-    pub fn start(ingest_url: String, instance_ids: Vec<String>, period: Duration) -> Feed {
-        let stop = CancellationToken::new();
-        let accepted = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
-        let handle = tokio::spawn({
-            let stop = stop.clone();
-            let accepted = accepted.clone();
-            let refused = refused.clone();
-            async move {
-                let mut rounds = Vec::new();
-                let mut tick = tokio::time::interval(period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let want = format!(r#""published":{}"#, instance_ids.len());
-                for seq in 0.. {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    let data = format!(r#"{{"seq":{seq}}}"#);
-                    let items: Vec<String> = instance_ids
-                        .iter()
-                        .map(|id| item(id, "message.status", &data))
-                        .collect();
-                    let sent = Instant::now();
-                    let resp = ryze_tests::http()
-                        .post(&ingest_url)
-                        .header("authorization", format!("Bearer {API_KEY}"))
-                        .header("content-type", "application/json")
-                        .body(common::batch(&items))
-                        .timeout(Duration::from_secs(10))
-                        .send()
-                        .await;
-                    let (status, body) = match resp {
-                        Ok(r) => {
-                            let status = r.status().as_u16();
-                            (status, r.text().await.unwrap_or_default())
-                        }
-                        Err(e) => (0, e.to_string()),
-                    };
-                    let ok = status == 202 && body.contains(&want);
-                    if ok {
-                        accepted.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        refused.fetch_add(1, Ordering::SeqCst);
-                    }
-                    rounds.push(Round {
-                        seq,
-                        sent,
-                        accepted: ok,
-                        refusal: (!ok).then_some((status, body)),
-                    });
-                }
-                rounds
-            }
-        });
-        Feed {
-            stop,
-            accepted,
-            refused,
-            handle,
-        }
-    }
-
-    /// Rounds accepted so far.
-    pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` rounds in all have been refused (the outage reached the publisher).
-    pub async fn wait_refused(&self, n: u64, timeout: Duration) {
-        eventually("feed rounds refused", timeout, || async {
-            let now = self.refused.load(Ordering::SeqCst);
-            if now >= n {
-                Ok(())
-            } else {
-                Err(format!("{now} of {n}"))
-            }
-        })
-        .await;
-    }
-
-    /// Waits until `n` more rounds than now have been accepted (traffic is flowing).
-    pub async fn wait_accepted(&self, n: u64, timeout: Duration) {
-        let target = self.accepted() + n;
-        eventually("feed rounds accepted", timeout, || async {
-            let now = self.accepted();
-            if now >= target {
-                Ok(())
-            } else {
-                Err(format!("{now} of {target}"))
-            }
-        })
-        .await;
-    }
-
-    /// Stops after the round in flight and returns every round.
-    pub async fn stop(self) -> Vec<Round> {
-        self.stop.cancel();
-        self.handle.await.unwrap()
-    }
-}
-
 /// The `data` of the frame that ends a [`collect`].
-pub const END: &str = r#"{"end":true}"#;
+pub use ryze_tests::fixtures::resumable::END;
 
 /// One frame as a collector saw it.
 #[derive(Debug, Clone)]
@@ -314,15 +185,6 @@ pub async fn publish_seqs(
         }
         common::publish_expect(publisher, &common::batch(&items), items.len(), 0, 0, 0).await;
     }
-}
-
-/// Publishes the end frame to every instance.
-pub async fn publish_end(publisher: &Service, instances: &[Instance]) {
-    let items: Vec<String> = instances
-        .iter()
-        .map(|i| item(&i.id, "message.status", END))
-        .collect();
-    common::publish_expect(publisher, &common::batch(&items), items.len(), 0, 0, 0).await;
 }
 
 /// Connects with a token from one of the three sources: 0 header `token`, 1

@@ -42,12 +42,12 @@ async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delive
     let (proxy, sys) = behind_proxy("sales", Through::Gateway).await;
     let client = connect(sys.gw(), &sys.inst.name, &sys.inst.token).await;
     let frames = collect(client, FRAME_WAIT);
-    let feed = Feed::start(
+    let feed = Feed::start_ids(
         sys.publisher.url("/v1/events"),
         vec![sys.inst.id.clone()],
         std::time::Duration::from_millis(20),
     );
-    feed.wait_accepted(10, WAIT).await;
+    feed.wait_published(10, WAIT).await;
     let accepted_before = proxy.accepted();
 
     assert!(proxy.blackhole_existing() >= 2, "both connections held");
@@ -80,7 +80,7 @@ async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delive
         "the WARN line names the connection and how long it was silent:\n{logs}"
     );
     let ready_at = tokio::time::Instant::now();
-    feed.wait_accepted(10, WAIT).await;
+    feed.wait_published(10, WAIT).await;
     let rounds = feed.stop().await;
     publish_seqs(&sys.publisher, std::slice::from_ref(&sys.inst), AFTER, 20).await;
     publish_end(&sys.publisher, std::slice::from_ref(&sys.inst)).await;
@@ -93,7 +93,7 @@ async fn a_black_holed_gateway_turns_unready_replaces_its_connections_and_delive
         "in order, no duplicate: {seqs:?}"
     );
     // Everything published once the pod was ready again arrived.
-    for r in rounds.iter().filter(|r| r.accepted && r.sent >= ready_at) {
+    for r in rounds.iter().filter(|r| r.published && r.sent >= ready_at) {
         assert!(
             seqs.contains(&r.seq),
             "round {} sent after readiness was lost",

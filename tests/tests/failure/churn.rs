@@ -135,7 +135,7 @@ async fn connection_churn_leaves_no_connections_subscriptions_or_memory_behind()
     settle("warm-up settled").await;
     let baseline = gw.rss_bytes();
 
-    let feed = Feed::start(
+    let feed = Feed::start_ids(
         publisher.url("/v1/events"),
         ids.clone(),
         Duration::from_millis(50),

@@ -62,12 +62,12 @@ async fn gateway_kill9_loses_nothing_on_the_other_pod_and_leaves_no_ghost_subscr
     }
 
     let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
-    let feed = Feed::start(
+    let feed = Feed::start_ids(
         sys.publisher.url("/v1/events"),
         ids,
         Duration::from_millis(10),
     );
-    feed.wait_accepted(20, WAIT).await;
+    feed.wait_published(20, WAIT).await;
     let mut victim = sys.gateways.pop().unwrap();
     victim.kill9();
     let status = victim.wait_exit(WAIT).await.unwrap();
@@ -81,7 +81,7 @@ async fn gateway_kill9_loses_nothing_on_the_other_pod_and_leaves_no_ghost_subscr
             inst.name
         );
     }
-    feed.wait_accepted(20, WAIT).await;
+    feed.wait_published(20, WAIT).await;
     // They reconnect to the survivor.
     let survivor = sys.gw();
     let mut reconnected = Vec::new();
@@ -89,7 +89,7 @@ async fn gateway_kill9_loses_nothing_on_the_other_pod_and_leaves_no_ghost_subscr
         let c = connect_via(survivor, &inst.name, &token, k).await.unwrap();
         reconnected.push((inst, collect(c, FRAME_WAIT)));
     }
-    feed.wait_accepted(20, WAIT).await;
+    feed.wait_published(20, WAIT).await;
     let rounds = feed.stop().await;
 
     let clients = (2 * PER_POD * instances.len()) as f64;
@@ -130,7 +130,7 @@ async fn gateway_kill9_loses_nothing_on_the_other_pod_and_leaves_no_ghost_subscr
     publish_end(&sys.publisher, &instances).await;
     let accepted: Vec<u64> = rounds
         .iter()
-        .filter(|r| r.accepted)
+        .filter(|r| r.published)
         .map(|r| r.seq)
         .collect();
     assert_eq!(

@@ -207,7 +207,7 @@ async fn open_streams_keep_flowing_through_a_postgres_outage_longer_than_config_
 
     server.stop().await.unwrap();
     // Three TTLs of steady traffic.
-    let feed = Feed::start(
+    let feed = Feed::start_ids(
         sys.publisher.url("/v1/events"),
         vec![sys.inst.id.clone()],
         Duration::from_millis(50),
@@ -216,13 +216,13 @@ async fn open_streams_keep_flowing_through_a_postgres_outage_longer_than_config_
     let rounds = feed.stop().await;
     server.start().await.unwrap();
     sys.gw().wait_ready(READY).await.unwrap();
-    let refused: Vec<_> = rounds.iter().filter(|r| !r.accepted).collect();
+    let refused: Vec<_> = rounds.iter().filter(|r| !r.published).collect();
     assert!(
         refused.is_empty(),
         "{} of {} rounds refused during the outage, first {:?} at {:?} into it",
         refused.len(),
         rounds.len(),
-        refused[0].refusal,
+        refused[0].answer,
         refused[0].sent - rounds[0].sent
     );
     publish_end(&sys.publisher, std::slice::from_ref(&sys.inst)).await;

@@ -43,12 +43,12 @@ async fn redis_restart_under_steady_traffic_keeps_clients_and_loses_nothing_once
     }
 
     let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
-    let feed = Feed::start(
+    let feed = Feed::start_ids(
         sys.publisher.url("/v1/events"),
         ids,
         Duration::from_millis(15),
     );
-    feed.wait_accepted(20, WAIT).await;
+    feed.wait_published(20, WAIT).await;
 
     private.stop().await.unwrap();
     sys.gw().wait_not_ready(WAIT).await.unwrap();
@@ -78,7 +78,7 @@ async fn redis_restart_under_steady_traffic_keeps_clients_and_loses_nothing_once
     assert_eq!(metric_in(&text, "ryze_gateway_connections"), 6.0);
     sys.publisher.wait_ready(READY).await.unwrap();
     let all_ready_at = tokio::time::Instant::now();
-    feed.wait_accepted(20, WAIT).await;
+    feed.wait_published(20, WAIT).await;
     let rounds = feed.stop().await;
 
     // After readiness: a numbered run, all of it, in order, on the same sockets.
@@ -87,39 +87,39 @@ async fn redis_restart_under_steady_traffic_keeps_clients_and_loses_nothing_once
 
     let accepted: Vec<u64> = rounds
         .iter()
-        .filter(|r| r.accepted)
+        .filter(|r| r.published)
         .map(|r| r.seq)
         .collect();
     let refused = rounds.len() - accepted.len();
     let partial_202: Vec<u64> = rounds
         .iter()
-        .filter(|r| r.refusal.as_ref().is_some_and(|(status, _)| *status == 202))
+        .filter(|r| r.answer.as_ref().is_some_and(|(status, _)| *status == 202))
         .map(|r| r.seq)
         .collect();
     let refused_503: Vec<u64> = rounds
         .iter()
-        .filter(|r| r.refusal.as_ref().is_some_and(|(status, _)| *status == 503))
+        .filter(|r| r.answer.as_ref().is_some_and(|(status, _)| *status == 503))
         .map(|r| r.seq)
         .collect();
     // Rounds sent once the pod was ready again (and accepted) must all arrive too.
     let after_ready: Vec<u64> = rounds
         .iter()
-        .filter(|r| r.accepted && r.sent >= ready_at)
+        .filter(|r| r.published && r.sent >= ready_at)
         .map(|r| r.seq)
         .collect();
     assert!(!after_ready.is_empty());
     let mut reasons: Vec<String> = rounds
         .iter()
-        .filter_map(|r| r.refusal.as_ref().map(|(s, b)| format!("{s} {b}")))
+        .filter_map(|r| r.answer.as_ref().map(|(s, b)| format!("{s} {b}")))
         .collect();
     reasons.sort();
     reasons.dedup();
     println!("redis restart: refusals seen: {reasons:?}");
     for r in rounds.iter().filter(|r| r.sent >= all_ready_at) {
         assert!(
-            r.accepted,
+            r.published,
             "round {} sent with everything ready was not fully published: {:?}",
-            r.seq, r.refusal
+            r.seq, r.answer
         );
     }
     for (inst, handle) in collectors {
