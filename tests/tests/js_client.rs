@@ -93,20 +93,7 @@ async fn js_client_stops_when_the_instance_is_deleted() {
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawning node");
     let received = control.path().join("received");
-    let what = format!("node wrote {}", received.display());
-    eventually(&what, NODE_RUN, || {
-        // If node failed early, its output is asserted below.
-        let exited = child.try_wait().expect("node status");
-        let written = received.exists();
-        async move {
-            if written || exited.is_some() {
-                Ok(())
-            } else {
-                Err("not written yet, node still running".to_owned())
-            }
-        }
-    })
-    .await;
+    written_or_exited(&mut child, &received).await;
     if received.exists() {
         sys.env.delete_instance(&sys.inst.name).await;
     }
@@ -167,20 +154,7 @@ async fn js_client_resumes_across_a_gateway_restart_without_loss() {
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawning node");
     let signal = control.path().join("restart");
-    let what = format!("node wrote {}", signal.display());
-    eventually(&what, NODE_RUN, || {
-        // If node failed early, its output is asserted below.
-        let exited = child.try_wait().expect("node status");
-        let written = signal.exists();
-        async move {
-            if written || exited.is_some() {
-                Ok(())
-            } else {
-                Err("not written yet, node still running".to_owned())
-            }
-        }
-    })
-    .await;
+    written_or_exited(&mut child, &signal).await;
     let restarted = signal.exists();
     if restarted {
         let mut old = sys.gateways.remove(0);
@@ -378,4 +352,21 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// Waits until node has written `path`, or has exited (its output is asserted by the caller).
+async fn written_or_exited(child: &mut tokio::process::Child, path: &std::path::Path) {
+    let what = format!("node wrote {}", path.display());
+    eventually(&what, NODE_RUN, || {
+        let exited = child.try_wait().expect("node status");
+        let written = path.exists();
+        async move {
+            if written || exited.is_some() {
+                Ok(())
+            } else {
+                Err("not written yet, node still running".to_owned())
+            }
+        }
+    })
+    .await;
 }
