@@ -12,6 +12,7 @@
 mod history;
 mod live;
 mod probe;
+mod shards;
 mod slots;
 mod subscriber;
 
@@ -64,6 +65,9 @@ pub struct RedisBroker {
     probe_channel: String,
     /// Probes published versus anything received on the subscriber connection.
     subscriber_silence: Silence,
+    /// Cluster only: a sharded probe channel per sixteenth of the slot space, each judged on
+    /// its own, so every master's connection is proven (see `shards`).
+    shard_probes: shards::ShardProbes,
     /// Answers to the probe PUBLISH on the command connection.
     commands_alive: Answers,
     /// `HISTORY_TTL`: how long a resume key outlives the last resumable client, so the
@@ -84,10 +88,16 @@ impl RedisBroker {
         let commands = target.client(32)?;
         subscriber.connect();
         commands.connect();
+        let probe_channel = names.probe_channel(Uuid::new_v4());
         Ok(Arc::new(RedisBroker {
             subscriber,
             commands,
-            probe_channel: names.probe_channel(Uuid::new_v4()),
+            shard_probes: shards::ShardProbes::new(
+                &probe_channel,
+                target.clustered,
+                target.stall_timeout,
+            ),
+            probe_channel,
             names,
             clustered: target.clustered,
             state: Mutex::new(SubState::default()),

@@ -372,3 +372,35 @@ async fn resume_works_on_a_cluster() {
     configure(&setup.a, "resumable", &inst.token, json!({"enabled": true})).await;
     crate::resume_round_trip(&setup.publisher, &setup.a, &setup.b, &inst, &inst.token).await;
 }
+
+/// D38 on a cluster: a pod holds a subscriber connection per master, and a wedged master
+/// (SIGSTOP) must show in `/readyz` whichever master it is — not only the one that happens to
+/// carry the pod's plain probe channel. Ready again once it wakes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wedged_master_makes_the_pods_unready_whichever_master_it_is() {
+    let cluster = RedisCluster::start().await.expect("cluster");
+    // Long enough that no master marks a wedged one failed (the cluster would then refuse
+    // everything, and every pod would turn unready whatever its probes cover).
+    for i in 0..cluster.nodes().len() {
+        cluster
+            .cli(i, &["CONFIG", "SET", "cluster-node-timeout", "600000"])
+            .await
+            .expect("CONFIG SET");
+    }
+    let s = start(&cluster, &[("REDIS_STALL_TIMEOUT", "1s".to_owned())]).await;
+    for i in 0..cluster.nodes().len() {
+        let pid = cluster.node(i).pid().expect("master running");
+        let frozen = crate::regions::Frozen::freeze(pid);
+        for (name, gw) in [("a", &s.a), ("b", &s.b)] {
+            gw.wait_not_ready(WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("gateway {name} with master {i} wedged: {e:#}"));
+        }
+        drop(frozen);
+        for gw in [&s.a, &s.b] {
+            gw.wait_ready(READY)
+                .await
+                .expect("ready once the master wakes");
+        }
+    }
+}

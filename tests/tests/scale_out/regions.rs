@@ -321,10 +321,10 @@ async fn config_changes_and_deletions_reach_every_region_through_the_relayed_con
 
 /// Sends SIGCONT to a process stopped with SIGSTOP when dropped (also when a test panics), so
 /// its supervisor can stop it normally.
-struct Frozen(u32);
+pub(crate) struct Frozen(u32);
 
 impl Frozen {
-    fn freeze(pid: u32) -> Frozen {
+    pub(crate) fn freeze(pid: u32) -> Frozen {
         signal("STOP", pid);
         Frozen(pid)
     }

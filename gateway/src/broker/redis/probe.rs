@@ -46,7 +46,32 @@ impl RedisBroker {
                 }
                 Err(_) => self.judge_commands(stall),
             }
+            self.probe_shards(stall).await;
         }
+    }
+
+    /// Cluster only: one SPUBLISH per sharded probe channel, all at once; a master that stays
+    /// silent past the stall timeout is a command-connection stall (counted, logged and the
+    /// connection replaced once per episode, like the plain probe's).
+    async fn probe_shards(&self, stall: Duration) {
+        let sends = self.shard_probes.channels().map(|channel| async move {
+            let publish = self.commands.spublish::<i64, _, _>(channel, "1");
+            match tokio::time::timeout(stall, publish).await {
+                Ok(Ok(_)) => {
+                    self.shard_probes.answered(channel);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, channel, "sharded liveness probe failed")
+                }
+                Err(_) => {}
+            }
+            if let Some(silent) = self.shard_probes.failed(channel) {
+                self.stalled("commands", silent);
+                replace(self.commands.clone(), stall);
+            }
+        });
+        futures_util::future::join_all(sends).await;
     }
 
     /// The watch over the subscriber connection.
@@ -61,7 +86,8 @@ impl RedisBroker {
             if !self.subscriber.is_connected() {
                 continue;
             }
-            let Some(silent) = self.subscriber_silence.stalled() else {
+            let silent = self.subscriber_silence.stalled();
+            let Some(silent) = silent.or_else(|| self.shard_probes.stalled()) else {
                 continue;
             };
             self.stalled("subscriber", silent);
@@ -73,6 +99,7 @@ impl RedisBroker {
             }
             // A whole timeout for the replacement before it is judged again.
             self.subscriber_silence.reset();
+            self.shard_probes.reset();
             replace(self.subscriber.clone(), stall);
         }
     }
@@ -99,6 +126,9 @@ impl RedisBroker {
     /// Neither connection stalled: the subscriber heard back from the last probe (or the
     /// timeout has not passed), and the command connection completed a probe recently.
     pub(super) fn is_live(&self) -> bool {
-        self.subscriber_silence.stalled().is_none() && self.commands_alive.is_live()
+        self.subscriber_silence.stalled().is_none()
+            && self.shard_probes.stalled().is_none()
+            && self.commands_alive.is_live()
+            && self.shard_probes.commands_live()
     }
 }

@@ -48,7 +48,7 @@ impl RedisBroker {
                 Value::String(s) => s.into_inner(),
                 _ => continue,
             };
-            if *msg.channel == *self.probe_channel {
+            if *msg.channel == *self.probe_channel || self.shard_probes.heard(&msg.channel) {
                 continue;
             }
             if *msg.channel == *control_channel {
@@ -139,6 +139,7 @@ impl RedisBroker {
         control.missed();
         // Judge the new connection afresh (D38): silence before it says nothing about it.
         self.subscriber_silence.reset();
+        self.shard_probes.reset();
         match self.subscribe_own_channels().await {
             Ok(()) => self.lock().control_confirmed = true,
             Err(e) => tracing::warn!(error = %e, "control channel subscription failed"),
@@ -182,14 +183,19 @@ impl RedisBroker {
         hub.catch_up(held).await;
     }
 
-    /// The control channel and this pod's probe channel, in one SUBSCRIBE.
+    /// The control channel and this pod's probe channel, in one SUBSCRIBE; on a cluster, the
+    /// sharded probe channels too (one SSUBSCRIBE each, routed to their masters).
     pub(super) async fn subscribe_own_channels(&self) -> Result<(), fred::error::Error> {
         self.subscriber
             .subscribe(vec![
                 self.names.control_channel(),
                 self.probe_channel.clone(),
             ])
-            .await
+            .await?;
+        for channel in self.shard_probes.channels() {
+            self.subscriber.ssubscribe(channel).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn subscribe_channels(&self, ids: &[Uuid]) -> Result<(), fred::error::Error> {
