@@ -99,8 +99,8 @@ impl Report {
         ));
         s.push_str(&format!(
             "Load: {} instances, {} clients ({} resumable), one event per instance every {} ms \
-             plus bursts. Events sent {}: accepted {}, maybe {} (5xx, timeout), never {} \
-             (refused, noListeners). Deliveries {}, `stream.gap` frames {}. \
+             plus bursts. Events sent {}: accepted {}, maybe {} (5xx, timeout, noListeners), never {} \
+             (refused, 4xx). Deliveries {}, `stream.gap` frames {}. \
              Gateway RSS: baseline {:.1} MiB, end {}.\n\n",
             self.instances,
             self.clients,
