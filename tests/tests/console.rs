@@ -19,10 +19,9 @@
 
 use ryze_tests::fixtures as common;
 
-use common::browser::{browser_dir, browser_tools, repo_root, NodeRun};
+use common::browser::{browser_tools, repo_root, NodeRun};
 use common::System;
 use serde_json::json;
-use tokio::process::Command;
 
 /// Seqs the test publishes while the gateway is down (the script publishes 1, 2 and 6).
 const WHILE_DOWN: [u32; 3] = [3, 4, 5];
@@ -41,18 +40,8 @@ async fn console_shows_live_events_resumes_after_a_gateway_restart_and_shows_gap
     let control = tempfile::tempdir().expect("control dir");
     let screenshot = repo_root().join("artifacts/console.png");
     let _ = std::fs::remove_file(&screenshot);
-    let mut node = Command::new(&tools.node);
-    node.args(["--test", "--test-reporter=spec", "console.test.mjs"])
-        .current_dir(browser_dir())
-        .env("GATEWAY_URL", sys.gw().url(""))
-        .env("INSTANCE", &sys.inst.name)
-        .env("TOKEN", &sys.inst.token)
-        .env("INGEST_URL", sys.publisher.url("/v1/events"))
-        .env("INGEST_KEY", common::API_KEY)
-        .env("INSTANCE_ID", &sys.inst.id)
-        .env("SCREENSHOT", &screenshot)
-        .env("CONTROL_DIR", control.path())
-        .env("CHROMIUM", &tools.chromium);
+    let mut node = common::browser::node_test(&tools, "console.test.mjs", &sys, control.path());
+    node.env("SCREENSHOT", &screenshot);
     let mut node = NodeRun::spawn(node);
 
     // Phase 1 runs in the browser; the script says when the page has seen seq 1 and 2.

@@ -214,19 +214,9 @@ async fn js_client_in_chromium_resumes_across_a_gateway_kill_without_loss() {
     )
     .await;
     let control = tempfile::tempdir().expect("control dir");
-    let mut cmd = Command::new(&tools.node);
-    cmd.args(["--test", "--test-reporter=spec", "client.test.mjs"])
-        .current_dir(common::browser::browser_dir())
-        .env("GATEWAY_URL", sys.gw().url(""))
-        .env("INSTANCE", &sys.inst.name)
-        .env("TOKEN", &sys.inst.token)
-        .env("INGEST_URL", sys.publisher.url("/v1/events"))
-        .env("INGEST_KEY", common::API_KEY)
-        .env("INSTANCE_ID", &sys.inst.id)
-        .env("CONTROL_DIR", control.path())
-        .env("COUNT", COUNT.to_string())
-        .env("RESTART_AT", RESTART_AT.to_string())
-        .env("CHROMIUM", &tools.chromium);
+    let mut cmd = common::browser::node_test(&tools, "client.test.mjs", &sys, control.path());
+    cmd.env("COUNT", COUNT.to_string())
+        .env("RESTART_AT", RESTART_AT.to_string());
     let mut node = common::browser::NodeRun::spawn(cmd);
     if let Err(e) = node.wait_for_file(&control.path().join("restart")).await {
         node.child.start_kill().ok();
