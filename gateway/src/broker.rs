@@ -24,6 +24,16 @@ pub struct History {
     pub frames: Vec<(ryze_core::wire::Offset, bytes::Bytes)>,
 }
 
+impl History {
+    /// Nothing retained after the offset, and something was missed.
+    pub fn gap() -> History {
+        History {
+            gap: true,
+            frames: Vec::new(),
+        }
+    }
+}
+
 /// The fan-out bus as the hub sees it.
 #[derive(Clone)]
 pub enum Broker {
@@ -86,10 +96,7 @@ impl Broker {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(instance.id = %id, error = %e, "reading history failed; sending a gap");
-                History {
-                    gap: true,
-                    frames: Vec::new(),
-                }
+                History::gap()
             }
         }
     }
@@ -120,10 +127,7 @@ impl Broker {
         max: usize,
     ) -> Result<History, BrokerError> {
         match self {
-            Broker::Memory(_) => Ok(History {
-                gap: true,
-                frames: Vec::new(),
-            }),
+            Broker::Memory(_) => Ok(History::gap()),
             Broker::Redis(r) => Ok(r.history_after(id, since, max).await?),
         }
     }

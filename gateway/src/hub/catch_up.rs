@@ -81,10 +81,7 @@ impl Hub {
                 }
                 Err(e) => {
                     tracing::warn!(instance.id = %id, error = %e, "reading history failed; frames published while resubscribing are lost");
-                    return History {
-                        gap: true,
-                        frames: Vec::new(),
-                    };
+                    return History::gap();
                 }
             }
             tokio::select! {

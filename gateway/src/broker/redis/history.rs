@@ -117,18 +117,14 @@ impl RedisBroker {
 /// were trimmed. The offset itself being trimmed is not: the first retained entry names it as
 /// its predecessor, and nothing after it is missing.
 fn judge(since: Offset, reply: Value, max: usize) -> History {
-    let gap = || History {
-        gap: true,
-        frames: Vec::new(),
-    };
     let Value::Array(parts) = reply else {
-        return gap();
+        return History::gap();
     };
     let [last, entries] =
         <[Value; 2]>::try_from(parts).unwrap_or_else(|_| [Value::Null, Value::Array(Vec::new())]);
     let offset = |v: &Value| v.as_bytes().and_then(Offset::parse);
     let Some(last) = offset(&last) else {
-        return gap();
+        return History::gap();
     };
     let mut frames = Vec::new();
     let mut since_is_entry = false;

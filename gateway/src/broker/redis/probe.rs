@@ -66,10 +66,7 @@ impl RedisBroker {
                 }
                 Err(_) => {}
             }
-            if let Some(silent) = self.shard_probes.failed(channel) {
-                self.stalled("commands", silent);
-                replace(self.commands.clone(), stall);
-            }
+            self.commands_stalled(self.shard_probes.failed(channel), stall);
         });
         futures_util::future::join_all(sends).await;
     }
@@ -108,7 +105,13 @@ impl RedisBroker {
     /// unanswered commands may already be replacing the connection; once more is harmless),
     /// counted and logged once per episode, which ends at the next answered probe.
     fn judge_commands(&self, stall: Duration) {
-        if let Some(silent) = self.commands_alive.failed() {
+        self.commands_stalled(self.commands_alive.failed(), stall);
+    }
+
+    /// A probe on the command connection failed: `silent` is set when that opens a stall
+    /// episode, which is counted, logged and answered by replacing the connection.
+    fn commands_stalled(&self, silent: Option<Duration>, stall: Duration) {
+        if let Some(silent) = silent {
             self.stalled("commands", silent);
             replace(self.commands.clone(), stall);
         }
