@@ -14,6 +14,8 @@
 //! Every connection gets TCP keepalive ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`],
 //! [`KEEPALIVE_RETRIES`]) and `TCP_NODELAY`.
 
+pub mod primary;
+
 use crate::tls::{TlsError, TlsFiles};
 use fred::prelude::*;
 use fred::socket2::TcpKeepalive;

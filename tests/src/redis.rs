@@ -90,12 +90,26 @@ impl RedisServer {
     /// TLS-only primary is TLS-only too, with the same certificates (client certificates
     /// optional), and replicates over TLS.
     pub async fn start_replica_of(primary: &RedisServer) -> anyhow::Result<RedisServer> {
+        Self::start_replica_of_with(primary, &[]).await
+    }
+
+    /// Like [`RedisServer::start`] with more `redis-server` options, kept across restarts.
+    pub async fn start_args(extra: &[String]) -> anyhow::Result<RedisServer> {
+        Self::start_with(extra, None).await
+    }
+
+    /// [`RedisServer::start_replica_of`] with more `redis-server` options.
+    pub async fn start_replica_of_with(
+        primary: &RedisServer,
+        options: &[String],
+    ) -> anyhow::Result<RedisServer> {
         let mut extra: Vec<String> = ["--replicaof", "127.0.0.1", &primary.port.to_string()]
             .map(String::from)
             .into();
         if primary.tls.is_some() {
             extra.extend(["--tls-auth-clients", "optional"].map(String::from));
         }
+        extra.extend(options.iter().cloned());
         Self::start_with(&extra, primary.tls.clone()).await
     }
 

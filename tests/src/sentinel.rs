@@ -93,17 +93,35 @@ impl SentinelNode {
     }
 }
 
-/// A primary, its replica and three Sentinels. Dropping it stops them all.
+/// `min-replicas-to-write` / `min-replicas-max-lag` of a [`RedisSentinel::start_guarded`]
+/// setup: a primary refuses writes unless one replica acknowledged replication within 10 s,
+/// so a primary the Sentinels replaced while it was cut off cannot accept writes that would
+/// vanish when it is demoted (docs/deployment.md).
+pub const GUARD_ARGS: [&str; 4] = [
+    "--min-replicas-to-write",
+    "1",
+    "--min-replicas-max-lag",
+    "10",
+];
+
+/// A primary, its replicas and three Sentinels. Dropping it stops them all.
 pub struct RedisSentinel {
     primary: RedisServer,
-    replica: RedisServer,
+    /// The first is the one [`RedisSentinel::replica`] names.
+    replicas: Vec<RedisServer>,
     sentinels: Vec<SentinelNode>,
 }
 
 impl RedisSentinel {
     /// Starts everything and waits until a failover could happen (see the module docs).
     pub async fn start() -> anyhow::Result<RedisSentinel> {
-        Self::start_with(None).await
+        Self::start_with(None, 1, &[]).await
+    }
+
+    /// The layout docs/deployment.md recommends for production: two replicas, and every
+    /// server started with [`GUARD_ARGS`] (so whichever is promoted keeps them).
+    pub async fn start_guarded() -> anyhow::Result<RedisSentinel> {
+        Self::start_with(None, 2, &GUARD_ARGS).await
     }
 
     /// Like [`RedisSentinel::start`], all TLS only: the primary and the replica
@@ -112,31 +130,41 @@ impl RedisSentinel {
     /// TLS too), all serving `certs`' server certificate. [`RedisSentinel::url`] is then
     /// `rediss-sentinel://…`.
     pub async fn start_tls(certs: Arc<TestCerts>) -> anyhow::Result<RedisSentinel> {
-        Self::start_with(Some(certs)).await
+        Self::start_with(Some(certs), 1, &[]).await
     }
 
-    async fn start_with(tls: Option<Arc<TestCerts>>) -> anyhow::Result<RedisSentinel> {
+    async fn start_with(
+        tls: Option<Arc<TestCerts>>,
+        replicas: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<RedisSentinel> {
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         let primary = match &tls {
-            None => RedisServer::start().await?,
+            None => RedisServer::start_args(&extra).await?,
             Some(certs) => RedisServer::start_tls(certs.clone(), ClientAuth::Optional).await?,
         };
-        let replica = RedisServer::start_replica_of(&primary).await?;
-        wait_until("the replica in sync", READY_TIMEOUT, || async {
-            let info = replica.cli(&["INFO", "replication"]).await?;
-            if info.lines().any(|l| l.trim() == "master_link_status:up") {
-                Ok(())
-            } else {
-                bail!("{info}")
-            }
-        })
-        .await?;
+        let mut started = Vec::with_capacity(replicas);
+        for _ in 0..replicas {
+            started.push(RedisServer::start_replica_of_with(&primary, &extra).await?);
+        }
+        for replica in &started {
+            wait_until("the replica in sync", READY_TIMEOUT, || async {
+                let info = replica.cli(&["INFO", "replication"]).await?;
+                if info.lines().any(|l| l.trim() == "master_link_status:up") {
+                    Ok(())
+                } else {
+                    bail!("{info}")
+                }
+            })
+            .await?;
+        }
         let mut sentinels = Vec::with_capacity(SENTINELS);
         for _ in 0..SENTINELS {
             sentinels.push(launch_sentinel(primary.port(), tls.clone()).await?);
         }
         let setup = RedisSentinel {
             primary,
-            replica,
+            replicas: started,
             sentinels,
         };
         for s in &setup.sentinels {
@@ -168,7 +196,7 @@ impl RedisSentinel {
                 || async {
                     let info = s.master_info().await?;
                     let field = |k: &str| info.get(k).map(String::as_str).unwrap_or("?");
-                    if field("num-slaves") == "1"
+                    if field("num-slaves") == setup.replicas.len().to_string()
                         && field("num-other-sentinels") == (SENTINELS - 1).to_string()
                     {
                         Ok(())
@@ -212,7 +240,12 @@ impl RedisSentinel {
 
     /// The server that was the replica at start (the one promoted by a failover).
     pub fn replica(&self) -> &RedisServer {
-        &self.replica
+        &self.replicas[0]
+    }
+
+    /// Every server: the primary at start, then the replicas.
+    pub fn servers(&self) -> impl Iterator<Item = &RedisServer> {
+        std::iter::once(&self.primary).chain(&self.replicas)
     }
 
     /// The Sentinels.
@@ -220,11 +253,35 @@ impl RedisSentinel {
         &self.sentinels
     }
 
+    /// Makes every Sentinel forget the primary and monitor `server` under the same name
+    /// instead: a switch the old primary never hears of, so it stays a primary with all its
+    /// clients (what a failover looks like to a process still connected to a primary that was
+    /// cut off, until a Sentinel demotes it). Returns once every Sentinel names `server`.
+    pub async fn renominate(&self, server: &RedisServer) -> anyhow::Result<()> {
+        let port = server.port().to_string();
+        for s in &self.sentinels {
+            let tls = s.tls.as_deref();
+            redis_cli(s.port, tls, &["SENTINEL", "REMOVE", SERVICE]).await?;
+            let monitor = ["SENTINEL", "MONITOR", SERVICE, "127.0.0.1", &port, "2"];
+            let out = redis_cli(s.port, tls, &monitor).await?;
+            if out.trim() != "OK" {
+                bail!("SENTINEL MONITOR answered {out:?}");
+            }
+        }
+        for s in &self.sentinels {
+            let named = s.primary_port().await?;
+            if named != server.port() {
+                bail!("sentinel {} names port {named} after MONITOR", s.port);
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every Sentinel names the replica as primary and the replica says it is
     /// one (`ROLE` → `master`), i.e. the failover is complete. Errors at `timeout` with what
     /// the Sentinels logged.
     pub async fn wait_replica_promoted(&self, timeout: Duration) -> anyhow::Result<()> {
-        let want = self.replica.port();
+        let want = self.replica().port();
         let result = wait_until("the replica promoted", timeout, || async {
             for s in &self.sentinels {
                 let port = s.primary_port().await?;
@@ -232,7 +289,7 @@ impl RedisSentinel {
                     bail!("sentinel {} still names port {port}", s.port);
                 }
             }
-            let role = self.replica.cli(&["ROLE"]).await?;
+            let role = self.replica().cli(&["ROLE"]).await?;
             if role.lines().next().map(str::trim) == Some("master") {
                 Ok(())
             } else {

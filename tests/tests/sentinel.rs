@@ -132,6 +132,70 @@ async fn follow_failover(setup: &RedisSentinel, extra: &[(&'static str, String)]
     );
 }
 
+/// The Sentinels switch to another primary while the old one keeps answering as a primary
+/// (as after a failover during which it was paused or cut off, until a Sentinel demotes it,
+/// up to 10 s later; here never). Both binaries must leave it for the one the Sentinels name:
+/// otherwise the publisher writes where pods that connected after the switch never read.
+/// Without the primary watch, both stay on the old primary and the gateway never subscribes
+/// on the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_binaries_leave_a_primary_the_sentinels_no_longer_name() {
+    let setup = RedisSentinel::start().await.unwrap();
+    let db = pg().await.fresh_database().await.unwrap();
+    let env = Env::with(db.url, Some(setup.url()), None).await;
+    let inst = env.create_instance("moved").await;
+    let gw = env.gateway(&[]).await;
+    let publisher = env.publisher(&[]).await;
+    configure(&gw, "moved", &env.account_token, json!({"enabled": true})).await;
+    let mut client = connect(&gw, "moved", &env.account_token).await;
+    assert_eq!(
+        post_seq(publisher.url("/v1/events"), inst.id.clone(), 0).await,
+        202
+    );
+    assert_eq!(client.next_json(WAIT).await.unwrap()["data"]["seq"], 0);
+    let old = setup.primary();
+    assert_eq!(common::numsub(old, &env.prefix, &inst.id).await, 1);
+
+    let new = ryze_tests::RedisServer::start().await.unwrap();
+    setup.renominate(&new).await.unwrap();
+    ryze_tests::eventually(
+        "the gateway subscribed on the named primary only",
+        WAIT,
+        || async {
+            let on_new = common::numsub(&new, &env.prefix, &inst.id).await;
+            let on_old = common::numsub(old, &env.prefix, &inst.id).await;
+            if (on_new, on_old) == (1, 0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "subscribers: {on_new} on the named primary, {on_old} on the old one"
+                ))
+            }
+        },
+    )
+    .await;
+    gw.wait_ready(READY).await.unwrap();
+    publisher.wait_ready(READY).await.unwrap();
+    // Delivered through the named primary: the only server the gateway listens on, and one
+    // the old primary does not replicate to.
+    let seq = ryze_tests::eventually(
+        "an event published after the switch delivered",
+        WAIT,
+        || {
+            let ingest = publisher.url("/v1/events");
+            let id = inst.id.clone();
+            async move {
+                match post_seq(ingest, id, 1).await {
+                    202 => Ok(()),
+                    status => Err(format!("ingest answered {status}")),
+                }
+            }
+        },
+    );
+    seq.await;
+    assert_eq!(client.next_json(WAIT).await.unwrap()["data"]["seq"], 1);
+}
+
 /// Publishes `{"seq":n}` as a `message.status` event; the status, or 0 without an answer.
 async fn post_seq(ingest: String, instance_id: String, seq: u64) -> u16 {
     let body = common::item(

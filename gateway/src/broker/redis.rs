@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use fred::prelude::*;
 use ryze_core::channel::Names;
 use ryze_core::liveness::{Answers, Silence};
+use ryze_core::redis::primary::PrimaryWatch;
 use ryze_core::redis::RedisTarget;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,6 +74,9 @@ pub struct RedisBroker {
     /// `HISTORY_TTL`: how long a resume key outlives the last resumable client, so the
     /// publisher keeps appending for as long as the client may come back.
     resume_ttl: Duration,
+    /// Sentinel only: moves both connections to the primary the Sentinels name, taken by
+    /// [`RedisBroker::start`] (see [`ryze_core::redis::primary`]).
+    primary_watch: Mutex<Option<PrimaryWatch>>,
 }
 
 impl RedisBroker {
@@ -106,6 +110,7 @@ impl RedisBroker {
             subscriber_silence: Silence::new(target.stall_timeout),
             commands_alive: Answers::new(target.stall_timeout),
             resume_ttl,
+            primary_watch: Mutex::new(PrimaryWatch::new(target)),
         }))
     }
 
@@ -119,7 +124,7 @@ impl RedisBroker {
     }
 
     /// Starts the reader (frames and control messages into the hub), the reconnect watcher
-    /// and the live-key heartbeat.
+    /// the live-key heartbeat, and on Sentinel the primary watch.
     pub fn start(
         self: &Arc<Self>,
         hub: Hub,
@@ -143,6 +148,24 @@ impl RedisBroker {
         }
         tasks.spawn(self.clone().probe_commands(shutdown.clone()));
         tasks.spawn(self.clone().watch_subscriber(shutdown.clone()));
+        let primary_watch = self
+            .primary_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(watch) = primary_watch {
+            let clients = vec![
+                ("subscriber", self.subscriber.clone()),
+                ("commands", self.commands.clone()),
+            ];
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = watch.run(clients) => {}
+                }
+            });
+        }
         tasks.spawn(self.clone().heartbeat(shutdown));
     }
 

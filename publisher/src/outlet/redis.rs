@@ -11,6 +11,7 @@ use ryze_core::bus::{Audience, Bus, BusError, Outgoing};
 use ryze_core::channel::{ControlMessage, Names};
 use ryze_core::history::Retention;
 use ryze_core::liveness::{replace, ticker, Answers};
+use ryze_core::redis::primary::PrimaryWatch;
 use ryze_core::redis::RedisTarget;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,9 @@ pub struct RedisOutlet {
     stall_timeout: Duration,
     /// Answers from Redis: the probe PINGs judge stalls; any round trip proves life.
     alive: Answers,
+    /// Sentinel only: moves the client to the primary the Sentinels name, started by
+    /// [`RedisOutlet::watch`] (see [`ryze_core::redis::primary`]).
+    primary_watch: std::sync::Mutex<Option<PrimaryWatch>>,
 }
 
 impl RedisOutlet {
@@ -58,6 +62,7 @@ impl RedisOutlet {
             clustered: target.clustered,
             stall_timeout,
             alive: Answers::new(stall_timeout),
+            primary_watch: std::sync::Mutex::new(PrimaryWatch::new(&target)),
         }))
     }
 
@@ -69,7 +74,8 @@ impl RedisOutlet {
     /// Starts the liveness probe (D38): a PING every probe interval. One unanswered within the
     /// stall timeout counts a stall (`ryze_publisher_redis_stalls_total{region}`), logs a WARN
     /// line and replaces the connection; readiness fails until a PING is answered again. A
-    /// black-holed connection would otherwise hold every publish until its timeout.
+    /// black-holed connection would otherwise hold every publish until its timeout. On a
+    /// Sentinel URL it also keeps the client on the primary the Sentinels name.
     pub fn watch(
         self: &Arc<Self>,
         region: &str,
@@ -77,6 +83,21 @@ impl RedisOutlet {
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) {
+        let primary_watch = self
+            .primary_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(watch) = primary_watch {
+            let client = vec![("publisher", self.client.clone())];
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = watch.run(client) => {}
+                }
+            });
+        }
         let outlet = self.clone();
         let region = region.to_owned();
         tasks.spawn(async move {

@@ -287,8 +287,7 @@ async fn wait_exit(svc: &crate::Service, timeout: Duration) -> Option<std::proce
 /// The server the Sentinels name as primary now (the roles swap with every failover).
 async fn sentinel_primary(s: &crate::RedisSentinel) -> anyhow::Result<&crate::RedisServer> {
     let port = s.sentinels()[0].primary_port().await?;
-    [s.primary(), s.replica()]
-        .into_iter()
+    s.servers()
         .find(|r| r.port() == port)
-        .with_context(|| format!("the Sentinels name port {port}, which is neither server"))
+        .with_context(|| format!("the Sentinels name port {port}, which is no server of ours"))
 }

@@ -1,5 +1,5 @@
 //! The system under chaos: a private Postgres, Redis (one server behind the black-holing
-//! [`FaultProxy`], a 3-master Cluster, or a Sentinel-managed primary and replica), two publishers and three gateways behind the
+//! [`FaultProxy`], a 3-master Cluster, or a Sentinel-managed primary and two replicas), two publishers and three gateways behind the
 //! harness's [`Balancer`], one account and the run's instances seeded by SQL. Processes that a
 //! fault takes away leave an empty slot until the fault puts a new one in.
 
@@ -38,7 +38,8 @@ pub enum Redis {
     },
     /// A 3-master cluster, reached directly.
     Cluster(RedisCluster),
-    /// A primary, a replica and three Sentinels, reached directly through the Sentinels.
+    /// A primary, two replicas and three Sentinels (`RedisSentinel::start_guarded`), reached
+    /// directly through the Sentinels.
     Sentinel(RedisSentinel),
 }
 
@@ -101,9 +102,11 @@ impl System {
                     .await
                     .context("starting the cluster")?,
             ),
-            RedisVariant::Sentinel => {
-                Redis::Sentinel(RedisSentinel::start().await.context("starting sentinel")?)
-            }
+            RedisVariant::Sentinel => Redis::Sentinel(
+                RedisSentinel::start_guarded()
+                    .await
+                    .context("starting sentinel")?,
+            ),
             RedisVariant::Single => {
                 let server = RedisServer::start().await.context("starting redis")?;
                 let proxy = FaultProxy::in_front_of(&server).await?;
