@@ -14,7 +14,9 @@
 //!   lost. Across connections they may see an event twice (nothing links two connections).
 //! - Readiness: each gateway that lived through a Redis fault longer than the stall timeout
 //!   plus [`READY_SLACK`] must have answered `/readyz` with something other than 200 at least
-//!   once during it (the poller's approximation of "whenever delivery is impossible").
+//!   once during it (the poller's approximation of "whenever delivery is impossible"). A
+//!   Sentinel fault lasts, for this rule, until one probe interval after the Sentinels named
+//!   another primary, if that came first: the processes follow them there.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -471,7 +473,13 @@ impl Checker<'_> {
     fn readiness(&mut self) {
         let input = self.input;
         for f in input.faults.iter().filter(|f| f.kind.impairs_redis()) {
-            if f.healed < f.started + input.stall_timeout + READY_SLACK {
+            // A Sentinel failover gives service back before the old primary returns: the
+            // processes follow the Sentinels within one probe interval (stall timeout / 3).
+            let back = match f.failed_over {
+                Some(at) => f.healed.min(at + input.stall_timeout / 3),
+                None => f.healed,
+            };
+            if back < f.started + input.stall_timeout + READY_SLACK {
                 continue;
             }
             for g in input.gateways {
@@ -580,7 +588,7 @@ fn recovery(input: &Input<'_>) -> BTreeMap<String, Recovery> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chaos::history::{ConnRec, FrameRec};
+    use crate::chaos::history::{ConnRec, FrameRec, ReadySample};
 
     const S: Micros = 1_000_000;
 
@@ -700,6 +708,7 @@ mod tests {
             target: "redis".into(),
             started: 6 * S,
             healed: 6 * S + S / 2,
+            failed_over: None,
             note: String::new(),
         };
         let v = verdict(&ev, &[c], &[restart]);
@@ -759,6 +768,7 @@ mod tests {
             target: "redis".into(),
             started: 4 * S + S / 2,
             healed: 6 * S + S / 2,
+            failed_over: None,
             note: String::new(),
         };
         let lost = client(
@@ -773,5 +783,51 @@ mod tests {
         );
         let v = verdict(&ev, &[after], &[restart]);
         assert_eq!(kinds(&v), ["missing"]);
+    }
+
+    #[test]
+    fn a_gateway_must_turn_unready_in_a_long_redis_fault_unless_sentinel_failed_over_quickly() {
+        let ev = events(1);
+        let ready_throughout = |from: Micros, to: Micros| GatewayLife {
+            name: "gateway #1".into(),
+            started: 0,
+            ended: None,
+            samples: (from / (S / 10)..=to / (S / 10))
+                .map(|i| ReadySample {
+                    at: i * (S / 10),
+                    ready: Some(true),
+                })
+                .collect(),
+        };
+        let pause = |failed_over: Option<Micros>| FaultRec {
+            id: 0,
+            kind: FaultKind::SentinelPause,
+            target: "sentinel primary".into(),
+            started: 10 * S,
+            healed: 16 * S,
+            failed_over,
+            note: String::new(),
+        };
+        let judge = |fault: FaultRec| {
+            let gateways = [ready_throughout(0, 20 * S)];
+            let faults = [fault];
+            check(&Input {
+                seed: 1,
+                events: &ev,
+                clients: &[],
+                faults: &faults,
+                anomalies: &[],
+                gateways: &gateways,
+                end: 100 * S,
+                history_size: 1000,
+                stall_timeout: 3 * S,
+            })
+        };
+        // 6 s without a primary and never unready: a violation.
+        assert_eq!(kinds(&judge(pause(None))), ["readyz_stayed_ready"]);
+        // Failed over 2 s in: service was back (3 s) before the stall timeout plus slack.
+        assert!(judge(pause(Some(12 * S))).violations.is_empty());
+        // Failed over 5 s in: too late, the pod should have said so.
+        assert_eq!(kinds(&judge(pause(Some(15 * S)))), ["readyz_stayed_ready"]);
     }
 }

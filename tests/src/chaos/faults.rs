@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::history::{lock, now, FaultRec};
+use super::history::{lock, now, FaultRec, Micros};
 use super::load::{stalled_client, Feeder};
 use super::schedule::{FaultKind, PlannedFault};
 use super::system::{Redis, Slot, System, SHUTDOWN};
@@ -38,6 +38,7 @@ pub async fn inject(
         target: String::new(),
         started: now(),
         healed: now(),
+        failed_over: None,
         note: String::new(),
     };
     let result: anyhow::Result<()> = async {
@@ -253,7 +254,8 @@ async fn redis_fault(
             rec.target = format!("sentinel primary :{}", server.port());
             let pid = server.pid().context("the primary is not running")?;
             crate::supervisor::kill_pid("KILL", pid);
-            tokio::time::sleep(hold).await; // Sentinel promotes the replica meanwhile
+            // Sentinel promotes a replica meanwhile.
+            rec.failed_over = hold_watching_failover(s, server.port(), hold).await;
             server.restart().await?; // empty; Sentinel turns it into a replica
         }
         (Redis::Sentinel(s), FaultKind::SentinelPause) => {
@@ -261,7 +263,8 @@ async fn redis_fault(
             rec.target = format!("sentinel primary :{}", server.port());
             let pid = server.pid().context("the primary is not running")?;
             crate::supervisor::kill_pid("STOP", pid);
-            tokio::time::sleep(hold).await; // past down-after, Sentinel fails over
+            // Past down-after, Sentinel fails over.
+            rec.failed_over = hold_watching_failover(s, server.port(), hold).await;
             crate::supervisor::kill_pid("CONT", pid);
         }
         (_, kind) => anyhow::bail!("{kind:?} does not apply to this Redis variant"),
@@ -282,6 +285,30 @@ async fn wait_exit(svc: &crate::Service, timeout: Duration) -> Option<std::proce
         }
         tokio::time::sleep(Duration::from_millis(25)).await; // polled: a child's exit has no event we can share
     }
+}
+
+/// Holds a Sentinel fault for `hold`, asking the first Sentinel every 100 ms which primary
+/// it names; returns when it first named another port than `primary` (`None`: not within
+/// the hold).
+async fn hold_watching_failover(
+    s: &crate::RedisSentinel,
+    primary: u16,
+    hold: Duration,
+) -> Option<Micros> {
+    let end = tokio::time::Instant::now() + hold;
+    let mut failed_over = None;
+    while tokio::time::Instant::now() < end {
+        if failed_over.is_none() {
+            let named = s.sentinels()[0].primary_port().await;
+            if named.is_ok_and(|port| port != primary) {
+                failed_over = Some(now());
+            }
+        }
+        // The fault's drawn length, in steps short enough to date the failover.
+        let step = end.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::sleep(step.min(Duration::from_millis(100))).await;
+    }
+    failed_over
 }
 
 /// The server the Sentinels name as primary now (the roles swap with every failover).

@@ -96,6 +96,10 @@ pub struct FaultRec {
     /// When the system was given back what the fault took (process replaced, server up,
     /// proxy healed); equals `started` for a burst.
     pub healed: Micros,
+    /// Sentinel faults: when the Sentinels first named another primary while the fault held.
+    /// Service can resume there before the old primary is back (the processes follow the
+    /// Sentinels within one probe interval).
+    pub failed_over: Option<Micros>,
     /// Anything noteworthy (an error while injecting, how a drain ended).
     pub note: String,
 }
