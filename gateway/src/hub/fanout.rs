@@ -17,7 +17,8 @@ impl Hub {
     /// Delivers one frame to every local client of the instance without ever blocking the
     /// caller: a client with a full queue moves the instance's delivery to its own task.
     /// `behind`: more frames are already waiting, so they are queued for the connections'
-    /// writers (which send them several per write) instead of written one by one here.
+    /// writers (which send them several per write) instead of written one by one here; so
+    /// are frames of an instance that is busy or wide (`Entry::direct_now`).
     pub fn dispatch(&self, id: Uuid, wire: WireFrame, behind: bool) {
         let Ok(text) = Utf8Bytes::try_from(wire.frame) else {
             self.0.metrics.frame_dropped("invalid");
@@ -45,7 +46,8 @@ impl Hub {
             }
             return;
         }
-        self.deliver(shard, id, frame, !behind);
+        let direct = e.direct_now(tokio::time::Instant::now()) && !behind;
+        self.deliver(shard, id, frame, direct);
     }
 
     /// Delivers `frame` to the instance's clients (behind its backlog, if any), releasing the
