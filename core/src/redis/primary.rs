@@ -107,9 +107,21 @@ impl PrimaryWatch {
         )
     }
 
+    /// [`PrimaryWatch::run`] until `stop` resolves (the caller's shutdown).
+    pub async fn run_until(
+        self: std::sync::Arc<Self>,
+        clients: Vec<(&'static str, Client)>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::select! {
+            _ = stop => {}
+            _ = self.run(clients) => {}
+        }
+    }
+
     /// Runs until dropped: every probe interval, reconnects each of `clients` (named for the
     /// log line) that is connected to another server than the one the Sentinels name.
-    pub async fn run(self, clients: Vec<(&'static str, Client)>) {
+    pub async fn run(&self, clients: Vec<(&'static str, Client)>) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A forced reconnect asks the Sentinels again; one that lagged behind the others may

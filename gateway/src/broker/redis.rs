@@ -74,9 +74,9 @@ pub struct RedisBroker {
     /// `HISTORY_TTL`: how long a resume key outlives the last resumable client, so the
     /// publisher keeps appending for as long as the client may come back.
     resume_ttl: Duration,
-    /// Sentinel only: moves both connections to the primary the Sentinels name, taken by
+    /// Sentinel only: moves both connections to the primary the Sentinels name, started by
     /// [`RedisBroker::start`] (see [`ryze_core::redis::primary`]).
-    primary_watch: Mutex<Option<PrimaryWatch>>,
+    primary_watch: Option<Arc<PrimaryWatch>>,
 }
 
 impl RedisBroker {
@@ -110,7 +110,7 @@ impl RedisBroker {
             subscriber_silence: Silence::new(target.stall_timeout),
             commands_alive: Answers::new(target.stall_timeout),
             resume_ttl,
-            primary_watch: Mutex::new(PrimaryWatch::new(target)),
+            primary_watch: PrimaryWatch::new(target).map(Arc::new),
         }))
     }
 
@@ -148,23 +148,12 @@ impl RedisBroker {
         }
         tasks.spawn(self.clone().probe_commands(shutdown.clone()));
         tasks.spawn(self.clone().watch_subscriber(shutdown.clone()));
-        let primary_watch = self
-            .primary_watch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(watch) = primary_watch {
+        if let Some(watch) = self.primary_watch.clone() {
             let clients = vec![
                 ("subscriber", self.subscriber.clone()),
                 ("commands", self.commands.clone()),
             ];
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = watch.run(clients) => {}
-                }
-            });
+            tasks.spawn(watch.run_until(clients, shutdown.clone().cancelled_owned()));
         }
         tasks.spawn(self.clone().heartbeat(shutdown));
     }

@@ -34,7 +34,7 @@ pub struct RedisOutlet {
     alive: Answers,
     /// Sentinel only: moves the client to the primary the Sentinels name, started by
     /// [`RedisOutlet::watch`] (see [`ryze_core::redis::primary`]).
-    primary_watch: std::sync::Mutex<Option<PrimaryWatch>>,
+    primary_watch: Option<Arc<PrimaryWatch>>,
 }
 
 impl RedisOutlet {
@@ -62,7 +62,7 @@ impl RedisOutlet {
             clustered: target.clustered,
             stall_timeout,
             alive: Answers::new(stall_timeout),
-            primary_watch: std::sync::Mutex::new(PrimaryWatch::new(&target)),
+            primary_watch: PrimaryWatch::new(&target).map(Arc::new),
         }))
     }
 
@@ -83,20 +83,9 @@ impl RedisOutlet {
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) {
-        let primary_watch = self
-            .primary_watch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(watch) = primary_watch {
+        if let Some(watch) = self.primary_watch.clone() {
             let client = vec![("publisher", self.client.clone())];
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = watch.run(client) => {}
-                }
-            });
+            tasks.spawn(watch.run_until(client, stop.clone().cancelled_owned()));
         }
         let outlet = self.clone();
         let region = region.to_owned();
