@@ -121,7 +121,7 @@ struct Entry {
     caught_up_through: Option<Offset>,
     /// When the last live frame was dispatched: frames closer together than
     /// [`DIRECT_SPACING`] are left to the writers, which coalesce them.
-    last_dispatch: Option<tokio::time::Instant>,
+    last_dispatch: Option<Instant>,
 }
 
 impl Entry {
@@ -140,16 +140,17 @@ impl Entry {
         }
     }
 
-    /// Whether a live frame dispatched now should be written straight to idle sockets by the
-    /// fan-out (see `fanout`): only while frames of this instance come apart (each would go
-    /// out alone anyway) and the instance is narrow enough for one thread to write it
-    /// without holding up the next frame. Records the dispatch.
-    fn direct_now(&mut self, now: tokio::time::Instant) -> bool {
+    /// Whether a live frame of `len` bytes dispatched now should be written straight to idle
+    /// sockets by the fan-out (see `fanout`): only while frames of this instance come apart
+    /// (each would go out alone anyway), the instance is narrow enough and the frame small
+    /// enough for one thread to write it everywhere without holding up the next frame.
+    /// Records the dispatch.
+    fn direct_now(&mut self, now: Instant, len: usize) -> bool {
         let apart = self
             .last_dispatch
             .is_none_or(|last| now.saturating_duration_since(last) >= DIRECT_SPACING);
         self.last_dispatch = Some(now);
-        apart && self.clients.len() <= DIRECT_WIDTH
+        apart && self.clients.len() <= DIRECT_WIDTH && len <= DIRECT_MAX_BYTES
     }
 
     /// A frame for this instance's clients: with its offset-carrying text, made once here,
@@ -319,38 +320,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn frames_go_straight_to_sockets_only_when_apart_and_the_instance_is_narrow() {
+    async fn frames_go_straight_to_sockets_only_when_apart_small_and_the_instance_is_narrow() {
+        const SMALL: usize = 444;
         let mut sparse = entry_with(10);
-        assert!(
-            sparse.direct_now(tokio::time::Instant::now()),
-            "first frame"
-        );
+        assert!(sparse.direct_now(Instant::now(), SMALL), "first frame");
         tokio::time::advance(DIRECT_SPACING).await;
-        assert!(sparse.direct_now(tokio::time::Instant::now()), "apart");
+        assert!(sparse.direct_now(Instant::now(), SMALL), "apart");
         tokio::time::advance(DIRECT_SPACING / 4).await;
-        assert!(
-            !sparse.direct_now(tokio::time::Instant::now()),
-            "close together"
-        );
+        assert!(!sparse.direct_now(Instant::now(), SMALL), "close together");
         // Spacing counts from the last frame, direct or not.
         tokio::time::advance(DIRECT_SPACING * 3 / 4).await;
         assert!(
-            !sparse.direct_now(tokio::time::Instant::now()),
+            !sparse.direct_now(Instant::now(), SMALL),
             "close to the last one"
         );
         tokio::time::advance(DIRECT_SPACING).await;
+        assert!(sparse.direct_now(Instant::now(), SMALL), "apart again");
+        tokio::time::advance(DIRECT_SPACING).await;
         assert!(
-            sparse.direct_now(tokio::time::Instant::now()),
-            "apart again"
+            !sparse.direct_now(Instant::now(), DIRECT_MAX_BYTES + 1),
+            "too large"
+        );
+        tokio::time::advance(DIRECT_SPACING).await;
+        assert!(
+            sparse.direct_now(Instant::now(), DIRECT_MAX_BYTES),
+            "small enough"
         );
 
         let mut wide = entry_with(DIRECT_WIDTH + 1);
-        assert!(!wide.direct_now(tokio::time::Instant::now()), "too wide");
+        assert!(!wide.direct_now(Instant::now(), SMALL), "too wide");
         wide.clients.truncate(DIRECT_WIDTH);
         tokio::time::advance(DIRECT_SPACING).await;
-        assert!(
-            wide.direct_now(tokio::time::Instant::now()),
-            "narrow enough"
-        );
+        assert!(wide.direct_now(Instant::now(), SMALL), "narrow enough");
     }
 }

@@ -2,7 +2,7 @@
 //! reader; a client with a full queue moves the instance's delivery to its own task, which
 //! waits out `WS_SLOW_CONSUMER_GRACE` before closing whoever stopped reading (D35).
 
-use super::{Client, Entry, Hub, BACKLOG_FRAMES, DIRECT_MAX_BYTES};
+use super::{Client, Entry, Hub, BACKLOG_FRAMES};
 use crate::metrics::Metrics;
 use crate::outbox::{Frame, Outbox, Push};
 use ryze_core::close;
@@ -18,7 +18,7 @@ impl Hub {
     /// caller: a client with a full queue moves the instance's delivery to its own task.
     /// `behind`: more frames are already waiting, so they are queued for the connections'
     /// writers (which send them several per write) instead of written one by one here; so
-    /// are frames of an instance that is busy or wide (`Entry::direct_now`), and large ones.
+    /// are large frames and those of an instance that is busy or wide (`Entry::direct_now`).
     pub fn dispatch(&self, id: Uuid, wire: WireFrame, behind: bool) {
         let Ok(text) = Utf8Bytes::try_from(wire.frame) else {
             self.0.metrics.frame_dropped("invalid");
@@ -36,7 +36,7 @@ impl Hub {
                 _ => e.caught_up_through = None,
             }
         }
-        let text_len = text.len();
+        let len = text.len();
         let frame = e.frame(text, wire.published_micros, wire.offset);
         if let Some(held) = &mut e.held {
             // A catch-up from history is under way (after a resubscribe): behind it.
@@ -47,8 +47,7 @@ impl Hub {
             }
             return;
         }
-        let direct =
-            e.direct_now(tokio::time::Instant::now()) && !behind && text_len <= DIRECT_MAX_BYTES;
+        let direct = e.direct_now(tokio::time::Instant::now(), len) && !behind;
         self.deliver(shard, id, frame, direct);
     }
 
