@@ -200,8 +200,7 @@ impl RedisTarget {
                 p.broadcast_channel_capacity = broadcast_capacity;
             })
             .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                c.internal_command_timeout = Duration::from_secs(2);
+                *c = base_connection();
                 c.max_command_attempts = if self.write_once { 1 } else { 2 };
                 // fred's own check of commands in flight: one unanswered for the stall timeout
                 // drops the connection (D38). An idle connection has nothing in flight; the
@@ -210,9 +209,8 @@ impl RedisTarget {
                     max_timeout: Some(self.stall_timeout),
                     interval: crate::liveness::probe_interval(self.stall_timeout),
                 };
-                c.tcp = tcp_config();
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .set_policy(reconnect_policy())
             .build()?;
         log_connection_failures(&client);
         Ok(client)
@@ -255,6 +253,23 @@ pub fn tls_config(
         _ => TLS_ENV[1],
     };
     Err(format!("{setting}: {e}"))
+}
+
+/// What every Redis connection of ours shares, the Sentinel clients of
+/// [`primary::PrimaryWatch`] included: 2 s to connect and for fred's own commands, and
+/// [`tcp_config`].
+fn base_connection() -> ConnectionConfig {
+    ConnectionConfig {
+        connection_timeout: Duration::from_secs(2),
+        internal_command_timeout: Duration::from_secs(2),
+        tcp: tcp_config(),
+        ..ConnectionConfig::default()
+    }
+}
+
+/// Reconnect at once, then back off exponentially from 100 ms up to 5 s, forever.
+fn reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, 100, 5_000, 2)
 }
 
 /// `TCP_NODELAY` and keepalive for every Redis connection (Sentinels included).

@@ -41,7 +41,8 @@ pub struct PrimaryWatch {
 
 impl PrimaryWatch {
     /// `None` unless `target` names a Sentinel-managed primary. Builds one client per listed
-    /// Sentinel (their credentials and TLS as fred uses them) and starts connecting.
+    /// Sentinel (their credentials and TLS as fred uses them, our timeouts, keepalive and
+    /// reconnect policy) and starts connecting.
     pub fn new(target: &RedisTarget) -> Option<PrimaryWatch> {
         let ServerConfig::Sentinel {
             hosts,
@@ -62,13 +63,12 @@ impl PrimaryWatch {
                     password: password.clone(),
                     tls: target.config.tls.clone(),
                 };
-                let connection = ConnectionConfig {
-                    connection_timeout: Duration::from_secs(2),
-                    internal_command_timeout: Duration::from_secs(2),
-                    ..ConnectionConfig::default()
-                };
-                let policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
-                let client = SentinelClient::new(config, None, Some(connection), Some(policy));
+                let client = SentinelClient::new(
+                    config,
+                    None,
+                    Some(super::base_connection()),
+                    Some(super::reconnect_policy()),
+                );
                 client.connect();
                 client
             })
