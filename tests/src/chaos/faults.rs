@@ -249,23 +249,19 @@ async fn redis_fault(
             tokio::time::sleep(hold).await; // the wedge's drawn length
             crate::supervisor::kill_pid("CONT", pid);
         }
-        (Redis::Sentinel(s), FaultKind::SentinelFailover) => {
+        (Redis::Sentinel(s), kind @ (FaultKind::SentinelFailover | FaultKind::SentinelPause)) => {
             let server = sentinel_primary(s).await?;
             rec.target = format!("sentinel primary :{}", server.port());
             let pid = server.pid().context("the primary is not running")?;
-            crate::supervisor::kill_pid("KILL", pid);
-            // Sentinel promotes a replica meanwhile.
+            let kill = kind == FaultKind::SentinelFailover;
+            crate::supervisor::kill_pid(if kill { "KILL" } else { "STOP" }, pid);
+            // Past down-after, Sentinel promotes a replica meanwhile.
             rec.failed_over = hold_watching_failover(s, server.port(), hold).await;
-            server.restart().await?; // empty; Sentinel turns it into a replica
-        }
-        (Redis::Sentinel(s), FaultKind::SentinelPause) => {
-            let server = sentinel_primary(s).await?;
-            rec.target = format!("sentinel primary :{}", server.port());
-            let pid = server.pid().context("the primary is not running")?;
-            crate::supervisor::kill_pid("STOP", pid);
-            // Past down-after, Sentinel fails over.
-            rec.failed_over = hold_watching_failover(s, server.port(), hold).await;
-            crate::supervisor::kill_pid("CONT", pid);
+            if kill {
+                server.restart().await?; // empty; Sentinel turns it into a replica
+            } else {
+                crate::supervisor::kill_pid("CONT", pid);
+            }
         }
         (_, kind) => anyhow::bail!("{kind:?} does not apply to this Redis variant"),
     }
