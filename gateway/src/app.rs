@@ -241,6 +241,10 @@ impl App {
     ) -> anyhow::Result<()> {
         let state = self.state;
         let stops = self.stops;
+        // Named in the start line: with port 0 in LISTEN_ADDR the kernel picks the port, and
+        // this line is where an operator (or the test harness) learns it.
+        let public_addr = self.public.local_addr()?;
+        let admin_addr = self.admin.local_addr()?;
         let servers = TaskTracker::new();
         servers.spawn(crate::server::serve(
             self.public,
@@ -258,7 +262,11 @@ impl App {
             TaskTracker::new(),
             state.metrics.clone(),
         ));
-        tracing::info!("gateway started");
+        tracing::info!(
+            listen_addr = %public_addr,
+            admin_listen_addr = %admin_addr,
+            "gateway started"
+        );
         signal.await;
         tracing::info!(
             drain_rate = self.drain_rate,

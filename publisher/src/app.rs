@@ -101,12 +101,14 @@ impl App {
         signal: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let draining = self.draining.clone();
+        // Named in the start line: with port 0 in LISTEN_ADDR the kernel picks the port.
+        let listen_addr = self.listener.local_addr()?;
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             signal.await;
             tracing::info!("shutdown started");
             draining.cancel();
         });
-        tracing::info!("publisher started");
+        tracing::info!(listen_addr = %listen_addr, "publisher started");
         serve.await?;
         self.stop.cancel();
         self.tasks.close();

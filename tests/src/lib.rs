@@ -55,7 +55,8 @@ pub use client::{http, WsClient, WsConnectError};
 pub use cluster::{ClusterNode, RedisCluster, SlotOwner};
 pub use postgres::{pg, try_pg, PgServer, TestDb};
 pub use process::{
-    describe, free_port, run_cli, run_cli_json, run_program, Bin, Listeners, Service,
+    describe, free_port, reported_addr, run_cli, run_cli_json, run_program, Bin, Listeners,
+    Service, QUIET_LOG,
 };
 pub use proxy::FaultProxy;
 pub use redis::{redis, try_redis, unique_prefix, ClientAuth, RedisServer};

@@ -26,12 +26,18 @@ use tokio::task::JoinHandle;
 use crate::client::http;
 use crate::supervisor::kill_pid;
 
+mod started;
+pub use started::{reported_addr, QUIET_LOG};
+
 /// How often readiness is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Upper bound for [`run_cli`].
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the process exits, how long to wait for the rest of its output.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound for a started service to name its listen addresses (its start line comes
+/// right after binding; a debug build on a loaded machine is slow to get there).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The lowest port [`free_port`] hands out: below are well-known and commonly configured
 /// service ports (5432, 6379, 8080, ...).
@@ -41,7 +47,9 @@ const PORTS_FROM: u16 = 10_000;
 const EPHEMERAL_FALLBACK: u16 = 32_768;
 
 /// A TCP port on 127.0.0.1 for a child to listen on: free a moment ago, and not handed out by
-/// this process before (so two services of one test never get the same port).
+/// this process before (so two services of one test never get the same port). For servers
+/// that cannot be told "port 0" and name the port they got (redis-server, postgres); the
+/// project's own binaries bind port 0 and name theirs (see [`Service::spawn`]).
 ///
 /// Why not "bind port 0, release it, hand the number over": the kernel picks port 0 from the
 /// ephemeral range, which is also where every outgoing connection on the machine (a client
@@ -195,10 +203,12 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `bin` on free ports: `LISTEN_ADDR=127.0.0.1:<free>` and, for the gateway,
-    /// `ADMIN_LISTEN_ADDR=127.0.0.1:<free>`. The environment is cleared except `PATH` and
-    /// `HOME`; `RUST_LOG=info` and `LOG_FORMAT=text` unless `env` sets them. `env` wins over
-    /// every default, including the listen addresses.
+    /// Starts `bin` on ports the kernel picks: `LISTEN_ADDR=127.0.0.1:0` and, for the
+    /// gateway, `ADMIN_LISTEN_ADDR=127.0.0.1:0`; returns once the start line named the bound
+    /// addresses (or the process ended its output without naming them, e.g. exit 64). The
+    /// environment is cleared except `PATH` and `HOME`; `RUST_LOG=info` and `LOG_FORMAT=text`
+    /// unless `env` sets them (a `RUST_LOG` must keep the start line: see [`QUIET_LOG`]).
+    /// `env` wins over every default, including the listen addresses.
     pub async fn spawn(bin: Bin, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Service> {
         let listeners = if bin.has_admin_listener() {
             Listeners::PublicAndAdmin
@@ -229,28 +239,15 @@ impl Service {
     ) -> anyhow::Result<Service> {
         let mut vars: Vec<(String, String)> = Vec::new();
         if listeners != Listeners::None {
-            vars.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{}", free_port())));
+            vars.push(("LISTEN_ADDR".into(), "127.0.0.1:0".into()));
         }
         if listeners == Listeners::PublicAndAdmin {
-            vars.push((
-                "ADMIN_LISTEN_ADDR".into(),
-                format!("127.0.0.1:{}", free_port()),
-            ));
+            vars.push(("ADMIN_LISTEN_ADDR".into(), "127.0.0.1:0".into()));
         }
         for (key, value) in env {
             vars.retain(|(k, _)| k != key);
             vars.push(((*key).to_owned(), value.clone()));
         }
-        let lookup = |key: &str| {
-            vars.iter()
-                .find(|(k, _)| k == key)
-                .and_then(|(_, v)| v.parse::<SocketAddr>().ok())
-        };
-        let addr = lookup("LISTEN_ADDR");
-        let admin_addr = match listeners {
-            Listeners::PublicAndAdmin => lookup("ADMIN_LISTEN_ADDR"),
-            _ => addr,
-        };
 
         let mut cmd = base_command(program, args, &vars);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -291,32 +288,81 @@ impl Service {
             )));
         }
 
-        Ok(Service {
+        let mut service = Service {
             name,
             pid,
             child: Mutex::new(child),
-            addr,
-            admin_addr,
+            addr: None,
+            admin_addr: None,
             captured,
             lines,
             readers,
-        })
+        };
+        if listeners != Listeners::None {
+            service.learn_addresses(listeners).await?;
+        }
+        Ok(service)
     }
 
-    /// The public listener (`LISTEN_ADDR`). Panics for a service started without one.
+    /// Waits for the start line and takes the listen addresses from it. A process that ends
+    /// its output first keeps none (it failed to start: the caller awaits its exit).
+    async fn learn_addresses(&mut self, listeners: Listeners) -> anyhow::Result<()> {
+        let mut lines = self.lines.clone();
+        let wait = async {
+            loop {
+                // Mark the current version seen before reading, so no line slips between.
+                lines.borrow_and_update();
+                let found = {
+                    let all = &self.lock_captured().all;
+                    let public = reported_addr(all, "listen_addr");
+                    let admin = match listeners {
+                        Listeners::PublicAndAdmin => reported_addr(all, "admin_listen_addr"),
+                        _ => public,
+                    };
+                    public.zip(admin)
+                };
+                if found.is_some() || lines.changed().await.is_err() {
+                    return found;
+                }
+            }
+        };
+        match tokio::time::timeout(START_TIMEOUT, wait).await {
+            Ok(Some((public, admin))) => {
+                self.addr = Some(public);
+                self.admin_addr = Some(admin);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(_) => bail!(
+                "{} did not name its listen addresses within {START_TIMEOUT:?} (a RUST_LOG \
+                 that hides the INFO start line? see QUIET_LOG); output:\n{}",
+                self.name,
+                self.logs()
+            ),
+        }
+    }
+
+    /// The public listener, as its start line named it. Panics for a service started
+    /// without listeners or that never started.
     pub fn addr(&self) -> SocketAddr {
         match self.addr {
             Some(addr) => addr,
-            None => panic!("{} was started without LISTEN_ADDR", self.name),
+            None => panic!(
+                "{} has no listen address (none asked, or it never started)",
+                self.name
+            ),
         }
     }
 
     /// The listener serving `/readyz`: the gateway's admin listener, the publisher's only one.
-    /// Panics for a service started without listeners.
+    /// Panics as [`Service::addr`] does.
     pub fn admin_addr(&self) -> SocketAddr {
         match self.admin_addr {
             Some(addr) => addr,
-            None => panic!("{} was started without an admin listener", self.name),
+            None => panic!(
+                "{} has no admin address (none asked, or it never started)",
+                self.name
+            ),
         }
     }
 
@@ -343,6 +389,24 @@ impl Service {
     /// Polls `GET /readyz` until 200. Fails early, with the captured output, if the process
     /// exits, and at `timeout` with the last status seen.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        if self.admin_addr.is_none() {
+            // Its output ended without a start line: it exits (or exited) without serving.
+            let deadline = tokio::time::Instant::now() + timeout;
+            let status = loop {
+                if let Some(status) = self.try_exit_status()? {
+                    break describe(status);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break "not yet".to_owned();
+                }
+                tokio::time::sleep(POLL_INTERVAL).await; // poll interval of a deadline-bounded wait for the exit status
+            };
+            bail!(
+                "{} exited ({status}) without naming its listen addresses; output:\n{}",
+                self.name,
+                self.logs()
+            );
+        }
         let url = self.admin_url("/readyz");
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -377,6 +441,9 @@ impl Service {
     /// Polls `GET /readyz` until it is not 200 (another status, a refused connection, or the
     /// process gone).
     pub async fn wait_not_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        if self.admin_addr.is_none() {
+            return Ok(()); // it never started
+        }
         let url = self.admin_url("/readyz");
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -334,8 +334,14 @@ async fn killed_test_binary_leaves_no_process_behind() {
 #[tokio::test(flavor = "multi_thread")]
 async fn service_waits_for_readiness_captures_logs_and_exits_cleanly_on_sigterm() {
     let mut fake = spawn_fake("serve").await;
+    // Spawned on port 0; the addresses are the ones its start line named (readiness is
+    // answered there).
+    assert!(fake
+        .logs()
+        .contains(&format!("listen_addr={}", fake.addr())));
     fake.wait_ready(WAIT).await.unwrap();
     assert_ne!(fake.addr(), fake.admin_addr());
+    assert_ne!(fake.addr().port(), 0);
     fake.wait_for_log("fake service listening", WAIT)
         .await
         .unwrap();
@@ -344,9 +350,12 @@ async fn service_waits_for_readiness_captures_logs_and_exits_cleanly_on_sigterm(
     assert!(!fake.stderr().contains("fake service listening"));
     assert!(fake.rss_bytes() > 0);
     // The environment is cleared but for PATH/HOME and the defaults.
-    fake.wait_for_log("env RUST_LOG=info LOG_FORMAT=text", WAIT)
-        .await
-        .unwrap();
+    fake.wait_for_log(
+        "env RUST_LOG=info LOG_FORMAT=text LISTEN_ADDR=127.0.0.1:0 ADMIN_LISTEN_ADDR=127.0.0.1:0",
+        WAIT,
+    )
+    .await
+    .unwrap();
     assert!(fake.logs().contains("env leaked=false"), "{}", fake.logs());
 
     let resp = ryze_tests::http()
@@ -568,15 +577,18 @@ async fn helper_fake_service() {
         .unwrap();
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    // In the product's start-line format, which the harness reads the addresses from.
     println!(
-        "fake service listening on {} admin {}",
+        "fake service listening listen_addr={} admin_listen_addr={}",
         public.local_addr().unwrap(),
         admin.local_addr().unwrap()
     );
     println!(
-        "env RUST_LOG={} LOG_FORMAT={}",
+        "env RUST_LOG={} LOG_FORMAT={} LISTEN_ADDR={} ADMIN_LISTEN_ADDR={}",
         std::env::var("RUST_LOG").unwrap_or_default(),
-        std::env::var("LOG_FORMAT").unwrap_or_default()
+        std::env::var("LOG_FORMAT").unwrap_or_default(),
+        std::env::var("LISTEN_ADDR").unwrap_or_default(),
+        std::env::var("ADMIN_LISTEN_ADDR").unwrap_or_default()
     );
     let allowed = [
         "PATH",

@@ -149,7 +149,7 @@ impl System {
             ("REDIS_URL", self.redis.url()),
             ("REDIS_PREFIX", self.prefix.clone()),
             ("RATE_LIMIT_PER_MINUTE", RATE_LIMIT.to_owned()),
-            ("RUST_LOG", "warn".to_owned()),
+            ("RUST_LOG", crate::QUIET_LOG.to_owned()),
         ];
         for (k, v) in &self.gateway_extra {
             env.retain(|(key, _)| key != k);
@@ -356,7 +356,7 @@ async fn spawn_publisher(
         ("REDIS_PREFIX", prefix.to_owned()),
         ("PUBLISHER_API_KEY", API_KEY.to_owned()),
         ("PUBLIC_BASE_URL", "https://bench.invalid".to_owned()),
-        ("RUST_LOG", "warn".to_owned()),
+        ("RUST_LOG", crate::QUIET_LOG.to_owned()),
     ];
     for (k, v) in extra {
         env.retain(|(key, _)| key != k);

@@ -105,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("ryze-bench: perf cannot sample here; running without profiles");
         }
     }
-    let settings = [("RATE_LIMIT_PER_MINUTE", RATE_LIMIT), ("RUST_LOG", "warn")];
+    let settings = [
+        ("RATE_LIMIT_PER_MINUTE", RATE_LIMIT),
+        ("RUST_LOG", ryze_tests::QUIET_LOG),
+    ];
     let mut info = RunInfo::collect(p.mode, &settings);
     if let Some((soft, hard)) = procfs::open_files_limit("self") {
         if soft < hard {

@@ -188,7 +188,7 @@ impl System {
             // what the services did around a violation.
             (
                 "RUST_LOG",
-                std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| crate::QUIET_LOG.to_owned()),
             ),
             ("HISTORY_SIZE", HISTORY_SIZE.to_string()),
             (
