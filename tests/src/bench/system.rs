@@ -11,12 +11,13 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use super::procfs;
-use crate::{http, run_cli_json, Bin, PgServer, RedisServer, Service, TestDb};
+use crate::fixtures::{merge, Env};
+use crate::{http, PgServer, RedisServer, Service, TestDb};
 
 /// Upper bound for a service to become ready.
 const READY: Duration = Duration::from_secs(60);
 /// The publisher's ingest key.
-pub const API_KEY: &str = "bench-publisher-key";
+pub use crate::fixtures::API_KEY;
 /// Requests per token per minute: every benchmark client shares one account token.
 pub const RATE_LIMIT: &str = "100000000";
 
@@ -43,14 +44,12 @@ pub struct System {
     pub many: usize,
     /// Whether `pg_stat_statements` is loaded (else only transaction counts are reported).
     pub statements: bool,
-    prefix: String,
-    gateway_extra: Vec<(String, String)>,
+    env: Env,
 }
 
 impl System {
-    /// Starts everything and seeds `many` extra instances. `gateway_extra` is added to every
-    /// gateway's environment.
-    pub async fn start(many: usize, gateway_extra: &[(&str, &str)]) -> anyhow::Result<System> {
+    /// Starts everything and seeds `many` extra instances.
+    pub async fn start(many: usize) -> anyhow::Result<System> {
         let pg = PgServer::start_private()
             .await
             .context("starting postgres")?;
@@ -65,75 +64,31 @@ impl System {
         let redis = RedisServer::start()
             .await
             .context("starting redis-server")?;
-        let cli_env = vec![
-            ("DATABASE_URL", db.url.clone()),
-            ("RUST_LOG", "warn".to_owned()),
-        ];
-        run_cli_json(Bin::Publisher, &["migrate"], &cli_env).await?;
-        let account = run_cli_json(Bin::Publisher, &["account", "create"], &cli_env).await?;
-        let field = |k: &str| {
-            account[k]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("account create printed no {k}: {account}"))
-        };
-        let account_id = field("id")?;
-        let account_token = field("token")?;
-        let client = db.client().await?;
+        let env = Env::create(db.url.clone(), Some(redis.url()), None).await?;
         if statements {
-            client
+            db.client()
+                .await?
                 .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 .await
                 .context("CREATE EXTENSION pg_stat_statements")?;
         }
-        let account_id: Uuid = account_id.parse().context("account id")?;
-        // Names and tokens are generated here (no quoting issues); tokens are stored in plain
-        // text, as without ENCRYPTION_KEY, and hashed like ryze_core::token::hash (SHA-256).
-        let named = NAMED
-            .iter()
-            .map(|n| format!("'{n}'"))
-            .collect::<Vec<_>>()
-            .join(",");
-        client
-            .batch_execute(&format!(
-                "INSERT INTO instances (id, account_id, name, token_hash, token_secret) \
-                 SELECT gen_random_uuid(), '{account_id}', n, \
-                        sha256(convert_to('bench-' || n, 'UTF8')), convert_to('bench-' || n, 'UTF8') \
-                 FROM (SELECT 'm-' || i AS n FROM generate_series(0, {many} - 1) i \
-                       UNION ALL SELECT unnest(ARRAY[{named}])) s; \
-                 INSERT INTO websocket_configs (instance_id, enabled, media_base64) \
-                 SELECT id, true, name = 'media' FROM instances WHERE account_id = '{account_id}'; \
-                 ANALYZE;"
-            ))
-            .await
-            .context("seeding instances")?;
-        let rows = client
-            .query(
-                "SELECT name, id FROM instances WHERE account_id = $1",
-                &[&account_id],
-            )
-            .await?;
-        let ids = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, Uuid>(1)))
+        let names: Vec<String> = (0..many)
+            .map(|i| format!("m-{i}"))
+            .chain(NAMED.iter().map(|n| (*n).to_owned()))
             .collect();
-        let prefix = crate::unique_prefix();
-        let publisher = spawn_publisher(&db.url, &redis.url(), &prefix, &[]).await?;
+        let ids = env.seed_instances(&names, &["media"]).await?;
+        let publisher = spawn_publisher(&env, &[]).await?;
         let mut system = System {
             pg,
             db,
             redis,
             gateways: Vec::new(),
             publisher,
-            account_token,
+            account_token: env.account_token.clone(),
             ids,
             many,
             statements,
-            prefix,
-            gateway_extra: gateway_extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            env,
         };
         for _ in 0..2 {
             let gw = system.spawn_gateway().await?;
@@ -142,27 +97,13 @@ impl System {
         Ok(system)
     }
 
-    /// The environment every gateway gets.
-    pub fn gateway_env(&self) -> Vec<(&str, String)> {
-        let mut env = vec![
-            ("DATABASE_URL", self.db.url.clone()),
-            ("REDIS_URL", self.redis.url()),
-            ("REDIS_PREFIX", self.prefix.clone()),
+    /// Starts one more gateway and waits until it is ready.
+    pub async fn spawn_gateway(&self) -> anyhow::Result<Service> {
+        let settings = [
             ("RATE_LIMIT_PER_MINUTE", RATE_LIMIT.to_owned()),
             ("RUST_LOG", crate::QUIET_LOG.to_owned()),
         ];
-        for (k, v) in &self.gateway_extra {
-            env.retain(|(key, _)| key != k);
-            env.push((k.as_str(), v.clone()));
-        }
-        env
-    }
-
-    /// Starts one more gateway and waits until it is ready.
-    pub async fn spawn_gateway(&self) -> anyhow::Result<Service> {
-        let gw = Service::spawn(Bin::Gateway, &[], &self.gateway_env()).await?;
-        gw.wait_ready(READY).await?;
-        Ok(gw)
+        self.env.spawn_gateway(&settings, READY).await
     }
 
     /// Replaces both gateways with fresh processes, so a scenario's RSS, CPU and caches do
@@ -187,11 +128,10 @@ impl System {
 
     /// Replaces the publisher with a fresh one whose environment adds `extra` (e.g.
     /// `HISTORY_SIZE=0`); the old one is stopped first, so only one appends at a time.
-    pub async fn restart_publisher(&mut self, extra: &[(&str, String)]) -> anyhow::Result<()> {
+    pub async fn restart_publisher(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
         self.publisher.kill9();
         let _ = self.publisher.wait_exit(Duration::from_secs(10)).await;
-        self.publisher =
-            spawn_publisher(&self.db.url, &self.redis.url(), &self.prefix, extra).await?;
+        self.publisher = spawn_publisher(&self.env, extra).await?;
         Ok(())
     }
 
@@ -344,27 +284,12 @@ async fn enable_statements(pg: &PgServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn spawn_publisher(
-    db_url: &str,
-    redis_url: &str,
-    prefix: &str,
-    extra: &[(&str, String)],
-) -> anyhow::Result<Service> {
-    let mut env = vec![
-        ("DATABASE_URL", db_url.to_owned()),
-        ("REDIS_URL", redis_url.to_owned()),
-        ("REDIS_PREFIX", prefix.to_owned()),
-        ("PUBLISHER_API_KEY", API_KEY.to_owned()),
+async fn spawn_publisher(env: &Env, extra: &[(&'static str, String)]) -> anyhow::Result<Service> {
+    let base = vec![
         ("PUBLIC_BASE_URL", "https://bench.invalid".to_owned()),
         ("RUST_LOG", crate::QUIET_LOG.to_owned()),
     ];
-    for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push((*k, v.clone()));
-    }
-    let p = Service::spawn(Bin::Publisher, &[], &env).await?;
-    p.wait_ready(READY).await?;
-    Ok(p)
+    env.spawn_publisher(&merge(base, extra), READY).await
 }
 
 /// A gateway's `/metrics` text.

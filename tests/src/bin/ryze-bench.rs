@@ -125,9 +125,7 @@ async fn main() -> anyhow::Result<()> {
         p.mode, info.load_before
     ));
     let many = p.many.max(p.storm_clients);
-    let mut sys = System::start(many, &[])
-        .await
-        .context("starting the system")?;
+    let mut sys = System::start(many).await.context("starting the system")?;
     log("system ready");
 
     let mut outcomes: Vec<Outcome> = Vec::new();

@@ -28,6 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Exposition;
 use history::{lock, now, Micros, Recorder};
 use report::{EventCount, Report};
 use schedule::RedisVariant;
@@ -332,26 +333,22 @@ async fn gauges(sys: &System, clients: usize, with_clients: bool) {
         let mut ok = true;
         let mut detail = Vec::new();
         for g in sys.live_gateways() {
-            let text = match crate::bench::system::metrics(&g).await {
-                Ok(t) => t,
+            let scrape = match Exposition::scrape(&g.admin_url("/metrics")).await {
+                Ok(e) => e,
                 Err(e) => {
                     ok = false;
                     detail.push(format!("pid {}: {e}", g.pid()));
                     continue;
                 }
             };
-            let m = |name: &str| crate::bench::system::metric(&text, name, "");
+            let m = |name: &str| scrape.sum(name, "");
             connections += m("ryze_gateway_connections");
             let wanted = m("ryze_gateway_redis_subscriptions");
             let confirmed = m("ryze_gateway_redis_subscriptions_confirmed");
-            let held = text
-                .lines()
-                .filter(|l| l.starts_with("ryze_gateway_instance_connections{"))
-                .filter(|l| {
-                    l.rsplit_once(' ')
-                        .and_then(|(_, v)| v.parse::<f64>().ok())
-                        .is_some_and(|v| v > 0.0)
-                })
+            let held = scrape
+                .samples()
+                .iter()
+                .filter(|(k, v)| k.starts_with("ryze_gateway_instance_connections{") && **v > 0.0)
                 .count() as f64;
             if wanted != held || confirmed != wanted {
                 ok = false;

@@ -7,20 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use uuid::Uuid;
 
 use super::history::{lock, now, GatewayLife, Recorder};
 use super::schedule::RedisVariant;
+use crate::fixtures::Env;
 use crate::{
-    run_cli_json, Balancer, Bin, FaultProxy, PgServer, RedisCluster, RedisSentinel, RedisServer,
-    Service, TestDb,
+    Balancer, FaultProxy, PgServer, RedisCluster, RedisSentinel, RedisServer, Service, TestDb,
 };
 
 /// Upper bound for a (re)started service to become ready; generous because a Redis or
 /// Postgres fault may be under way.
 pub const READY: Duration = Duration::from_secs(90);
 /// The publishers' ingest key.
-pub const API_KEY: &str = "chaos-publisher-key";
+pub use crate::fixtures::API_KEY;
 /// Frames of history per instance (the product's default, passed explicitly since the
 /// checker relies on it).
 pub const HISTORY_SIZE: u64 = 1000;
@@ -80,7 +79,7 @@ pub struct System {
     pub instances: Vec<Inst>,
     pub token: String,
     pub recorder: Arc<Recorder>,
-    prefix: String,
+    env: Env,
     gateway_count: Mutex<usize>,
 }
 
@@ -113,46 +112,16 @@ impl System {
                 Redis::Single { server, proxy }
             }
         };
-        let cli_env = vec![
-            ("DATABASE_URL", db.url.clone()),
-            ("RUST_LOG", "warn".to_owned()),
-        ];
-        run_cli_json(Bin::Publisher, &["migrate"], &cli_env).await?;
-        let account = run_cli_json(Bin::Publisher, &["account", "create"], &cli_env).await?;
-        let field = |k: &str| {
-            account[k]
-                .as_str()
-                .map(str::to_owned)
-                .with_context(|| format!("account create printed no {k}: {account}"))
-        };
-        let account_id: Uuid = field("id")?.parse().context("account id")?;
-        let token = field("token")?;
-        let client = db.client().await?;
-        // Tokens in plain text (no ENCRYPTION_KEY), hashed like ryze_core::token::hash; the
-        // clients use the account token anyway.
-        client
-            .batch_execute(&format!(
-                "INSERT INTO instances (id, account_id, name, token_hash, token_secret) \
-                 SELECT gen_random_uuid(), '{account_id}', 'chaos-' || i, \
-                        sha256(convert_to('chaos-' || i, 'UTF8')), convert_to('chaos-' || i, 'UTF8') \
-                 FROM generate_series(0, {instances} - 1) i; \
-                 INSERT INTO websocket_configs (instance_id, enabled, media_base64) \
-                 SELECT id, true, false FROM instances WHERE account_id = '{account_id}';"
-            ))
-            .await
-            .context("seeding instances")?;
-        let mut insts = Vec::new();
-        for i in 0..instances {
-            let name = format!("chaos-{i}");
-            let row = client
-                .query_one("SELECT id FROM instances WHERE name = $1", &[&name])
-                .await?;
-            let id: Uuid = row.get(0);
-            insts.push(Inst {
-                id: id.to_string(),
+        let env = Env::create(db.url.clone(), Some(redis.url()), None).await?;
+        let names: Vec<String> = (0..instances).map(|i| format!("chaos-{i}")).collect();
+        let ids = env.seed_instances(&names, &[]).await?;
+        let insts = names
+            .into_iter()
+            .map(|name| Inst {
+                id: ids[&name].to_string(),
                 name,
-            });
-        }
+            })
+            .collect();
         let balancer = Balancer::start(Vec::new()).await?;
         let system = System {
             pg,
@@ -162,9 +131,9 @@ impl System {
             gateways: Mutex::new(Vec::new()),
             publishers: Mutex::new(Vec::new()),
             instances: insts,
-            token,
+            token: env.account_token.clone(),
             recorder,
-            prefix: crate::unique_prefix(),
+            env,
             gateway_count: Mutex::new(0),
         };
         for _ in 0..2 {
@@ -179,11 +148,9 @@ impl System {
         Ok(system)
     }
 
-    fn service_env(&self) -> Vec<(&'static str, String)> {
+    /// What both binaries get besides the environment's database, Redis and prefix.
+    fn service_env() -> Vec<(&'static str, String)> {
         vec![
-            ("DATABASE_URL", self.db.url.clone()),
-            ("REDIS_URL", self.redis.url()),
-            ("REDIS_PREFIX", self.prefix.clone()),
             // CHAOS_RUST_LOG (e.g. `warn,ryze_gateway=info`) with RYZE_TEST_ECHO_LOGS=1 shows
             // what the services did around a violation.
             (
@@ -200,7 +167,7 @@ impl System {
 
     /// A new gateway, ready; its readiness life is registered with the recorder.
     pub async fn spawn_gateway(&self) -> anyhow::Result<Slot> {
-        let mut env = self.service_env();
+        let mut env = System::service_env();
         env.extend([
             ("RATE_LIMIT_PER_MINUTE", "100000000".to_owned()),
             ("SHUTDOWN_TIMEOUT", format!("{}s", SHUTDOWN.as_secs())),
@@ -208,8 +175,7 @@ impl System {
             ("REBALANCE_WARMUP", "10s".to_owned()),
             ("REBALANCE_MIN_AGE", "10s".to_owned()),
         ]);
-        let svc = Service::spawn(Bin::Gateway, &[], &env).await?;
-        svc.wait_ready(READY).await?;
+        let svc = self.env.spawn_gateway(&env, READY).await?;
         let n = {
             let mut c = lock(&self.gateway_count);
             *c += 1;
@@ -231,13 +197,10 @@ impl System {
 
     /// A new publisher, ready.
     pub async fn spawn_publisher(&self) -> anyhow::Result<Slot> {
-        let mut env = self.service_env();
-        env.extend([
-            ("PUBLISHER_API_KEY", API_KEY.to_owned()),
-            ("PUBLIC_BASE_URL", "https://chaos.invalid".to_owned()),
-        ]);
-        let svc = Service::spawn(Bin::Publisher, &[], &env).await?;
-        svc.wait_ready(READY).await?;
+        let svc = self
+            .env
+            .spawn_publisher(&System::service_env(), READY)
+            .await?;
         Ok(Slot {
             svc: Arc::new(svc),
             life: usize::MAX,
