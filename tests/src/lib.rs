@@ -33,7 +33,6 @@
 //! as upper bound; none sleeps.
 
 pub mod balancer;
-pub mod bench;
 pub mod certs;
 pub mod chaos;
 pub mod client;

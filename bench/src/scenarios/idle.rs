@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::{bytes, count, reasons, settle, us, Outcome, Params};
-use crate::bench::fleet::{Fleet, FleetSpec};
-use crate::bench::procfs;
-use crate::bench::system::{wait_connections, System};
+use crate::fleet::{Fleet, FleetSpec};
+use crate::procfs;
+use crate::system::{wait_connections, System};
 
 /// Open files the gateway may need beyond its resting set while clients connect (Postgres
 /// pool growth, Redis, accepted sockets not yet upgraded).

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{count, reasons, settle, us, Cpu, Outcome, Params};
-use crate::bench::fleet::{Fleet, FleetSpec};
-use crate::bench::procfs;
-use crate::bench::protocol::now_micros;
-use crate::bench::system::{wait_connections, System};
+use crate::fleet::{Fleet, FleetSpec};
+use crate::procfs;
+use crate::protocol::now_micros;
+use crate::system::{wait_connections, System};
 
 const TARGET_BACK_US: u64 = 3_000_000;
 

@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::stream::{common, stream, stream_targets, Spec};
 use super::{count, Outcome, Params};
-use crate::bench::publish::event;
-use crate::bench::system::System;
+use crate::publish::event;
+use crate::system::System;
 
 /// The targets: CPU per delivery within this factor of the floor, and p99.
 const TARGET_RATIO: f64 = 1.3;

@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ryze_tests::bench::report::{self, RunInfo};
-use ryze_tests::bench::scenarios::storm::Population;
-use ryze_tests::bench::scenarios::{history, idle, sparse, storm, stream, Outcome, Params};
-use ryze_tests::bench::system::{System, RATE_LIMIT};
-use ryze_tests::bench::{procfs, profile};
+use ryze_bench::report::{self, RunInfo};
+use ryze_bench::scenarios::storm::Population;
+use ryze_bench::scenarios::{history, idle, sparse, storm, stream, Outcome, Params};
+use ryze_bench::system::{System, RATE_LIMIT};
+use ryze_bench::{procfs, profile};
 
 const SCENARIOS: [&str; 12] = [
     "idle",

@@ -8,7 +8,7 @@
 //! `--url`, as a client behind a load balancer would do when its pod dies.
 //!
 //! It prints one JSON line per event and answers commands on stdin (see
-//! `ryze_tests::bench::protocol`), and exits on `stop`, at the end of stdin, or after
+//! `ryze_bench::protocol`), and exits on `stop`, at the end of stdin, or after
 //! `--max-seconds`, whichever comes first. Loopback only: every `--url` must name a
 //! 127.0.0.0/8 address.
 //!
@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use ryze_tests::bench::histogram::Histogram;
-use ryze_tests::bench::procfs;
-use ryze_tests::bench::protocol::{now_micros, sent_micros, WorkerReport};
+use ryze_bench::histogram::Histogram;
+use ryze_bench::procfs;
+use ryze_bench::protocol::{now_micros, sent_micros, WorkerReport};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;

@@ -13,11 +13,11 @@ mod runs;
 pub use runs::{fanout, fanout_sweep, hot, many, media};
 
 use super::{bytes, count, reasons, settle, Cpu, Outcome, Params};
-use crate::bench::fleet::{Fleet, FleetSpec, Merged};
-use crate::bench::procfs;
-use crate::bench::profile::{self, Profile};
-use crate::bench::publish::{event, media_event, Published, Publisher};
-use crate::bench::system::{
+use crate::fleet::{Fleet, FleetSpec, Merged};
+use crate::procfs;
+use crate::profile::{self, Profile};
+use crate::publish::{event, media_event, Published, Publisher};
+use crate::system::{
     metric, metrics, send_latency_buckets, wait_connections, System, API_KEY,
 };
 

@@ -14,10 +14,10 @@ use anyhow::{bail, Context};
 
 use super::stream::{common, stream, Spec, Streamed};
 use super::{count, us, Cpu, Outcome, Params};
-use crate::bench::histogram::Histogram;
-use crate::bench::publish::{event, Publisher};
-use crate::bench::system::{metric, metrics, System, API_KEY};
-use crate::WsClient;
+use crate::histogram::Histogram;
+use crate::publish::{event, Publisher};
+use crate::system::{metric, metrics, System, API_KEY};
+use ryze_tests::WsClient;
 
 /// The target: history on costs at most this share of saturated deliveries/s.
 const TARGET_COST: f64 = 0.10;
@@ -272,7 +272,7 @@ pub async fn resume(sys: &mut System, p: &Params) -> anyhow::Result<Outcome> {
     let publisher = Publisher::new(sys.ingest_url(), API_KEY)?;
     let pad = "x".repeat(125);
     let items: Vec<String> = (0..=missed as u64)
-        .map(|n| event(&id, crate::bench::protocol::now_micros(), n, &pad))
+        .map(|n| event(&id, crate::protocol::now_micros(), n, &pad))
         .collect();
     let (published, _) = publisher.post(format!("[{}]", items.join(","))).await?;
     if published != missed as u64 + 1 {

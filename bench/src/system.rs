@@ -11,13 +11,13 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use super::procfs;
-use crate::fixtures::{merge, Env};
-use crate::{http, PgServer, RedisServer, Service, TestDb};
+use ryze_tests::fixtures::{merge, Env};
+use ryze_tests::{http, PgServer, RedisServer, Service, TestDb};
 
 /// Upper bound for a service to become ready.
 const READY: Duration = Duration::from_secs(60);
 /// The publisher's ingest key.
-pub use crate::fixtures::API_KEY;
+pub use ryze_tests::fixtures::API_KEY;
 /// Requests per token per minute: every benchmark client shares one account token.
 pub const RATE_LIMIT: &str = "100000000";
 
@@ -101,7 +101,7 @@ impl System {
     pub async fn spawn_gateway(&self) -> anyhow::Result<Service> {
         let settings = [
             ("RATE_LIMIT_PER_MINUTE", RATE_LIMIT.to_owned()),
-            ("RUST_LOG", crate::QUIET_LOG.to_owned()),
+            ("RUST_LOG", ryze_tests::QUIET_LOG.to_owned()),
         ];
         self.env.spawn_gateway(&settings, READY).await
     }
@@ -287,7 +287,7 @@ async fn enable_statements(pg: &PgServer) -> anyhow::Result<()> {
 async fn spawn_publisher(env: &Env, extra: &[(&'static str, String)]) -> anyhow::Result<Service> {
     let base = vec![
         ("PUBLIC_BASE_URL", "https://bench.invalid".to_owned()),
-        ("RUST_LOG", crate::QUIET_LOG.to_owned()),
+        ("RUST_LOG", ryze_tests::QUIET_LOG.to_owned()),
     ];
     env.spawn_publisher(&merge(base, extra), READY).await
 }
@@ -304,7 +304,7 @@ pub async fn metrics(gw: &Service) -> anyhow::Result<String> {
 
 /// The sum of every series of metric `name` whose labels contain `label` (`""` for all).
 pub fn metric(text: &str, name: &str, label: &str) -> f64 {
-    crate::metrics::Exposition::parse(text).sum(name, label)
+    ryze_tests::metrics::Exposition::parse(text).sum(name, label)
 }
 
 /// Quantiles of the gateway's own `ryze_publish_to_send_seconds` (publisher stamp → write
