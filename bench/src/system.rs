@@ -128,7 +128,10 @@ impl System {
 
     /// Replaces the publisher with a fresh one whose environment adds `extra` (e.g.
     /// `HISTORY_SIZE=0`); the old one is stopped first, so only one appends at a time.
-    pub async fn restart_publisher(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
+    pub async fn restart_publisher(
+        &mut self,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<()> {
         self.publisher.kill9();
         let _ = self.publisher.wait_exit(Duration::from_secs(10)).await;
         self.publisher = spawn_publisher(&self.env, extra).await?;

@@ -7,7 +7,6 @@
 //! - [`resume`]: 1,000 clients come back at once with `since=<offset>` 100 frames back; the
 //!   time from starting the connect to having the 100 replayed frames, per client and in total.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -82,9 +81,7 @@ pub async fn fanout_history(sys: &mut System, p: &Params) -> anyhow::Result<Outc
         "fanout_history",
         "History off and on: the fan-out scenario, interleaved",
     );
-    let id = sys.id("fanout")?;
-    let pad = "x".repeat(p.fanout_frame_bytes.saturating_sub(175));
-    let requests = (p.fanout_rate * p.fanout_secs) as u64;
+    let requests = Spec::fanout(sys, p, p.fanout_rate, p.fanout_secs)?.requests;
     o.set(
         "subscribers",
         format!(
@@ -118,25 +115,11 @@ pub async fn fanout_history(sys: &mut System, p: &Params) -> anyhow::Result<Outc
             sys.restart_publisher(&history_env(on)).await?;
             sys.restart_gateways().await?;
             let redis0 = sys.redis_commands().await?;
-            let pad = pad.clone();
-            let st = stream(
-                sys,
-                p,
-                &format!("history_{label}_{pair}"),
-                &Spec {
-                    name: "fanout".to_owned(),
-                    instances: 1,
-                    clients: p.fanout_clients,
-                    per_worker: p.fanout_clients.div_ceil(2).max(1),
-                    read_buffer: 8 * 1024,
-                    rate: p.fanout_rate,
-                    requests,
-                    body: Arc::new(move |n, t| event(&id, t, n, &pad)),
-                    profile: false,
-                    pin: false,
-                },
-            )
-            .await?;
+            let spec = Spec {
+                profile: false,
+                ..Spec::fanout(sys, p, p.fanout_rate, p.fanout_secs)?
+            };
+            let st = stream(sys, p, &format!("history_{label}_{pair}"), &spec).await?;
             let redis1 = sys.redis_commands().await?;
             let calls =
                 |k: &str| redis1.get(k).copied().unwrap_or(0) - redis0.get(k).copied().unwrap_or(0);

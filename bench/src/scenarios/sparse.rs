@@ -46,16 +46,15 @@ pub async fn one(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         ),
     );
     let spec = Spec {
-        name: "fanout".to_owned(),
-        instances: 1,
-        clients: p.sparse_clients,
-        per_worker: p.sparse_clients.div_ceil(2).max(1),
-        read_buffer: 8 * 1024,
-        rate: p.sparse_rate,
-        requests,
-        body: Arc::new(move |n, t| event(&id, t, n, &pad)),
-        profile: true,
         pin: true,
+        ..Spec::new(
+            "fanout",
+            1,
+            p.sparse_clients,
+            p.sparse_rate,
+            requests,
+            move |n, t| event(&id, t, n, &pad),
+        )
     };
     finish(&mut o, sys, p, "sparse", &spec).await?;
     Ok(o)
@@ -97,19 +96,18 @@ pub async fn many(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         ),
     );
     let spec = Spec {
-        name: "m-{i}".to_owned(),
-        instances: n,
-        clients: per * n,
-        per_worker: (per * n).div_ceil(2).max(1),
-        read_buffer: 8 * 1024,
-        rate: p.sparse_rate,
-        requests,
-        body: Arc::new(move |req, t| {
-            let items: Vec<String> = ids.iter().map(|id| event(id, t, req, &pad)).collect();
-            format!("[{}]", items.join(","))
-        }),
-        profile: true,
         pin: true,
+        ..Spec::new(
+            "m-{i}",
+            n,
+            per * n,
+            p.sparse_rate,
+            requests,
+            move |req, t| {
+                let items: Vec<String> = ids.iter().map(|id| event(id, t, req, &pad)).collect();
+                format!("[{}]", items.join(","))
+            },
+        )
     };
     finish(&mut o, sys, p, "sparse_many", &spec).await?;
     Ok(o)

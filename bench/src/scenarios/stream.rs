@@ -17,9 +17,7 @@ use crate::fleet::{Fleet, FleetSpec, Merged};
 use crate::procfs;
 use crate::profile::{self, Profile};
 use crate::publish::{event, media_event, Published, Publisher};
-use crate::system::{
-    metric, metrics, send_latency_buckets, wait_connections, System, API_KEY,
-};
+use crate::system::{metric, metrics, send_latency_buckets, wait_connections, System, API_KEY};
 
 /// Most requests in flight from the publishing loop.
 const IN_FLIGHT: usize = 64;
@@ -45,6 +43,51 @@ pub(super) struct Spec {
     /// Pin the servers (gateways, publisher, Redis) to CPU 0 and the clients (load workers,
     /// the publishing loop) to CPU 1 while publishing, as the kernel floor is measured.
     pub(super) pin: bool,
+}
+
+impl Spec {
+    /// `clients` subscribers of `instances` instances named `name`, half on each gateway
+    /// (one worker per half), 8 KiB client read buffers, `requests` requests at `rate` per
+    /// second built by `body`; profiled when `--perf` asks, servers not pinned. Scenarios
+    /// change the rest with struct update syntax.
+    pub(super) fn new(
+        name: &str,
+        instances: usize,
+        clients: usize,
+        rate: f64,
+        requests: u64,
+        body: impl Fn(u64, u64) -> String + Send + Sync + 'static,
+    ) -> Spec {
+        Spec {
+            name: name.to_owned(),
+            instances,
+            clients,
+            per_worker: clients.div_ceil(2).max(1),
+            read_buffer: 8 * 1024,
+            rate,
+            requests,
+            body: Arc::new(body),
+            profile: true,
+            pin: false,
+        }
+    }
+
+    /// The fan-out scenario's stream at `rate` for `secs`: its subscribers of instance
+    /// `fanout`, one event per request, frames of about `p.fanout_frame_bytes`.
+    pub(super) fn fanout(sys: &System, p: &Params, rate: f64, secs: f64) -> anyhow::Result<Spec> {
+        let id = sys.id("fanout")?;
+        // The envelope adds about 150 bytes (event, instanceData with base URL, name, token).
+        let pad = "x".repeat(p.fanout_frame_bytes.saturating_sub(175));
+        let requests = (rate * secs) as u64;
+        Ok(Spec::new(
+            "fanout",
+            1,
+            p.fanout_clients,
+            rate,
+            requests,
+            move |n, t| event(&id, t, n, &pad),
+        ))
+    }
 }
 
 /// Everything measured while streaming.

@@ -9,10 +9,8 @@ pub async fn fanout(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         "fanout",
         "Fan-out: one instance, subscribers on both gateways",
     );
-    let id = sys.id("fanout")?;
-    // The envelope adds about 150 bytes (event, instanceData with base URL, name, token).
-    let pad = "x".repeat(p.fanout_frame_bytes.saturating_sub(175));
-    let requests = (p.fanout_rate * p.fanout_secs) as u64;
+    let spec = Spec::fanout(sys, p, p.fanout_rate, p.fanout_secs)?;
+    let requests = spec.requests;
     o.set(
         "subscribers",
         format!("{} (half per gateway)", count(p.fanout_clients as f64)),
@@ -27,24 +25,7 @@ pub async fn fanout(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
             p.fanout_frame_bytes
         ),
     );
-    let st = stream(
-        sys,
-        p,
-        "fanout",
-        &Spec {
-            name: "fanout".to_owned(),
-            instances: 1,
-            clients: p.fanout_clients,
-            per_worker: p.fanout_clients.div_ceil(2).max(1),
-            read_buffer: 8 * 1024,
-            rate: p.fanout_rate,
-            requests,
-            body: Arc::new(move |n, t| event(&id, t, n, &pad)),
-            profile: true,
-            pin: false,
-        },
-    )
-    .await?;
+    let st = stream(sys, p, "fanout", &spec).await?;
     common(&mut o, &st);
     stream_targets(&mut o, &st, true);
     Ok(o)
@@ -57,7 +38,6 @@ pub async fn fanout_sweep(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         "fanout_sweep",
         "Fan-out latency against event rate (same subscribers, lower rates)",
     );
-    let id = sys.id("fanout")?;
     o.set(
         "subscribers",
         format!("{} (half per gateway)", count(p.fanout_clients as f64)),
@@ -70,27 +50,9 @@ pub async fn fanout_sweep(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         ),
     );
     for &rate in &p.sweep_rates {
-        let pad = "x".repeat(p.fanout_frame_bytes.saturating_sub(175));
-        let requests = (rate * p.sweep_secs) as u64;
         let key = format!("fanout_{rate}");
-        let st = stream(
-            sys,
-            p,
-            &key,
-            &Spec {
-                name: "fanout".to_owned(),
-                instances: 1,
-                clients: p.fanout_clients,
-                per_worker: p.fanout_clients.div_ceil(2).max(1),
-                read_buffer: 8 * 1024,
-                rate,
-                requests,
-                body: Arc::new(move |n, t| event(&id, t, n, &pad)),
-                profile: true,
-                pin: false,
-            },
-        )
-        .await?;
+        let spec = Spec::fanout(sys, p, rate, p.sweep_secs)?;
+        let st = stream(sys, p, &key, &spec).await?;
         let d = &st.delivered;
         let lost = st.expected as i64 - d.frames as i64;
         let cpu = st.cpu.gateway_total();
@@ -151,16 +113,15 @@ pub async fn hot(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         p,
         "hot",
         &Spec {
-            name: "hot".to_owned(),
-            instances: 1,
-            clients: p.hot_clients,
             per_worker: p.per_worker.min(p.hot_clients.div_ceil(2)).max(1),
-            read_buffer: 8 * 1024,
-            rate: p.hot_rate,
-            requests,
-            body: Arc::new(move |n, t| event(&id, t, n, &pad)),
-            profile: true,
-            pin: false,
+            ..Spec::new(
+                "hot",
+                1,
+                p.hot_clients,
+                p.hot_rate,
+                requests,
+                move |n, t| event(&id, t, n, &pad),
+            )
         },
     )
     .await?;
@@ -210,25 +171,25 @@ pub async fn many(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         p,
         "many",
         &Spec {
-            name: "m-{i}".to_owned(),
-            instances: n,
-            clients: n,
             per_worker: p.per_worker.min(n.div_ceil(2)).max(1),
-            read_buffer: 8 * 1024,
-            rate: chunks as f64,
-            requests: chunks * p.many_rounds,
-            body: Arc::new(move |req, t| {
-                let c = (req % chunks) as usize;
-                let lo = c * per_request;
-                let hi = (lo + per_request).min(body_ids.len());
-                let items: Vec<String> = body_ids[lo..hi]
-                    .iter()
-                    .map(|id| event(id, t, req, &pad))
-                    .collect();
-                format!("[{}]", items.join(","))
-            }),
             profile: false,
-            pin: false,
+            ..Spec::new(
+                "m-{i}",
+                n,
+                n,
+                chunks as f64,
+                chunks * p.many_rounds,
+                move |req, t| {
+                    let c = (req % chunks) as usize;
+                    let lo = c * per_request;
+                    let hi = (lo + per_request).min(body_ids.len());
+                    let items: Vec<String> = body_ids[lo..hi]
+                        .iter()
+                        .map(|id| event(id, t, req, &pad))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                },
+            )
         },
     )
     .await?;
@@ -324,16 +285,15 @@ pub async fn media(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         p,
         "media",
         &Spec {
-            name: "media".to_owned(),
-            instances: 1,
-            clients: p.media_clients,
-            per_worker: p.media_clients.div_ceil(2).max(1),
             read_buffer: 256 * 1024,
-            rate: p.media_rate,
-            requests,
-            body: Arc::new(move |n, t| media_event(&id, t, n, &media)),
-            profile: true,
-            pin: false,
+            ..Spec::new(
+                "media",
+                1,
+                p.media_clients,
+                p.media_rate,
+                requests,
+                move |n, t| media_event(&id, t, n, &media),
+            )
         },
     )
     .await?;
