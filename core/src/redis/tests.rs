@@ -1,3 +1,4 @@
+use super::connection::tcp_config;
 use super::*;
 
 fn sentinel_hosts(t: &RedisTarget) -> Vec<String> {
