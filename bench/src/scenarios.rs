@@ -4,7 +4,8 @@
 //! - [`idle`]: RSS per idle connection at 10k and the largest count one gateway can hold.
 //! - [`stream`]: fan-out (and its latency at lower rates), hot instance, many instances and
 //!   media (connect, publish paced, count every frame, latency from the stamp).
-//! - [`sparse`]: fan-out at the everyday rate, CPU per delivery against the kernel floor.
+//! - [`sparse`]: fan-out at the everyday rate, CPU per delivery against the kernel floor;
+//!   the same subscribers saturated (400 events/s).
 //! - [`storm`]: a gateway killed under 10k clients that fail over to the other one.
 //! - [`history`]: fan-out with history off and on, and 1,000 clients resuming at once.
 
@@ -72,6 +73,10 @@ pub struct Params {
     pub sparse_secs: f64,
     /// Sparse fan-out: bytes of event data.
     pub sparse_data_bytes: usize,
+    /// Saturated fan-out (the sparse scenario's subscribers and data): events per second.
+    pub saturated_rate: f64,
+    /// Saturated fan-out: seconds of publishing.
+    pub saturated_secs: f64,
     /// Reconnect storm: clients on the gateway that is killed.
     pub storm_clients: usize,
     /// Connections per `ryze-load` worker.
@@ -113,6 +118,8 @@ impl Params {
             sparse_rate: 20.0,
             sparse_secs: 20.0,
             sparse_data_bytes: 300,
+            saturated_rate: 400.0,
+            saturated_secs: 20.0,
             storm_clients: 10_000,
             per_worker: 5_000,
             history_pairs: 2,
@@ -148,6 +155,8 @@ impl Params {
             sparse_rate: 20.0,
             sparse_secs: 10.0,
             sparse_data_bytes: 300,
+            saturated_rate: 400.0,
+            saturated_secs: 8.0,
             storm_clients: 2_000,
             per_worker: 2_500,
             history_pairs: 1,
@@ -179,6 +188,8 @@ impl Params {
             media_secs: 2.0,
             sparse_clients: 100,
             sparse_secs: 2.0,
+            saturated_rate: 400.0,
+            saturated_secs: 2.0,
             storm_clients: 100,
             per_worker: 100,
             resume_clients: 20,

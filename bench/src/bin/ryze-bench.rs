@@ -24,10 +24,11 @@ use ryze_bench::scenarios::{history, idle, sparse, storm, stream, Outcome, Param
 use ryze_bench::system::{System, RATE_LIMIT};
 use ryze_bench::{procfs, profile};
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "idle",
     "sparse",
     "sparse_many",
+    "saturated",
     "fanout",
     "fanout_history",
     "resume",
@@ -144,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             "idle" => idle::run(&sys, &p).await,
             "sparse" => sparse::one(&sys, &p).await,
             "sparse_many" => sparse::many(&sys, &p).await,
+            "saturated" => sparse::saturated(&sys, &p).await,
             "fanout" => stream::fanout(&sys, &p).await,
             "fanout_history" => history::fanout_history(&mut sys, &p).await,
             "resume" => history::resume(&mut sys, &p).await,
