@@ -9,7 +9,7 @@
 //! ```text
 //! ryze-bench [--quick | --tiny]
 //!            [--only idle,sparse,sparse_many,fanout,fanout_history,resume,fanout_sweep,hot,
-//!                    many,media,storm_hot,storm_many]
+//!                    many,media,storm_hot,storm_many,regions]
 //!            [--doc docs/benchmarks.md] [--json target/bench.json] [--perf DIR]
 //!            [--command "make bench"]
 //! ```
@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ryze_tests::bench::report::{self, RunInfo};
 use ryze_tests::bench::scenarios::storm::Population;
-use ryze_tests::bench::scenarios::{history, idle, sparse, storm, stream, Outcome, Params};
+use ryze_tests::bench::scenarios::{
+    history, idle, regions, sparse, storm, stream, Outcome, Params,
+};
 use ryze_tests::bench::system::{System, RATE_LIMIT};
 use ryze_tests::bench::{procfs, profile};
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "idle",
     "sparse",
     "sparse_many",
@@ -37,6 +39,7 @@ const SCENARIOS: [&str; 12] = [
     "media",
     "storm_hot",
     "storm_many",
+    "regions",
 ];
 
 struct Args {
@@ -155,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
             "media" => stream::media(&sys, &p).await,
             "storm_hot" => storm::run(&mut sys, &p, Population::OneInstance).await,
             "storm_many" => storm::run(&mut sys, &p, Population::ManyInstances).await,
+            "regions" => regions::run(&sys, &p).await,
             _ => continue,
         };
         let outcome = match result {
