@@ -8,9 +8,12 @@
 //!   the same subscribers saturated (400 events/s).
 //! - [`storm`]: a gateway killed under 10k clients that fail over to the other one.
 //! - [`history`]: fan-out with history off and on, and 1,000 clients resuming at once.
+//! - [`regions`]: ingest latency of a multi-region publisher with every region up, one region
+//!   down and one region hung (on three Redis servers, gateways and a publisher of its own).
 
 pub mod history;
 pub mod idle;
+pub mod regions;
 pub mod sparse;
 pub mod storm;
 pub mod stream;
@@ -87,6 +90,8 @@ pub struct Params {
     pub resume_clients: usize,
     /// Resume: frames each of them missed.
     pub resume_missed: usize,
+    /// Regions: sequential ingest requests in each phase (all up, one down, one hung).
+    pub regions_requests: usize,
     /// Where `perf record` data goes; `None`: no profiles.
     pub perf_dir: Option<String>,
 }
@@ -125,6 +130,7 @@ impl Params {
             history_pairs: 2,
             resume_clients: 1_000,
             resume_missed: 100,
+            regions_requests: 200,
             perf_dir: None,
         }
     }
@@ -162,6 +168,7 @@ impl Params {
             history_pairs: 1,
             resume_clients: 200,
             resume_missed: 100,
+            regions_requests: 100,
             perf_dir: None,
         }
     }
@@ -193,6 +200,7 @@ impl Params {
             storm_clients: 100,
             per_worker: 100,
             resume_clients: 20,
+            regions_requests: 20,
             ..Params::quick()
         }
     }

@@ -97,6 +97,11 @@ impl System {
         Ok(system)
     }
 
+    /// The database, account and Redis every service of the benchmark shares.
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
     /// Starts one more gateway and waits until it is ready.
     pub async fn spawn_gateway(&self) -> anyhow::Result<Service> {
         let settings = [

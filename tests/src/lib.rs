@@ -60,6 +60,6 @@ pub use process::{
 pub use proxy::FaultProxy;
 pub use redis::{redis, try_redis, unique_prefix, ClientAuth, RedisServer};
 pub use sentinel::RedisSentinel;
-pub use supervisor::pid_is_alive;
+pub use supervisor::{pid_is_alive, Frozen};
 pub use tls::TestCerts;
 pub use wait::{eventually, eventually_every};

@@ -270,6 +270,25 @@ pub(crate) fn kill_pid(signal: &str, pid: u32) {
         .status();
 }
 
+/// A process stopped with `SIGSTOP` (a hung server: its connections stay open, only timeouts
+/// tell), sent `SIGCONT` when dropped, also when a test panics or a benchmark scenario
+/// returns early, so its supervisor can stop it normally.
+pub struct Frozen(u32);
+
+impl Frozen {
+    /// Stops `pid`.
+    pub fn freeze(pid: u32) -> Frozen {
+        kill_pid("STOP", pid);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        kill_pid("CONT", self.0);
+    }
+}
+
 /// Whether this process runs as root (the owner of `/proc/self` is our effective uid).
 pub(crate) fn running_as_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)

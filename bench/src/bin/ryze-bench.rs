@@ -9,7 +9,7 @@
 //! ```text
 //! ryze-bench [--quick | --tiny]
 //!            [--only idle,sparse,sparse_many,fanout,fanout_history,resume,fanout_sweep,hot,
-//!                    many,media,storm_hot,storm_many]
+//!                    many,media,storm_hot,storm_many,regions]
 //!            [--doc docs/benchmarks.md] [--json target/bench.json] [--perf DIR]
 //!            [--command "make bench"]
 //! ```
@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ryze_bench::report::{self, RunInfo};
 use ryze_bench::scenarios::storm::Population;
-use ryze_bench::scenarios::{history, idle, sparse, storm, stream, Outcome, Params};
+use ryze_bench::scenarios::{history, idle, regions, sparse, storm, stream, Outcome, Params};
 use ryze_bench::system::{System, RATE_LIMIT};
 use ryze_bench::{procfs, profile};
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "idle",
     "sparse",
     "sparse_many",
@@ -38,6 +38,7 @@ const SCENARIOS: [&str; 13] = [
     "media",
     "storm_hot",
     "storm_many",
+    "regions",
 ];
 
 struct Args {
@@ -155,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
             "media" => stream::media(&sys, &p).await,
             "storm_hot" => storm::run(&mut sys, &p, Population::OneInstance).await,
             "storm_many" => storm::run(&mut sys, &p, Population::ManyInstances).await,
+            "regions" => regions::run(&sys, &p).await,
             _ => continue,
         };
         let outcome = match result {

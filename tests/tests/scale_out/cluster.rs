@@ -390,7 +390,7 @@ async fn a_wedged_master_makes_the_pods_unready_whichever_master_it_is() {
     let s = start(&cluster, &[("REDIS_STALL_TIMEOUT", "1s".to_owned())]).await;
     for i in 0..cluster.nodes().len() {
         let pid = cluster.node(i).pid().expect("master running");
-        let frozen = crate::regions::Frozen::freeze(pid);
+        let frozen = ryze_tests::Frozen::freeze(pid);
         for (name, gw) in [("a", &s.a), ("b", &s.b)] {
             gw.wait_not_ready(WAIT)
                 .await
