@@ -33,9 +33,23 @@ pub async fn one(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         "sparse",
         "Sparse fan-out: one instance, 20 events/s (CPU per delivery against the kernel floor)",
     );
+    let spec = one_instance(&mut o, sys, p, p.sparse_rate, p.sparse_secs)?;
+    finish(&mut o, sys, p, "sparse", &spec).await?;
+    Ok(o)
+}
+
+/// The pinned stream of `p.sparse_clients` subscribers of instance `fanout` at `rate` for
+/// `secs`, with ~`p.sparse_data_bytes` of data per event; its settings are set on `o`.
+fn one_instance(
+    o: &mut Outcome,
+    sys: &System,
+    p: &Params,
+    rate: f64,
+    secs: f64,
+) -> anyhow::Result<Spec> {
     let id = sys.id("fanout")?;
     let pad = "x".repeat(p.sparse_data_bytes.saturating_sub(40));
-    let requests = (p.sparse_rate * p.sparse_secs) as u64;
+    let requests = (rate * secs) as u64;
     o.set(
         "subscribers",
         format!("{} (half per gateway)", count(p.sparse_clients as f64)),
@@ -43,26 +57,24 @@ pub async fn one(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     o.set(
         "events",
         format!(
-            "{} events/s for {} s = {} events, one per request, ~{} B of data",
-            p.sparse_rate,
-            p.sparse_secs,
+            "{rate} events/s for {secs} s = {} events, one per request, ~{} B of data: {} \
+             deliveries/s offered",
             count(requests as f64),
-            p.sparse_data_bytes
+            p.sparse_data_bytes,
+            count(p.sparse_clients as f64 * rate)
         ),
     );
-    let spec = Spec {
+    Ok(Spec {
         pin: true,
         ..Spec::new(
             "fanout",
             1,
             p.sparse_clients,
-            p.sparse_rate,
+            rate,
             requests,
             move |n, t| event(&id, t, n, &pad),
         )
-    };
-    finish(&mut o, sys, p, "sparse", &spec).await?;
-    Ok(o)
+    })
 }
 
 /// 50 instances × 40 subscribers, 20 events/s per instance (one request carries one event
@@ -125,37 +137,8 @@ pub async fn saturated(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
         "saturated",
         "Saturated fan-out: one instance, 400 events/s (servers on one core)",
     );
-    let id = sys.id("fanout")?;
-    let pad = "x".repeat(p.sparse_data_bytes.saturating_sub(40));
-    let requests = (p.saturated_rate * p.saturated_secs) as u64;
     let offered = p.sparse_clients as f64 * p.saturated_rate;
-    o.set(
-        "subscribers",
-        format!("{} (half per gateway)", count(p.sparse_clients as f64)),
-    );
-    o.set(
-        "events",
-        format!(
-            "{} events/s for {} s = {} events, one per request, ~{} B of data: {} deliveries/s \
-             offered",
-            p.saturated_rate,
-            p.saturated_secs,
-            count(requests as f64),
-            p.sparse_data_bytes,
-            count(offered)
-        ),
-    );
-    let spec = Spec {
-        pin: true,
-        ..Spec::new(
-            "fanout",
-            1,
-            p.sparse_clients,
-            p.saturated_rate,
-            requests,
-            move |n, t| event(&id, t, n, &pad),
-        )
-    };
+    let spec = one_instance(&mut o, sys, p, p.saturated_rate, p.saturated_secs)?;
     let st = stream(sys, p, "saturated", &spec).await?;
     common(&mut o, &st);
     let d = &st.delivered;
