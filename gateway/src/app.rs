@@ -15,8 +15,9 @@ use crate::origin::OriginPolicy;
 use crate::ratelimit::RateLimiter;
 use crate::routes::{self, Extras};
 use crate::state::{AppState, Shared, WsLimits};
-use anyhow::Context;
+use ryze_core::bus::BusError;
 use ryze_core::channel::Names;
+use ryze_core::store::StoreError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,30 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Why the gateway could not start, or stopped serving (`main` logs it and exits 1).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The Postgres pool could not be built.
+    #[error("opening the Postgres pool: {0}")]
+    Store(#[from] StoreError),
+    /// The Redis clients could not be built.
+    #[error("setting up the Redis clients: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// The embedded publisher could not start.
+    #[error("starting the embedded publisher: {0}")]
+    Guest(#[from] BusError),
+    /// A listener could not be bound.
+    #[error("binding {setting} {addr}: {source}")]
+    Bind {
+        setting: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A bound listener could not report its address.
+    #[error("reading the listen address: {0}")]
+    Listener(#[source] std::io::Error),
+}
 
 /// A built gateway: listeners bound, background tasks started.
 pub struct App {
@@ -44,7 +69,7 @@ impl App {
     pub async fn build(
         config: Validated,
         mut guest: Option<Box<dyn Guest>>,
-    ) -> anyhow::Result<App> {
+    ) -> Result<App, AppError> {
         // Before anything opens a descriptor of its own.
         let connection_cap = connection_cap(&config);
         let store = config.database.open()?;
@@ -207,14 +232,15 @@ impl App {
             });
         }
 
-        let public = crate::server::bind(config.gateway.listen_addr)
-            .with_context(|| format!("binding LISTEN_ADDR {}", config.gateway.listen_addr))?;
-        let admin = crate::server::bind(config.gateway.admin_listen_addr).with_context(|| {
-            format!(
-                "binding ADMIN_LISTEN_ADDR {}",
-                config.gateway.admin_listen_addr
-            )
-        })?;
+        let bind = |setting, addr| {
+            crate::server::bind(addr).map_err(|source| AppError::Bind {
+                setting,
+                addr,
+                source,
+            })
+        };
+        let public = bind("LISTEN_ADDR", config.gateway.listen_addr)?;
+        let admin = bind("ADMIN_LISTEN_ADDR", config.gateway.admin_listen_addr)?;
         Ok(App {
             public_router: routes::router(state.clone(), extras),
             admin_router: routes::admin::router(state.clone()),
@@ -238,13 +264,13 @@ impl App {
     pub async fn run_until_stopped(
         self,
         signal: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), AppError> {
         let state = self.state;
         let stops = self.stops;
         // Named in the start line: with port 0 in LISTEN_ADDR the kernel picks the port, and
         // this line is where an operator (or the test harness) learns it.
-        let public_addr = self.public.local_addr()?;
-        let admin_addr = self.admin.local_addr()?;
+        let public_addr = self.public.local_addr().map_err(AppError::Listener)?;
+        let admin_addr = self.admin.local_addr().map_err(AppError::Listener)?;
         let servers = TaskTracker::new();
         servers.spawn(crate::server::serve(
             self.public,

@@ -3,7 +3,7 @@
 //! the two, so this crate depends on `ryze-core` alone.
 
 use prometheus_client::registry::Registry;
-use ryze_core::bus::Bus;
+use ryze_core::bus::{Bus, BusError};
 use ryze_core::channel::Names;
 use ryze_core::redis::RedisTarget;
 use ryze_core::store::Store;
@@ -39,5 +39,5 @@ pub trait Guest: Send {
     /// Registers its metric families in the gateway's registry, so `/metrics` is one exposition.
     fn register_metrics(&mut self, registry: &mut Registry);
     /// Starts its tasks and returns the routes it serves on the public listener.
-    fn start(self: Box<Self>, host: Host) -> anyhow::Result<axum::Router>;
+    fn start(self: Box<Self>, host: Host) -> Result<axum::Router, BusError>;
 }

@@ -5,15 +5,15 @@ use crate::config::{Fanout, Service};
 use crate::outlet::regions::RegionsOutlet;
 use crate::outlet::RedisOutlet;
 use crate::{Publisher, Settings};
-use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use ryze_core::bus::Bus;
+use ryze_core::bus::{Bus, BusError};
 use ryze_core::channel::Names;
 use ryze_core::settings::Database;
+use ryze_core::store::StoreError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,26 @@ use tokio_util::task::TaskTracker;
 struct Admin {
     publisher: Arc<Publisher>,
     draining: CancellationToken,
+}
+
+/// Why the publisher service could not start, or stopped serving (`main` logs it and exits 1).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The Postgres pool could not be built.
+    #[error("opening the Postgres pool: {0}")]
+    Store(#[from] StoreError),
+    /// The Redis clients could not be built.
+    #[error("setting up the Redis clients: {0}")]
+    Redis(#[from] BusError),
+    /// `LISTEN_ADDR` could not be bound.
+    #[error("binding LISTEN_ADDR {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Serving failed (the listener's address or an accept error).
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
 }
 
 /// A built publisher service.
@@ -38,7 +58,7 @@ pub struct App {
 
 impl App {
     /// Builds the service and binds its listener.
-    pub async fn build(database: &Database, config: Service) -> anyhow::Result<App> {
+    pub async fn build(database: &Database, config: Service) -> Result<App, AppError> {
         let store = database.open()?;
         let names = Names::new(config.prefix.clone());
         let tasks = TaskTracker::new();
@@ -77,9 +97,10 @@ impl App {
                 .route("/metrics", get(metrics))
                 .with_state(admin),
         );
-        let listener = TcpListener::bind(config.listen_addr)
+        let addr = config.listen_addr;
+        let listener = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
+            .map_err(|source| AppError::Bind { addr, source })?;
         Ok(App {
             listener,
             router,
@@ -99,17 +120,17 @@ impl App {
     pub async fn run_until_stopped(
         self,
         signal: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), AppError> {
         let draining = self.draining.clone();
         // Named in the start line: with port 0 in LISTEN_ADDR the kernel picks the port.
-        let listen_addr = self.listener.local_addr()?;
+        let listen_addr = self.listener.local_addr().map_err(AppError::Serve)?;
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             signal.await;
             tracing::info!("shutdown started");
             draining.cancel();
         });
         tracing::info!(listen_addr = %listen_addr, "publisher started");
-        serve.await?;
+        serve.await.map_err(AppError::Serve)?;
         self.stop.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(self.shutdown_timeout, self.tasks.wait()).await;

@@ -3,7 +3,7 @@
 //! publisher would, with its metrics in the gateway's registry.
 
 use prometheus_client::registry::Registry;
-use ryze_core::bus::Bus;
+use ryze_core::bus::{Bus, BusError};
 use ryze_core::history::Retention;
 use ryze_core::settings::Ingest;
 use ryze_gateway::config::Validated;
@@ -36,7 +36,7 @@ impl Guest for EmbeddedPublisher {
         self.metrics = Some(Metrics::register_in(registry));
     }
 
-    fn start(self: Box<Self>, host: Host) -> anyhow::Result<axum::Router> {
+    fn start(self: Box<Self>, host: Host) -> Result<axum::Router, BusError> {
         let metrics = self.metrics.unwrap_or_default();
         let bus: Arc<dyn Bus> = match host.fanout {
             Fanout::InProcess(bus) => bus,
