@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::procfs;
 use ryze_tests::fixtures::{merge, Env};
+use ryze_tests::metrics::Exposition;
 use ryze_tests::{http, PgServer, RedisServer, Service, TestDb};
 
 /// Upper bound for a service to become ready.
@@ -312,7 +313,7 @@ pub async fn metrics(gw: &Service) -> anyhow::Result<String> {
 
 /// The sum of every series of metric `name` whose labels contain `label` (`""` for all).
 pub fn metric(text: &str, name: &str, label: &str) -> f64 {
-    ryze_tests::metrics::Exposition::parse(text).sum(name, label)
+    Exposition::parse(text).sum(name, label)
 }
 
 /// Quantiles of the gateway's own `ryze_publish_to_send_seconds` (publisher stamp → write
@@ -323,14 +324,8 @@ pub fn send_latency_buckets(before: &[String], after: &[String]) -> (Vec<(f64, f
     let mut bounds: Vec<(f64, f64)> = Vec::new();
     for (b, a) in before.iter().zip(after) {
         for (text, sign) in [(a, 1.0), (b, -1.0)] {
-            for line in text.lines() {
-                let Some(rest) = line.strip_prefix(name) else {
-                    continue;
-                };
-                let Some((le, value)) = rest.split_once("\"}") else {
-                    continue;
-                };
-                let Ok(v) = value.trim().parse::<f64>() else {
+            for (key, v) in Exposition::parse(text).samples() {
+                let Some(le) = key.strip_prefix(name).and_then(|r| r.strip_suffix("\"}")) else {
                     continue;
                 };
                 let le = if le == "+Inf" {
