@@ -142,7 +142,8 @@ impl App {
                 read_frame_cap: (config.gateway.ws_max_message_bytes * 4).max(64 * 1024),
                 send_queue: config.gateway.ws_send_queue,
                 send_queue_bytes: config.gateway.ws_send_queue_bytes,
-                read_buffer: 1024,
+                // None held while idle (1 KiB per connection otherwise): see connection::io.
+                read_buffer: 0,
                 write_buffer,
                 // A cap, not an allocation: above any frame a publisher can produce (its
                 // MAX_INGEST_BYTES; 64 MiB covers every sane setting), or the write would fail.

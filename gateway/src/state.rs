@@ -23,7 +23,8 @@ pub struct WsLimits {
     pub send_queue: usize,
     /// `WS_SEND_QUEUE_BYTES`.
     pub send_queue_bytes: usize,
-    /// Bytes read from the socket at a time.
+    /// The WebSocket library's own read buffer, allocated with the connection: 0, so an idle
+    /// connection holds none (the session's `SessionIo` reads ahead in chunks instead).
     pub read_buffer: usize,
     /// Bytes buffered before the library writes to the socket.
     pub write_buffer: usize,

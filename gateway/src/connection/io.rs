@@ -1,6 +1,12 @@
 //! The byte stream under a session's WebSocket library: reads come from the TCP socket (after
 //! the bytes hyper read past the handshake), writes join the outbox's ordered wire, which the
 //! hub writes live frames to directly (see `outbox`).
+//!
+//! The library is given no read buffer of its own (`WsLimits::read_buffer` is 0), so an idle
+//! connection holds none; it then asks for at most 14 bytes at a time. So that a client's
+//! frame still costs one `read` per [`READ_CHUNK`] rather than one per 14 bytes, small reads
+//! are served from a chunk read on the stack, and what the library did not take yet is kept
+//! on the heap only until it does.
 
 use crate::outbox::Outbox;
 use bytes::{Buf, Bytes};
@@ -11,12 +17,16 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Bytes read from the socket at once when the library asks for fewer.
+const READ_CHUNK: usize = 4096;
+
 /// A session's socket as the WebSocket library sees it.
 pub struct SessionIo {
     sock: Arc<TcpStream>,
     outbox: Arc<Outbox>,
-    /// Read by hyper after the request head: the client's first frames, if it was quick.
-    early: Bytes,
+    /// Read but not yet handed to the library: the client's first frames if hyper read them
+    /// past the request head, then the rest of a chunk. Empty (no allocation) when idle.
+    ahead: Bytes,
 }
 
 impl SessionIo {
@@ -25,7 +35,7 @@ impl SessionIo {
         SessionIo {
             sock,
             outbox,
-            early: detach(early),
+            ahead: detach(early),
         }
     }
 }
@@ -44,23 +54,38 @@ impl AsyncRead for SessionIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.early.is_empty() {
-            let n = this.early.len().min(buf.remaining());
-            buf.put_slice(&this.early[..n]);
-            this.early.advance(n);
-            if this.early.is_empty() {
+        if !this.ahead.is_empty() {
+            let n = this.ahead.len().min(buf.remaining());
+            buf.put_slice(&this.ahead[..n]);
+            this.ahead.advance(n);
+            if this.ahead.is_empty() {
                 // Free it now rather than with the session.
-                this.early = Bytes::new();
+                this.ahead = Bytes::new();
             }
             return Poll::Ready(Ok(()));
         }
+        let mut chunk = [0u8; READ_CHUNK];
         loop {
             if this.sock.poll_read_ready(cx)?.is_pending() {
                 return Poll::Pending;
             }
-            match this.sock.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
+            let direct = buf.remaining() >= READ_CHUNK;
+            let into = if direct {
+                buf.initialize_unfilled()
+            } else {
+                &mut chunk[..]
+            };
+            match this.sock.try_read(into) {
+                Ok(n) if direct => {
                     buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(n) => {
+                    let give = n.min(buf.remaining());
+                    buf.put_slice(&chunk[..give]);
+                    if give < n {
+                        this.ahead = Bytes::copy_from_slice(&chunk[give..n]);
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -102,5 +127,40 @@ mod tests {
         assert!(!inside(&some), "a copy, not a view");
         let none = detach(buffer.slice(200..200));
         assert!(none.is_empty() && !inside(&none));
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_socket_read_and_keep_nothing_once_taken() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut io = SessionIo::new(
+            Arc::new(sock),
+            Arc::new(Outbox::new(1, 1024)),
+            Bytes::from_static(b"early"),
+        );
+        let sent: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        peer.write_all(&sent).await.unwrap();
+        drop(peer);
+        // As the WebSocket library reads without a buffer of its own: 14 bytes at a time.
+        let mut piece = [0u8; 14];
+        let n = io.read(&mut piece).await.unwrap();
+        assert_eq!(&piece[..n], b"early");
+        let n = io.read(&mut piece).await.unwrap();
+        let mut got = piece[..n].to_vec();
+        // That read took the whole write off the socket (one loopback segment), not 14 bytes.
+        assert_eq!(n + io.ahead.len(), sent.len());
+        loop {
+            let n = io.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(got, sent);
+        assert!(io.ahead.is_empty());
     }
 }
