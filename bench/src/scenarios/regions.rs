@@ -161,7 +161,7 @@ impl World {
                 if regions.iter().all(|&i| now[i] > before[i]) {
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of a deadline-bounded wait on the clients' frame counters
             }
             if Instant::now() >= deadline {
                 bail!("regions {regions:?} received nothing within {READY:?} of warm-up");
@@ -208,7 +208,7 @@ impl World {
             if done || Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of a deadline-bounded wait on the clients' frame counters
         }
         ph.frames = self
             .frames()
@@ -279,7 +279,7 @@ pub async fn run(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     let (base, queued) = (w.frames()[AP], hung.published);
     let deadline = Instant::now() + Duration::from_secs(10);
     while w.frames()[AP] < base + queued && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval of a deadline-bounded wait on the frame counter
     }
     let late = w.frames()[AP] - base;
     o.row(
