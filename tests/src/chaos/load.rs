@@ -187,8 +187,7 @@ pub fn client(
                         let pause = Duration::from_millis((ms * rng.range(0.5, 1.0)) as u64);
                         tokio::select! {
                             _ = stop.cancelled() => break,
-                            // The client's reconnect backoff (load shape, not synchronisation).
-                            _ = tokio::time::sleep(pause) => continue,
+                            _ = tokio::time::sleep(pause) => continue, // the client's reconnect backoff (load shape, not synchronisation)
                         }
                     }
                 }
