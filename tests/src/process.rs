@@ -307,26 +307,15 @@ impl Service {
     /// Waits for the start line and takes the listen addresses from it. A process that ends
     /// its output first keeps none (it failed to start: the caller awaits its exit).
     async fn learn_addresses(&mut self, listeners: Listeners) -> anyhow::Result<()> {
-        let mut lines = self.lines.clone();
-        let wait = async {
-            loop {
-                // Mark the current version seen before reading, so no line slips between.
-                lines.borrow_and_update();
-                let found = {
-                    let all = &self.lock_captured().all;
-                    let public = reported_addr(all, "listen_addr");
-                    let admin = match listeners {
-                        Listeners::PublicAndAdmin => reported_addr(all, "admin_listen_addr"),
-                        _ => public,
-                    };
-                    public.zip(admin)
-                };
-                if found.is_some() || lines.changed().await.is_err() {
-                    return found;
-                }
-            }
+        let find = |all: &str| {
+            let public = reported_addr(all, "listen_addr");
+            let admin = match listeners {
+                Listeners::PublicAndAdmin => reported_addr(all, "admin_listen_addr"),
+                _ => public,
+            };
+            public.zip(admin)
         };
-        match tokio::time::timeout(START_TIMEOUT, wait).await {
+        match self.find_in_output(find, START_TIMEOUT).await {
             Ok(Some((public, admin))) => {
                 self.addr = Some(public);
                 self.admin_addr = Some(admin);
@@ -340,6 +329,32 @@ impl Service {
                 self.logs()
             ),
         }
+    }
+
+    /// Looks for something in the output so far with `find`, again on every new line, until
+    /// it is found; `Ok(None)` once the output is complete without it, `Err` at `timeout`.
+    async fn find_in_output<T>(
+        &self,
+        find: impl Fn(&str) -> Option<T>,
+        timeout: Duration,
+    ) -> Result<Option<T>, tokio::time::error::Elapsed> {
+        let look = || find(&self.lock_captured().all);
+        let mut lines = self.lines.clone();
+        let wait = async {
+            loop {
+                // Mark the current version seen before looking, so no line slips between the
+                // look and the wait.
+                lines.borrow_and_update();
+                if let Some(found) = look() {
+                    return Some(found);
+                }
+                if lines.changed().await.is_err() {
+                    // Both readers finished: the output is complete.
+                    return look();
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await
     }
 
     /// The public listener, as its start line named it. Panics for a service started
@@ -493,25 +508,10 @@ impl Service {
         count: usize,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let printed = || self.lock_captured().all.matches(needle).count() >= count;
-        let mut lines = self.lines.clone();
-        let wait = async {
-            loop {
-                // Mark the current version seen before checking, so no line slips between the
-                // check and the wait.
-                lines.borrow_and_update();
-                if printed() {
-                    return true;
-                }
-                if lines.changed().await.is_err() {
-                    // Both readers finished: the output is complete.
-                    return printed();
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(true) => Ok(()),
-            Ok(false) => bail!(
+        let printed = |all: &str| (all.matches(needle).count() >= count).then_some(());
+        match self.find_in_output(printed, timeout).await {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => bail!(
                 "{} closed its output without printing {needle:?} {count} time(s); output:\n{}",
                 self.name,
                 self.logs()
