@@ -141,6 +141,18 @@ impl World {
             .collect()
     }
 
+    /// The clients' frame counts once `done` holds for them, or after `within` at the latest.
+    async fn frames_when(&self, done: impl Fn(&[u64]) -> bool, within: Duration) -> Vec<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.frames();
+            if done(&now) || Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of a deadline-bounded wait on the clients' frame counters
+        }
+    }
+
     async fn post(&mut self) -> anyhow::Result<(u64, u64)> {
         self.seq += 1;
         let body = event(&self.id, now_micros(), self.seq, "");
@@ -153,15 +165,12 @@ impl World {
     async fn warm(&mut self, regions: &[usize]) -> anyhow::Result<()> {
         let before = self.frames();
         let deadline = Instant::now() + READY;
+        let arrived = |now: &[u64]| regions.iter().all(|&i| now[i] > before[i]);
         loop {
             self.post().await?;
-            let round = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < round {
-                let now = self.frames();
-                if regions.iter().all(|&i| now[i] > before[i]) {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of a deadline-bounded wait on the clients' frame counters
+            let now = self.frames_when(arrived, Duration::from_millis(500)).await;
+            if arrived(&now) {
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!("regions {regions:?} received nothing within {READY:?} of warm-up");
@@ -201,17 +210,11 @@ impl World {
         }
         // Frames and drop counts trail the 202s: wait (bounded) until eu and us have every
         // published event; ap gets whatever it gets.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let now = self.frames();
-            let done = (0..AP).all(|i| now[i] - frames0[i] >= ph.published);
-            if done || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval of a deadline-bounded wait on the clients' frame counters
-        }
+        let published = ph.published;
+        let everything = |now: &[u64]| (0..AP).all(|i| now[i] - frames0[i] >= published);
         ph.frames = self
-            .frames()
+            .frames_when(everything, Duration::from_secs(10))
+            .await
             .iter()
             .zip(&frames0)
             .map(|(a, b)| a - b)
@@ -277,11 +280,10 @@ pub async fn run(sys: &System, p: &Params) -> anyhow::Result<Outcome> {
     // What ap's queue held while it hung reaches ap after SIGCONT (queued, not lost), unless
     // the gateway gave up its own connection meanwhile.
     let (base, queued) = (w.frames()[AP], hung.published);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while w.frames()[AP] < base + queued && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval of a deadline-bounded wait on the frame counter
-    }
-    let late = w.frames()[AP] - base;
+    let now = w
+        .frames_when(|now| now[AP] >= base + queued, Duration::from_secs(10))
+        .await;
+    let late = now[AP] - base;
     o.row(
         "frames of the hung phase that reached ap's client after SIGCONT (within 10 s)",
         format!("{} of {}", count(late as f64), count(queued as f64)),
