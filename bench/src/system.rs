@@ -37,15 +37,15 @@ pub struct System {
     pub gateways: Vec<Service>,
     /// The publisher.
     pub publisher: Service,
-    /// The account token every client connects with.
-    pub account_token: String,
     /// Instance name → id (the named ones and `m-0` … `m-<many-1>`).
     pub ids: HashMap<String, Uuid>,
     /// `m-<i>` instances created.
     pub many: usize,
     /// Whether `pg_stat_statements` is loaded (else only transaction counts are reported).
     pub statements: bool,
-    env: Env,
+    /// The database, account (whose token every client connects with) and Redis every
+    /// service of the benchmark shares.
+    pub env: Env,
 }
 
 impl System {
@@ -85,7 +85,6 @@ impl System {
             redis,
             gateways: Vec::new(),
             publisher,
-            account_token: env.account_token.clone(),
             ids,
             many,
             statements,
@@ -96,11 +95,6 @@ impl System {
             system.gateways.push(gw);
         }
         Ok(system)
-    }
-
-    /// The database, account and Redis every service of the benchmark shares.
-    pub fn env(&self) -> &Env {
-        &self.env
     }
 
     /// Starts one more gateway and waits until it is ready.
@@ -147,7 +141,7 @@ impl System {
     /// The `/ws` URL template of gateway `gw` for instance `name` (`{i}` allowed), with the
     /// account token in the query.
     pub fn ws_url(&self, gw: usize, name: &str) -> String {
-        self.gateways[gw].ws_url(&format!("/ws/{name}?token={}", self.account_token))
+        self.gateways[gw].ws_url(&format!("/ws/{name}?token={}", self.env.account_token))
     }
 
     /// The id of a seeded instance.

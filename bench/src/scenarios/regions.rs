@@ -83,7 +83,7 @@ impl World {
         let env = Env {
             redis_url: None,
             prefix: ryze_tests::unique_prefix(),
-            ..sys.env().clone()
+            ..sys.env.clone()
         };
         let mut regions = Vec::new();
         let mut spec = Vec::new();
@@ -98,7 +98,7 @@ impl World {
                 ("RUST_LOG", QUIET_LOG.to_owned()),
             ];
             let gateway = env.spawn_gateway(&settings, READY).await?;
-            let url = gateway.ws_url(&format!("/ws/{INSTANCE}?token={}", sys.account_token));
+            let url = gateway.ws_url(&format!("/ws/{INSTANCE}?token={}", sys.env.account_token));
             let mut ws = WsClient::connect(&url, &[])
                 .await
                 .with_context(|| format!("connecting region {name}'s client"))?;

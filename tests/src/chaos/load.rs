@@ -173,7 +173,7 @@ pub fn client(
                 (Some(_), Some((offset, _, _))) => format!("{base}?since={offset}"),
                 (Some(_), None) => format!("{base}?since=now"),
             };
-            let headers = [("token", sys.token.as_str())];
+            let headers = [("token", sys.env.account_token.as_str())];
             let attempt =
                 tokio::time::timeout(Duration::from_secs(10), WsClient::connect(&url, &headers));
             let mut ws = tokio::select! {
@@ -302,9 +302,10 @@ pub async fn stalled_client(sys: &System, inst: usize, hold: Duration) -> anyhow
     socket.set_recv_buffer_size(4096)?;
     let stream = socket.connect(sys.balancer.addr()).await?;
     let mut request = sys.ws_url(inst).into_client_request()?;
-    request
-        .headers_mut()
-        .insert("token", sys.token.parse().map_err(anyhow::Error::msg)?);
+    request.headers_mut().insert(
+        "token",
+        sys.env.account_token.parse().map_err(anyhow::Error::msg)?,
+    );
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::client_async(request, stream),

@@ -77,9 +77,9 @@ pub struct System {
     pub gateways: Mutex<Vec<Option<Slot>>>,
     pub publishers: Mutex<Vec<Option<Slot>>>,
     pub instances: Vec<Inst>,
-    pub token: String,
     pub recorder: Arc<Recorder>,
-    env: Env,
+    /// The database, the account whose token every client connects with, and the prefix.
+    pub env: Env,
     gateway_count: Mutex<usize>,
 }
 
@@ -131,7 +131,6 @@ impl System {
             gateways: Mutex::new(Vec::new()),
             publishers: Mutex::new(Vec::new()),
             instances: insts,
-            token: env.account_token.clone(),
             recorder,
             env,
             gateway_count: Mutex::new(0),
