@@ -119,8 +119,8 @@ struct Entry {
     /// frames may still be on their way from the subscriber connection (history is read on
     /// the other connection, whose reply can overtake them); they are dropped, not sent twice.
     caught_up_through: Option<Offset>,
-    /// When the last live frame was dispatched: frames closer together than
-    /// [`DIRECT_SPACING`] are left to the writers, which coalesce them.
+    /// When the last live frame was dispatched (or its inline writes ended): frames closer
+    /// together than [`DIRECT_SPACING`] are left to the writers, which coalesce them.
     last_dispatch: Option<Instant>,
 }
 
@@ -151,6 +151,13 @@ impl Entry {
             .is_none_or(|last| now.saturating_duration_since(last) >= DIRECT_SPACING);
         self.last_dispatch = Some(now);
         apart && self.clients.len() <= DIRECT_WIDTH && len <= DIRECT_MAX_BYTES
+    }
+
+    /// The fan-out finished writing a frame itself at `now`: spacing counts from here, so a
+    /// frame that waited while those writes ran is queued, and an instance whose inline
+    /// writes take longer than its frames' spacing cannot keep the Redis reader writing.
+    fn wrote_inline(&mut self, now: Instant) {
+        self.last_dispatch = Some(now);
     }
 
     /// A frame for this instance's clients: with its offset-carrying text, made once here,
@@ -345,6 +352,16 @@ mod tests {
         assert!(
             sparse.direct_now(Instant::now(), DIRECT_MAX_BYTES),
             "small enough"
+        );
+
+        // Inline writes that took longer than the spacing: the next frame waited, queue it.
+        tokio::time::advance(DIRECT_SPACING).await;
+        assert!(sparse.direct_now(Instant::now(), SMALL), "apart once more");
+        tokio::time::advance(DIRECT_SPACING * 2).await;
+        sparse.wrote_inline(Instant::now());
+        assert!(
+            !sparse.direct_now(Instant::now(), SMALL),
+            "waited behind the last frame's writes"
         );
 
         let mut wide = entry_with(DIRECT_WIDTH + 1);

@@ -75,6 +75,9 @@ impl Hub {
             return;
         }
         let stalled = push_all(&e.clients, &frame, &self.0.metrics, write_now);
+        if write_now {
+            e.wrote_inline(tokio::time::Instant::now());
+        }
         if stalled.is_empty() {
             return;
         }

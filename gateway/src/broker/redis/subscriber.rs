@@ -17,6 +17,12 @@ use uuid::Uuid;
 /// Channels per SUBSCRIBE command when resubscribing after a reconnect.
 const RESUBSCRIBE_CHUNK: usize = 500;
 
+/// Messages waiting behind the one being dispatched from which the fan-out counts as behind
+/// Redis and leaves writes to the sessions, which coalesce them. Well above one ingest
+/// request's instances (published together, each for other clients, so nothing would
+/// coalesce), well below the subscriber's broadcast capacity (docs/benchmarks.md).
+const BEHIND_MESSAGES: usize = 128;
+
 impl RedisBroker {
     pub(super) async fn read(
         self: Arc<Self>,
@@ -62,8 +68,7 @@ impl RedisBroker {
                 continue;
             };
             match wire::decode(body) {
-                // More messages waiting: the fan-out is behind, let writes coalesce.
-                Ok(frame) => hub.dispatch(id, frame, !messages.is_empty()),
+                Ok(frame) => hub.dispatch(id, frame, messages.len() >= BEHIND_MESSAGES),
                 Err(e) => {
                     self.metrics.frame_dropped("bad_wire");
                     tracing::debug!(error = %e, "dropping undecodable message");
