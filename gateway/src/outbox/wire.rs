@@ -71,8 +71,15 @@ impl Out {
 }
 
 /// Writes one frame without blocking; returns the bytes the socket took.
+///
+/// Straight on the (non-blocking) socket rather than through tokio's readiness check: the
+/// fan-out calls this once per client per frame, and tokio's check touches the connection's
+/// readiness state, a cache line of its own, for a write that almost always succeeds
+/// (docs/benchmarks.md). A `WouldBlock` here leaves tokio's readiness stale, which is
+/// harmless: the bytes are then queued and the session's flush writes through tokio, whose
+/// own `WouldBlock` clears it before waiting.
 pub fn write_frame(sock: &TcpStream, head: &Header, body: &[u8]) -> io::Result<usize> {
-    sock.try_write_vectored(&[IoSlice::new(head.as_slice()), IoSlice::new(body)])
+    socket2::SockRef::from(sock).send_vectored(&[IoSlice::new(head.as_slice()), IoSlice::new(body)])
 }
 
 /// Writes the front of `queue` without blocking, its first `sent` bytes being on the wire
