@@ -11,6 +11,7 @@
 //! - [`regions`]: ingest latency of a multi-region publisher with every region up, one region
 //!   down and one region hung (on three Redis servers, gateways and a publisher of its own).
 
+pub mod floor;
 pub mod history;
 pub mod idle;
 pub mod regions;

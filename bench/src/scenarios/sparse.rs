@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::floor;
 use super::stream::{common, stream, stream_targets, Spec};
 use super::{count, Outcome, Params};
 use crate::publish::event;
@@ -24,6 +25,9 @@ use crate::system::System;
 /// The issue's targets: CPU per delivery within this factor of the floor, and p99.
 const TARGET_RATIO: f64 = 1.3;
 const TARGET_P99_US: u64 = 20_000;
+/// Bytes the event envelope adds to the data of these scenarios' events (443 B frames for
+/// ~300 B of data).
+const FRAME_OVERHEAD: usize = 143;
 /// Saturated fan-out must deliver this share of the offered rate (790k of 800k/s).
 const SATURATED_SHARE: f64 = 790.0 / 800.0;
 
@@ -164,13 +168,25 @@ async fn finish(
     key: &str,
     spec: &Spec,
 ) -> anyhow::Result<()> {
+    // The floor is measured on both sides of the stream and averaged: on a shared VM it moves
+    // by a third within minutes, and bracketing the stream halves what that drift does to
+    // the ratio. The first run cannot know the exact frame size yet; the envelope adds
+    // FRAME_OVERHEAD bytes to the data, and a few bytes either way do not move the floor.
+    let before = floor::floor(p.sparse_data_bytes + FRAME_OVERHEAD, p.sparse_clients / 2).await;
     let st = stream(sys, p, key, spec).await?;
     common(o, &st);
     stream_targets(o, &st, false);
     let d = &st.delivered;
     let frame = (d.bytes as f64 / d.frames.max(1) as f64).round() as usize;
     let cpu_ms_per_1k = st.cpu.gateway_total() * 1e6 / d.frames.max(1) as f64;
-    let floor = floor(frame.max(64), p.sparse_clients / 2).await;
+    let after = floor::floor(frame.max(64), p.sparse_clients / 2).await;
+    let floors = match (before, after) {
+        (Ok(b), Ok(a)) => Ok((
+            (a + b) / 2.0,
+            format!("mean of {b:.2} before and {a:.2} after"),
+        )),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     let p99 = d.latency.quantile(0.99);
     o.target(
         "p99 publish → receive",
@@ -178,20 +194,38 @@ async fn finish(
         super::us(p99),
         p99 <= TARGET_P99_US && d.latency.count() > 0,
     );
-    match floor {
-        Ok(floor_ms) => {
+    match floors {
+        Ok((floor_ms, runs)) => {
             let ratio = cpu_ms_per_1k / floor_ms.max(1e-9);
             o.row(
                 "**gateway CPU per 1,000 deliveries / kernel floor**",
                 format!(
                     "**{cpu_ms_per_1k:.2} ms / {floor_ms:.2} ms = {ratio:.2}×** (floor: one {frame} B \
-                     frame per write to each of {} sockets, same run, server CPU 0, reader CPU 1)",
+                     frame per write to each of {} sockets, same run, server CPU 0, reader CPU 1; \
+                     {runs})",
                     count((p.sparse_clients / 2) as f64)
                 ),
                 "floor",
                 serde_json::json!({"gateway_cpu_ms_per_1k": cpu_ms_per_1k,
                     "floor_cpu_ms_per_1k": floor_ms, "ratio": ratio, "frame_bytes": frame}),
             );
+            let gap_ms = (1000.0 / p.sparse_rate.max(1e-9)).round() as u64;
+            let rounds = (p.sparse_rate * p.sparse_secs / 2.0).max(20.0) as u64;
+            match floor::paced(frame.max(64), p.sparse_clients / 2, rounds, gap_ms).await {
+                Ok(paced_ms) => o.row(
+                    "kernel floor at this pace, readers asleep between frames",
+                    format!(
+                        "{paced_ms:.2} ms per 1,000 ({:.2}× the floor; gateway {:.2}× this): \
+                         `ryze-floor-paced`, the floor's writes {gap_ms} ms apart to readers \
+                         waiting in epoll, as the scenario's clients are",
+                        paced_ms / floor_ms.max(1e-9),
+                        cpu_ms_per_1k / paced_ms.max(1e-9)
+                    ),
+                    "paced_floor",
+                    serde_json::json!({"paced_cpu_ms_per_1k": paced_ms, "gap_ms": gap_ms}),
+                ),
+                Err(e) => o.note(format!("the paced floor could not be measured: {e:#}")),
+            }
             o.target(
                 "gateway CPU per delivery / kernel floor",
                 "≤ 1.3×",
@@ -210,36 +244,4 @@ async fn finish(
         }
     }
     Ok(())
-}
-
-/// The kernel floor's CPU ms per 1,000 frames of `bytes` to `sockets` sockets, one frame per
-/// write (`RYZE_FLOOR`, default `../shared/tools/floor/run` from the repository root).
-pub async fn floor(bytes: usize, sockets: usize) -> anyhow::Result<f64> {
-    let tool = std::env::var("RYZE_FLOOR").unwrap_or_else(|_| "../shared/tools/floor/run".into());
-    let out = tokio::process::Command::new("bash")
-        .arg(&tool)
-        .args([
-            &sockets.max(1).to_string(),
-            "1000",
-            &bytes.to_string(),
-            "1",
-            "0",
-            "1",
-        ])
-        .output()
-        .await
-        .map_err(|e| anyhow::anyhow!("running {tool}: {e}"))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{tool} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{tool} printed {line:?}: {e}"))?;
-    v["cpu_ms_per_1k_deliveries"]
-        .as_f64()
-        .ok_or_else(|| anyhow::anyhow!("{tool} printed no cpu_ms_per_1k_deliveries: {line}"))
 }
