@@ -84,134 +84,145 @@ async fn next_batch(
 
 /// Runs the session until it ends. The caller owns registration in the hub and the metrics
 /// of the connection's lifetime. `resume` is empty for a connection without `since`.
-pub async fn run<S>(
+///
+/// A function returning an `async move` block rather than an `async fn`: an `async fn` moves
+/// its arguments into locals, and the future then holds the socket, the resume state and
+/// the limits twice (about 470 bytes), for the whole life of every idle connection.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice (see above)"
+)]
+pub fn run<'a, S>(
     mut socket: S,
     outbox: Arc<Outbox>,
     limits: SessionLimits,
-    metrics: &Metrics,
+    metrics: &'a Metrics,
     mut resume: Resume,
-) -> Ended
+) -> impl std::future::Future<Output = Ended> + 'a
 where
     S: Stream<Item = Result<Message, tungstenite::Error>>
         + Sink<Message, Error = tungstenite::Error>
-        + Unpin,
+        + Unpin
+        + 'a,
 {
-    let start = Instant::now();
-    let mut ping = tokio::time::interval_at(start + limits.ping_interval, limits.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // One timer for the session, moved on each PONG: rebuilding it in every `select!` cost a
-    // timer registration per batch (docs/benchmarks.md).
-    let pong_deadline = tokio::time::sleep_until(start + limits.pong_timeout);
-    tokio::pin!(pong_deadline);
-    let mut direct = false;
-    loop {
-        if !direct && resume.replay.is_empty() && resume.gap.is_none() {
-            direct = outbox.go_direct(resume.offsets, resume.replayed_through);
-        }
-        tokio::select! {
-            work = outbox.work(), if direct => match work {
-                Work::Close(code) => return close_with(&mut socket, &outbox, code).await,
-                Work::Gone => return Ended::Gone,
-                // The socket did not take everything: write the rest as it makes room.
-                Work::Write => tokio::select! {
-                    r = outbox.flush() => if r.is_err() { return Ended::Gone },
-                    _ = outbox.closed() => {}
-                    _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
-                },
-            },
-            (batch, live) = next_batch(&outbox, &mut resume.replay), if !direct => match batch {
-                Batch::Close(code) => return close_with(&mut socket, &outbox, code).await,
-                Batch::Frames(frames) => {
-                    let count = frames.len();
-                    let bytes: usize = frames.iter().map(|f| f.text.len()).sum();
-                    let gap = frames.front().and_then(|f| resume.take_gap(f));
-                    let gaps = u64::from(gap.is_some());
-                    let mut stamps: Vec<u64> = Vec::with_capacity(if live { count } else { 0 });
-                    let mut texts = Vec::with_capacity(count + 1);
-                    texts.extend(gap);
-                    for f in frames {
-                        if live {
-                            if resume.already_sent(&f) {
-                                continue;
-                            }
-                            stamps.push(f.published_micros);
-                        }
-                        texts.push(resume.text_of(f));
-                    }
-                    let replayed = if live { 0 } else { texts.len() as u64 - gaps };
-                    let write = async {
-                        for text in texts {
-                            socket.feed(Message::Text(text)).await?;
-                        }
-                        socket.flush().await
-                    };
-                    // A client that stops reading blocks the write: closing and the pong
-                    // deadline must still be able to end the session.
-                    let outcome = tokio::select! {
-                        r = write => Some(r),
-                        _ = outbox.closed() => None,
+    async move {
+        let start = Instant::now();
+        let mut ping = tokio::time::interval_at(start + limits.ping_interval, limits.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the session, moved on each PONG: rebuilding it in every `select!` cost a
+        // timer registration per batch (docs/benchmarks.md).
+        let pong_deadline = tokio::time::sleep_until(start + limits.pong_timeout);
+        tokio::pin!(pong_deadline);
+        let mut direct = false;
+        loop {
+            if !direct && resume.replay.is_empty() && resume.gap.is_none() {
+                direct = outbox.go_direct(resume.offsets, resume.replayed_through);
+            }
+            tokio::select! {
+                work = outbox.work(), if direct => match work {
+                    Work::Close(code) => return close_with(&mut socket, &outbox, code).await,
+                    Work::Gone => return Ended::Gone,
+                    // The socket did not take everything: write the rest as it makes room.
+                    Work::Write => tokio::select! {
+                        r = outbox.flush() => if r.is_err() { return Ended::Gone },
+                        _ = outbox.closed() => {}
                         _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
-                    };
-                    match outcome {
-                        Some(Ok(())) => {
+                    },
+                },
+                (batch, live) = next_batch(&outbox, &mut resume.replay), if !direct => match batch {
+                    Batch::Close(code) => return close_with(&mut socket, &outbox, code).await,
+                    Batch::Frames(frames) => {
+                        let count = frames.len();
+                        let bytes: usize = frames.iter().map(|f| f.text.len()).sum();
+                        let gap = frames.front().and_then(|f| resume.take_gap(f));
+                        let gaps = u64::from(gap.is_some());
+                        let mut stamps: Vec<u64> = Vec::with_capacity(if live { count } else { 0 });
+                        let mut texts = Vec::with_capacity(count + 1);
+                        texts.extend(gap);
+                        for f in frames {
                             if live {
-                                outbox.written(count, bytes);
+                                if resume.already_sent(&f) {
+                                    continue;
+                                }
+                                stamps.push(f.published_micros);
                             }
-                            let now = now_micros();
-                            metrics.frames_sent(stamps.len() as u64, stamps.into_iter().map(|s| now.saturating_sub(s) as f64 / 1e6));
-                            metrics.frames_replayed(replayed, gaps);
+                            texts.push(resume.text_of(f));
                         }
-                        Some(Err(_)) => return Ended::Gone,
-                        None => {
-                            let code = outbox.close_requested().unwrap_or(close::INTERNAL_ERROR);
-                            return close_with(&mut socket, &outbox, code).await;
+                        let replayed = if live { 0 } else { texts.len() as u64 - gaps };
+                        let write = async {
+                            for text in texts {
+                                socket.feed(Message::Text(text)).await?;
+                            }
+                            socket.flush().await
+                        };
+                        // A client that stops reading blocks the write: closing and the pong
+                        // deadline must still be able to end the session.
+                        let outcome = tokio::select! {
+                            r = write => Some(r),
+                            _ = outbox.closed() => None,
+                            _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
+                        };
+                        match outcome {
+                            Some(Ok(())) => {
+                                if live {
+                                    outbox.written(count, bytes);
+                                }
+                                let now = now_micros();
+                                metrics.frames_sent(stamps.len() as u64, stamps.into_iter().map(|s| now.saturating_sub(s) as f64 / 1e6));
+                                metrics.frames_replayed(replayed, gaps);
+                            }
+                            Some(Err(_)) => return Ended::Gone,
+                            None => {
+                                let code = outbox.close_requested().unwrap_or(close::INTERNAL_ERROR);
+                                return close_with(&mut socket, &outbox, code).await;
+                            }
                         }
                     }
-                }
-            },
-            msg = socket.next() => match msg {
-                None => return Ended::Gone,
-                Some(Ok(Message::Pong(_))) => pong_deadline.as_mut().reset(Instant::now() + limits.pong_timeout),
-                Some(Ok(Message::Close(_))) => {
-                    // The library queued the echo of the client's Close; send it, and nothing
-                    // after it.
-                    outbox.stop(close::INTERNAL_ERROR);
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
-                    return Ended::ClientClosed;
-                }
-                Some(Ok(Message::Ping(_))) => {
-                    // The library queued the PONG; flush it now rather than with the next frame,
-                    // without letting a client that does not read pin the session.
+                },
+                msg = socket.next() => match msg {
+                    None => return Ended::Gone,
+                    Some(Ok(Message::Pong(_))) => pong_deadline.as_mut().reset(Instant::now() + limits.pong_timeout),
+                    Some(Ok(Message::Close(_))) => {
+                        // The library queued the echo of the client's Close; send it, and nothing
+                        // after it.
+                        outbox.stop(close::INTERNAL_ERROR);
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+                        return Ended::ClientClosed;
+                    }
+                    Some(Ok(Message::Ping(_))) => {
+                        // The library queued the PONG; flush it now rather than with the next frame,
+                        // without letting a client that does not read pin the session.
+                        tokio::select! {
+                            r = socket.flush() => if r.is_err() { return Ended::Gone },
+                            _ = outbox.closed() => {}
+                            _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
+                        }
+                    }
+                    // The server consumes only PONG and Close; anything else has no effect, unless
+                    // it is over the limit. The library reads whole frames up to a larger hard cap,
+                    // so the socket holds no unread bytes when we close (unread bytes turn the
+                    // close into a TCP reset that can swallow the Close frame).
+                    Some(Ok(Message::Text(t))) if t.len() > limits.max_message_bytes => {
+                        return close_with(&mut socket, &outbox, close::MESSAGE_TOO_BIG).await;
+                    }
+                    Some(Ok(Message::Binary(b))) if b.len() > limits.max_message_bytes => {
+                        return close_with(&mut socket, &outbox, close::MESSAGE_TOO_BIG).await;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return match classify(&e) {
+                        Some(code) => close_with(&mut socket, &outbox, code).await,
+                        None => Ended::Gone,
+                    },
+                },
+                _ = ping.tick() => {
                     tokio::select! {
-                        r = socket.flush() => if r.is_err() { return Ended::Gone },
+                        r = socket.send(Message::Ping(Default::default())) => if r.is_err() { return Ended::Gone },
                         _ = outbox.closed() => {}
                         _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
                     }
                 }
-                // The server consumes only PONG and Close; anything else has no effect, unless
-                // it is over the limit. The library reads whole frames up to a larger hard cap,
-                // so the socket holds no unread bytes when we close (unread bytes turn the
-                // close into a TCP reset that can swallow the Close frame).
-                Some(Ok(Message::Text(t))) if t.len() > limits.max_message_bytes => {
-                    return close_with(&mut socket, &outbox, close::MESSAGE_TOO_BIG).await;
-                }
-                Some(Ok(Message::Binary(b))) if b.len() > limits.max_message_bytes => {
-                    return close_with(&mut socket, &outbox, close::MESSAGE_TOO_BIG).await;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return match classify(&e) {
-                    Some(code) => close_with(&mut socket, &outbox, code).await,
-                    None => Ended::Gone,
-                },
-            },
-            _ = ping.tick() => {
-                tokio::select! {
-                    r = socket.send(Message::Ping(Default::default())) => if r.is_err() { return Ended::Gone },
-                    _ = outbox.closed() => {}
-                    _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
-                }
+                _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
             }
-            _ = &mut pong_deadline => return close_with(&mut socket, &outbox, close::PONG_TIMEOUT).await,
         }
     }
 }
