@@ -34,12 +34,16 @@ pub async fn floor(bytes: usize, sockets: usize) -> anyhow::Result<f64> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
+    cpu_ms_per_1k(&tool, text.lines().last().unwrap_or_default())
+}
+
+/// The `cpu_ms_per_1k_deliveries` of the JSON line both floor tools print last.
+fn cpu_ms_per_1k(tool: &str, line: &str) -> anyhow::Result<f64> {
     let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{tool} printed {line:?}: {e}"))?;
+        serde_json::from_str(line).with_context(|| format!("{tool} printed {line:?}"))?;
     v["cpu_ms_per_1k_deliveries"]
         .as_f64()
-        .ok_or_else(|| anyhow::anyhow!("{tool} printed no cpu_ms_per_1k_deliveries: {line}"))
+        .with_context(|| format!("{tool} printed no cpu_ms_per_1k_deliveries: {line}"))
 }
 
 /// `ryze-floor-paced`'s CPU ms per 1,000 frames: `rounds` rounds, `gap_ms` apart, of one
@@ -81,9 +85,5 @@ pub async fn paced(bytes: usize, sockets: usize, rounds: u64, gap_ms: u64) -> an
         serve.wait().await?.success(),
         "ryze-floor-paced serve failed"
     );
-    let v: serde_json::Value = serde_json::from_str(&line)
-        .with_context(|| format!("ryze-floor-paced printed {line:?}"))?;
-    v["cpu_ms_per_1k_deliveries"]
-        .as_f64()
-        .with_context(|| format!("ryze-floor-paced printed no cpu_ms_per_1k_deliveries: {line}"))
+    cpu_ms_per_1k("ryze-floor-paced", &line)
 }
