@@ -19,6 +19,10 @@
 //! ```
 //! Connection `k` (global index `g = offset + k`) uses URL `g % urls` (with `--reconnect`: the
 //! first URL, then the next one after each loss) and replaces `{i}` by `g % instances`.
+//!
+//! With `RYZE_LOAD_TRACE=PATH` in the environment it also keeps every stamped frame's publish
+//! stamp and receive time and writes them to `PATH.<pid>` at exit
+//! (`scripts/trace-summary.py PATH` shows how each event spread over its clients).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -187,6 +191,9 @@ struct State {
     connected_pending: Cell<bool>,
     back_pending: Cell<bool>,
     events: Notify,
+    /// With `RYZE_LOAD_TRACE`: every stamped frame's (publish stamp, receive time), written
+    /// to `$RYZE_LOAD_TRACE.<pid>` at exit, to see how each event spread over its clients.
+    trace: Option<RefCell<Vec<(u64, u64)>>>,
 }
 
 fn bump(map: &RefCell<BTreeMap<String, u64>>, key: String) {
@@ -223,12 +230,20 @@ impl State {
             })
             .and_then(sent_micros)
         {
-            Some(sent) => self.latency.borrow_mut().record(now.saturating_sub(sent)),
+            Some(sent) => {
+                self.latency.borrow_mut().record(now.saturating_sub(sent));
+                if let Some(trace) = &self.trace {
+                    trace.borrow_mut().push((sent, now));
+                }
+            }
             None => self.unstamped.set(self.unstamped.get() + 1),
         }
     }
 
     fn reset(&self) {
+        if let Some(trace) = &self.trace {
+            trace.borrow_mut().clear();
+        }
         self.frames.set(0);
         self.bytes.set(0);
         self.unstamped.set(0);
@@ -465,6 +480,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Rc<Args>) -> anyhow::Result<()> {
     let st = Rc::new(State {
         per_conn: RefCell::new(vec![None; args.count]),
+        trace: std::env::var_os("RYZE_LOAD_TRACE").map(|_| RefCell::default()),
         ..State::default()
     });
     let permits = Rc::new(Semaphore::new(args.concurrency));
@@ -502,5 +518,15 @@ async fn run(args: Rc<Args>) -> anyhow::Result<()> {
         }
     }
     print(&st.report("final", &args));
+    if let (Some(trace), Ok(path)) = (&st.trace, std::env::var("RYZE_LOAD_TRACE")) {
+        let mut out = String::new();
+        for (sent, received) in trace.borrow().iter() {
+            out.push_str(&format!("{sent} {received}\n"));
+        }
+        let path = format!("{path}.{}", std::process::id());
+        if let Err(e) = std::fs::write(&path, out) {
+            eprintln!("ryze-load: writing {path}: {e}");
+        }
+    }
     Ok(())
 }

@@ -24,6 +24,15 @@ const IN_FLIGHT: usize = 64;
 /// The issue's targets.
 const TARGET_P99_US: u64 = 5_000;
 const TARGET_PER_CPU_SECOND: f64 = 400_000.0;
+/// How often the warm-up's frames are counted: finely, so that the stream follows the
+/// warm-up without a pause (see `stream`).
+const WARM_POLL: Duration = Duration::from_millis(5);
+/// How often delivered frames are counted once publishing has ended: each count asks every
+/// worker for a report, work on the clients' core while frames may still be arriving.
+const DONE_POLL: Duration = Duration::from_millis(200);
+/// TCP's minimum retransmission timeout on Linux: a longer pause before the stream puts the
+/// clients' receive side into quick-ACK mode for its first 16 frames.
+const RTO_MIN_MICROS: u64 = 200_000;
 
 /// What to stream.
 pub(super) struct Spec {
@@ -105,6 +114,8 @@ pub(super) struct Streamed {
     pub(super) conns: Vec<f64>,
     /// Warm-up excluded.
     pub(super) delivered: Merged,
+    /// From the warm-up's last request to the stream's first (see [`WARM_POLL`]).
+    pub(super) start_gap_micros: u64,
     pub(super) published: Published,
     pub(super) expected: u64,
     pub(super) cpu: Cpu,
@@ -175,6 +186,13 @@ pub(super) async fn stream(
     let rss_connected = rss(sys);
     let publisher = Publisher::new(sys.ingest_url(), API_KEY)?;
 
+    // Pinned before the warm-up: moving every process to its core disturbs the kernel for
+    // the better part of a second (measured: the first 16 events after the move took 35-66
+    // ms to reach every client, the rest 18-31 ms), which the warm-up absorbs.
+    let pids: Vec<u32> = fleet.pids();
+    if s.pin {
+        pin(sys, &pids, true).await;
+    }
     // Warm-up: a few requests so connection pools, caches and allocators are in steady state.
     let warm = (s.rate.min(20.0) as u64).max(2);
     let warm_body = s.body.clone();
@@ -184,16 +202,25 @@ pub(super) async fn stream(
         })
         .await;
     let warm_expected = expected(&connect, s, warmed.published);
-    wait_for_frames(&mut fleet, warm_expected, Duration::from_secs(20)).await?;
+    // Polled finely: the measured stream must follow the warm-up within TCP's minimum
+    // retransmission timeout (200 ms). After a longer silence every client's receive side
+    // acknowledges its next 16 segments at once (quick-ACK mode), which on loopback runs on
+    // the server core: measured, 1.6x the CPU per delivery of a 50 ms gap, and the first 16
+    // events of the sparse scenarios reaching their last client after 40-80 ms instead of
+    // 25 ms. A stream at a steady rate never pauses like that; the bench's own pause
+    // between warm-up and stream must not either.
+    wait_for_frames(
+        &mut fleet,
+        warm_expected,
+        Duration::from_secs(20),
+        WARM_POLL,
+    )
+    .await?;
     fleet.reset().await?;
 
     let mut metrics_before = Vec::new();
     for gw in &sys.gateways {
         metrics_before.push(metrics(gw).await?);
-    }
-    let pids: Vec<u32> = fleet.pids();
-    if s.pin {
-        pin(sys, &pids, true).await;
     }
     let cpu0 = Cpu::now(sys, &pids);
     // Sample gateway RSS while publishing.
@@ -232,7 +259,8 @@ pub(super) async fn stream(
         })
         .await;
     let expected = expected(&connect, s, published.published);
-    let delivered = wait_for_frames(&mut fleet, expected, Duration::from_secs(30)).await?;
+    let delivered =
+        wait_for_frames(&mut fleet, expected, Duration::from_secs(30), DONE_POLL).await?;
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let cpu1 = Cpu::now(sys, &pids);
@@ -267,6 +295,7 @@ pub(super) async fn stream(
         rss_after,
         conns,
         delivered,
+        start_gap_micros: published.first_send.saturating_sub(warmed.last_send),
         published,
         expected,
         cpu: cpu0.until(&cpu1),
@@ -326,6 +355,7 @@ async fn wait_for_frames(
     fleet: &mut Fleet,
     expected: u64,
     timeout: Duration,
+    every: Duration,
 ) -> anyhow::Result<Merged> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = (0, tokio::time::Instant::now());
@@ -340,7 +370,7 @@ async fn wait_for_frames(
         } else if now - last.1 > Duration::from_secs(3) {
             return Ok(m);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -397,6 +427,23 @@ pub(super) fn common(o: &mut Outcome, st: &Streamed) {
     );
     if let Some(e) = &p.first_error {
         o.note(format!("first publish error: {e}"));
+    }
+    o.row(
+        "pause between the warm-up's last request and the stream's first",
+        format!(
+            "{:.0} ms (kept under TCP's minimum RTO of 200 ms, as in a steady stream)",
+            st.start_gap_micros as f64 / 1e3
+        ),
+        "start_gap_ms",
+        st.start_gap_micros as f64 / 1e3,
+    );
+    if st.start_gap_micros > RTO_MIN_MICROS {
+        o.note(format!(
+            "the stream started {:.0} ms after the warm-up, over TCP's minimum RTO: its first \
+             16 frames per client were acknowledged at once (quick-ACK mode), which costs the \
+             server core more per delivery on loopback (docs/benchmarks.md)",
+            st.start_gap_micros as f64 / 1e3
+        ));
     }
     o.latency("ingest request round trip", "ingest_latency", &p.latency);
     o.row(
