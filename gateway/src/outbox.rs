@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use ryze_core::close::CloseCode;
 use ryze_core::wire::Offset;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tungstenite::Utf8Bytes;
@@ -79,26 +79,33 @@ struct Direct {
     replayed_through: Option<Offset>,
 }
 
+/// In declaration order (`repr(C)`): what a direct write reads, the socket first, sits next
+/// to the lock, so a frame written to an idle client touches as few cache lines as possible.
 #[derive(Default)]
+#[repr(C)]
 struct State {
-    queue: VecDeque<Frame>,
-    pending_frames: usize,
-    pending_bytes: usize,
-    close: Option<CloseCode>,
-    /// The socket, once the session runs.
-    io: Option<(Arc<TcpStream>, Metrics)>,
+    /// The socket, once the session runs. Owned here rather than shared with the session
+    /// (which reads through [`Outbox::poll_read`]): one allocation less per connection, and
+    /// no second cache line to find the file descriptor on each direct write.
+    io: Option<(TcpStream, Metrics)>,
     direct: Option<Direct>,
+    close: Option<CloseCode>,
+    /// A write failed.
+    broken: bool,
     /// Bytes accepted for the socket that it did not take yet, in order.
     wire: VecDeque<Out>,
     /// Bytes of `wire`'s front already written.
     sent: usize,
+    pending_frames: usize,
+    pending_bytes: usize,
     /// Bytes of control frames in `wire`.
     raw_bytes: usize,
-    /// A write failed.
-    broken: bool,
+    queue: VecDeque<Frame>,
 }
 
-/// The queue shared by the hub (producer) and the connection (consumer).
+/// The queue shared by the hub (producer) and the connection (consumer). `repr(C)`: the
+/// lock and the state it guards come first (see [`State`]).
+#[repr(C)]
 pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the writer: frames queued or close requested.

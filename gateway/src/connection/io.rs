@@ -13,16 +13,15 @@ use bytes::{Buf, Bytes};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Bytes read from the socket at once when the library asks for fewer.
 const READ_CHUNK: usize = 4096;
 
 /// A session's socket as the WebSocket library sees it.
 pub struct SessionIo {
-    sock: Arc<TcpStream>,
+    /// Owns the socket ([`Outbox::connect`]): reads go through it too.
     outbox: Arc<Outbox>,
     /// Read but not yet handed to the library: the client's first frames if hyper read them
     /// past the request head, then the rest of a chunk. Empty (no allocation) when idle.
@@ -30,10 +29,10 @@ pub struct SessionIo {
 }
 
 impl SessionIo {
-    /// The socket of an upgraded connection; `early` are bytes read past the handshake.
-    pub fn new(sock: Arc<TcpStream>, outbox: Arc<Outbox>, early: Bytes) -> SessionIo {
+    /// The socket of an upgraded connection, given to `outbox` already; `early` are bytes
+    /// read past the handshake.
+    pub fn new(outbox: Arc<Outbox>, early: Bytes) -> SessionIo {
         SessionIo {
-            sock,
             outbox,
             ahead: detach(early),
         }
@@ -64,34 +63,19 @@ impl AsyncRead for SessionIo {
             }
             return Poll::Ready(Ok(()));
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            if this.sock.poll_read_ready(cx)?.is_pending() {
-                return Poll::Pending;
-            }
-            let direct = buf.remaining() >= READ_CHUNK;
-            let into = if direct {
-                buf.initialize_unfilled()
-            } else {
-                &mut chunk[..]
-            };
-            match this.sock.try_read(into) {
-                Ok(n) if direct => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(n) => {
-                    let give = n.min(buf.remaining());
-                    buf.put_slice(&chunk[..give]);
-                    if give < n {
-                        this.ahead = Bytes::copy_from_slice(&chunk[give..n]);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        if buf.remaining() >= READ_CHUNK {
+            let n = ready!(this.outbox.poll_read(cx, buf.initialize_unfilled()))?;
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
         }
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = ready!(this.outbox.poll_read(cx, &mut chunk))?;
+        let give = n.min(buf.remaining());
+        buf.put_slice(&chunk[..give]);
+        if give < n {
+            this.ahead = Bytes::copy_from_slice(&chunk[give..n]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -133,15 +117,13 @@ mod tests {
     async fn small_reads_are_served_from_one_socket_read_and_keep_nothing_once_taken() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (sock, _) = listener.accept().await.unwrap();
-        let mut io = SessionIo::new(
-            Arc::new(sock),
-            Arc::new(Outbox::new(1, 1024)),
-            Bytes::from_static(b"early"),
-        );
+        let outbox = Arc::new(Outbox::new(1, 1024));
+        outbox.connect(sock, crate::metrics::Metrics::new(0));
+        let mut io = SessionIo::new(outbox, Bytes::from_static(b"early"));
         let sent: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
         peer.write_all(&sent).await.unwrap();
         drop(peer);

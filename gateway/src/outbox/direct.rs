@@ -10,7 +10,6 @@ use ryze_core::close::CloseCode;
 use ryze_core::wire::{now_micros, Offset};
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::TcpStream;
 
@@ -108,9 +107,37 @@ impl Outbox {
         Push::Closed
     }
 
-    /// Gives the outbox its connection's socket: from now on every write goes through it.
-    pub fn connect(&self, sock: Arc<TcpStream>, metrics: Metrics) {
+    /// Gives the outbox its connection's socket: from now on every write goes through it,
+    /// and the session reads through [`Outbox::poll_read`].
+    pub fn connect(&self, sock: TcpStream, metrics: Metrics) {
         self.lock().io = Some((sock, metrics));
+    }
+
+    /// Reads what the client sent into `into`. Under the lock, which a read (rare: the
+    /// client's pongs and Close) holds for one non-blocking `read`.
+    pub fn poll_read(&self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let s = self.lock();
+            let Some((sock, _)) = &s.io else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            };
+            if sock.poll_read_ready(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+            match sock.try_read(into) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    /// Ready once the socket may take bytes again (tokio's readiness, cleared by the last
+    /// `WouldBlock`).
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.lock().io {
+            Some((sock, _)) => sock.poll_write_ready(cx),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
     }
 
     /// Releases the socket and whatever waited for it (the session is over).
@@ -244,11 +271,7 @@ impl Outbox {
             if self.write_some()? {
                 return Poll::Ready(Ok(()));
             }
-            let sock = match &self.lock().io {
-                Some((sock, _)) => sock.clone(),
-                None => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            };
-            if sock.poll_write_ready(cx)?.is_pending() {
+            if self.poll_write_ready(cx)?.is_pending() {
                 return Poll::Pending;
             }
         }
@@ -270,7 +293,6 @@ impl Outbox {
             let Some((sock, _)) = &s.io else {
                 return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
             };
-            let sock = sock.clone();
             let mut written = 0;
             if s.wire.is_empty() {
                 match sock.try_write(buf) {
@@ -285,7 +307,7 @@ impl Outbox {
             } else if s.raw_bytes >= RAW_CAP {
                 // Too much waits already: write some of it, or wait for the socket.
                 drop(s);
-                if !self.write_some()? && sock.poll_write_ready(cx)?.is_pending() {
+                if !self.write_some()? && self.poll_write_ready(cx)?.is_pending() {
                     return Poll::Pending;
                 }
                 continue;

@@ -15,7 +15,7 @@ async fn connected(max_frames: usize) -> (Arc<Outbox>, TcpStream) {
     let (server, _) = l.accept().await.unwrap();
     server.writable().await.unwrap();
     let o = Arc::new(Outbox::new(max_frames, 64 << 20));
-    o.connect(Arc::new(server), Metrics::new(0));
+    o.connect(server, Metrics::new(0));
     assert!(o.go_direct(false, None));
     (o, client)
 }

@@ -187,9 +187,8 @@ async fn accept(
             let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
                 return tracing::error!("upgraded connection is not a TCP stream");
             };
-            let sock = Arc::new(parts.io.into_inner());
-            let io = SessionIo::new(sock.clone(), outbox.clone(), parts.read_buf);
-            outbox.connect(sock, metrics.clone());
+            outbox.connect(parts.io.into_inner(), metrics.clone());
+            let io = SessionIo::new(outbox.clone(), parts.read_buf);
             let Setup {
                 config,
                 limits,
