@@ -431,7 +431,7 @@ pub(super) fn common(o: &mut Outcome, st: &Streamed) {
     o.row(
         "pause between the warm-up's last request and the stream's first",
         format!(
-            "{:.0} ms (kept under TCP's minimum RTO of 200 ms, as in a steady stream)",
+            "{:.0} ms (a steady stream pauses less than TCP's minimum RTO, 200 ms)",
             st.start_gap_micros as f64 / 1e3
         ),
         "start_gap_ms",
@@ -439,9 +439,11 @@ pub(super) fn common(o: &mut Outcome, st: &Streamed) {
     );
     if st.start_gap_micros > RTO_MIN_MICROS {
         o.note(format!(
-            "the stream started {:.0} ms after the warm-up, over TCP's minimum RTO: its first \
-             16 frames per client were acknowledged at once (quick-ACK mode), which costs the \
-             server core more per delivery on loopback (docs/benchmarks.md)",
+            "the stream started {:.0} ms after the warm-up's last request (its frames took \
+             that long to arrive), over TCP's minimum RTO: each client's first 16 frames were \
+             acknowledged at once (quick-ACK mode), which on loopback costs the server core \
+             more per delivery; it matters where frames go out one per write, as in the \
+             sparse scenarios (docs/benchmarks.md, third pass)",
             st.start_gap_micros as f64 / 1e3
         ));
     }
