@@ -114,9 +114,37 @@ pub fn tcp_ext(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The machine's online CPUs as a `taskset` list (`0-1`), from sysfs. Not
+/// `available_parallelism`: that follows this process's own affinity, which is one CPU while
+/// a pinned scenario runs, and "every CPU" computed then was CPU 0 alone (every scenario
+/// after the first pinned one ran servers and clients on one core; docs/benchmarks.md).
+pub fn online_cpus() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| cpu_count(s) > 0)
+        .unwrap_or_else(|| {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            format!("0-{}", n - 1)
+        })
+}
+
+/// How many CPUs a list such as `0-3,6` names (5); 0 if it does not parse.
+pub fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => usize::from(part.trim().parse::<usize>().is_ok()),
+        })
+        .sum()
+}
+
 /// Machine facts for the report: (nproc, total RAM in bytes, kernel release, CPU model).
 pub fn machine() -> (usize, u64, String, String) {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let nproc = cpu_count(&online_cpus());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let ram = meminfo
         .lines()
@@ -156,5 +184,15 @@ mod tests {
         assert!(cpu_seconds(pid) >= 0.0);
         assert!(open_fds(pid) > 0);
         assert!(open_files_limit("self").is_some());
+    }
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(cpu_count("0-1"), 2);
+        assert_eq!(cpu_count("0"), 1);
+        assert_eq!(cpu_count("0-3,6,8-9"), 7);
+        assert_eq!(cpu_count(""), 0);
+        assert_eq!(cpu_count("x"), 0);
+        assert!(cpu_count(&online_cpus()) >= 1);
     }
 }

@@ -308,10 +308,7 @@ pub(super) async fn stream(
 /// Pins servers to CPU 0 and clients to CPU 1 (`pinned`), or lets everything run anywhere
 /// again. Best effort: `taskset` missing or refused leaves the scheduler's choice.
 async fn pin(sys: &System, workers: &[u32], pinned: bool) {
-    let all = format!(
-        "0-{}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
-    );
+    let all = procfs::online_cpus();
     let (servers, clients) = if pinned {
         ("0".to_owned(), "1".to_owned())
     } else {
