@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Parts};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,11 +184,13 @@ async fn accept(
                 Err(e) => return tracing::debug!(error = %e, "upgrade failed after 101"),
             };
             // The accept loop serves plain TCP (server.rs): anything else is a bug.
-            let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            // Destructured in the pattern: what is not taken is dropped here, not kept in the
+            // task's state for the connection's life (64 bytes per connection).
+            let Ok(Parts { io, read_buf, .. }) = upgraded.downcast::<TokioIo<TcpStream>>() else {
                 return tracing::error!("upgraded connection is not a TCP stream");
             };
-            outbox.connect(parts.io.into_inner(), metrics.clone());
-            let io = SessionIo::new(outbox.clone(), parts.read_buf);
+            outbox.connect(io.into_inner(), metrics.clone());
+            let io = SessionIo::new(outbox.clone(), read_buf);
             let Setup {
                 config,
                 limits,
