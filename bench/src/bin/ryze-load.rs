@@ -193,8 +193,11 @@ struct State {
     events: Notify,
     /// With `RYZE_LOAD_TRACE`: every stamped frame's (publish stamp, receive time), written
     /// to `$RYZE_LOAD_TRACE.<pid>` at exit, to see how each event spread over its clients.
-    trace: Option<RefCell<Vec<(u64, u64)>>>,
+    trace: Option<(String, RefCell<Trace>)>,
 }
+
+/// (publish stamp, receive time) of each stamped frame, in µs.
+type Trace = Vec<(u64, u64)>;
 
 fn bump(map: &RefCell<BTreeMap<String, u64>>, key: String) {
     let mut map = map.borrow_mut();
@@ -232,7 +235,7 @@ impl State {
         {
             Some(sent) => {
                 self.latency.borrow_mut().record(now.saturating_sub(sent));
-                if let Some(trace) = &self.trace {
+                if let Some((_, trace)) = &self.trace {
                     trace.borrow_mut().push((sent, now));
                 }
             }
@@ -241,7 +244,7 @@ impl State {
     }
 
     fn reset(&self) {
-        if let Some(trace) = &self.trace {
+        if let Some((_, trace)) = &self.trace {
             trace.borrow_mut().clear();
         }
         self.frames.set(0);
@@ -480,7 +483,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Rc<Args>) -> anyhow::Result<()> {
     let st = Rc::new(State {
         per_conn: RefCell::new(vec![None; args.count]),
-        trace: std::env::var_os("RYZE_LOAD_TRACE").map(|_| RefCell::default()),
+        trace: std::env::var("RYZE_LOAD_TRACE")
+            .ok()
+            .map(|path| (path, RefCell::default())),
         ..State::default()
     });
     let permits = Rc::new(Semaphore::new(args.concurrency));
@@ -518,7 +523,7 @@ async fn run(args: Rc<Args>) -> anyhow::Result<()> {
         }
     }
     print(&st.report("final", &args));
-    if let (Some(trace), Ok(path)) = (&st.trace, std::env::var("RYZE_LOAD_TRACE")) {
+    if let Some((path, trace)) = &st.trace {
         let mut out = String::new();
         for (sent, received) in trace.borrow().iter() {
             out.push_str(&format!("{sent} {received}\n"));

@@ -186,9 +186,8 @@ pub(super) async fn stream(
     let rss_connected = rss(sys);
     let publisher = Publisher::new(sys.ingest_url(), API_KEY)?;
 
-    // Pinned before the warm-up: moving every process to its core disturbs the kernel for
-    // the better part of a second (measured: the first 16 events after the move took 35-66
-    // ms to reach every client, the rest 18-31 ms), which the warm-up absorbs.
+    // Pinned before the warm-up, so that the warm-up runs as the stream will, each process
+    // on its core, and nothing but counting its frames stands between the two (see below).
     let pids: Vec<u32> = fleet.pids();
     if s.pin {
         pin(sys, &pids, true).await;
