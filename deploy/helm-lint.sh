@@ -15,7 +15,10 @@
 #      PrometheusRule's rule groups and a JSON parse (python3 -m json.tool) of the Grafana
 #      dashboard ConfigMap's JSON (ci/monitoring-values.yaml enables both);
 #   4. yamllint of the hand-written YAML and of every rendered scenario;
-#   5. hadolint on deploy/Dockerfile; dclint (compose-spec JSON schema + lint) on
+#   5. hadolint on deploy/Dockerfile; deploy/chart-tests/image_context.py, which replays the
+#      Dockerfile's two build stages on a temporary tree through the .dockerignore (stage 1's
+#      workspace loads with `cargo metadata --locked --offline`, stage 2 holds every source of
+#      the crates the image builds); dclint (compose-spec JSON schema + lint) on
 #      deploy/compose.yaml;
 #   6. the chart tests (deploy/chart-tests/test_chart.py): assertions on rendered content.
 #
@@ -240,6 +243,8 @@ schema = json.load(open(sys.argv[1]))
 jsonschema.validators.validator_for(schema).check_schema(schema)' "$CHART/values.schema.json"
 check "hadolint deploy/Dockerfile" \
     hadolint --config "$TESTS/hadolint.yaml" "$ROOT/deploy/Dockerfile"
+check "deploy/Dockerfile's two stages load the workspace and hold every crate the image builds" \
+    python3 "$TESTS/image_context.py" "$ROOT"
 check "dclint deploy/compose.yaml (compose-spec schema + rules)" \
     "$NODE_TOOLS/node_modules/.bin/dclint" --color false --max-warnings 0 \
     -c "$TESTS/dclint.json" "$ROOT/deploy/compose.yaml"
