@@ -10,8 +10,9 @@ use ryze_gateway::embed::Guest;
 /// mimalloc instead of glibc's malloc. Each upgrade allocates and frees several KiB
 /// (HTTP buffers, headers, the auth lookup) around the few hundred bytes a connection keeps;
 /// glibc's per-thread arenas keep the freed space resident between those, mimalloc's
-/// size-segregated pages reuse it. Alternating idle runs: 0.6-0.7 KiB less RSS per
-/// connection and 12 % more connects/s (docs/benchmarks.md, fourth pass).
+/// size-segregated pages reuse it. Built without transparent huge pages (`no_thp`).
+/// Alternating idle runs: RSS 8 % lower at 19,834 connections, baseline included
+/// (docs/benchmarks.md, fourth pass).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
