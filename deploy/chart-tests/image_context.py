@@ -12,7 +12,8 @@ with deploy/Dockerfile.dockerignore as the context filter, and checks:
 3. after stage 2, every source file of the packages the image builds (the binaries' crates
    and every workspace crate they depend on) is present.
 
-usage: python3 image_context.py REPO_ROOT   (prints one line per check; exit 1 on failure)
+usage: python3 image_context.py REPO_ROOT   (prints each problem and a summary line;
+exit 1 on any problem)
 """
 
 import fnmatch
@@ -23,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 ROOT = Path(sys.argv[1]).resolve()
@@ -149,7 +149,7 @@ def image_crate_dirs() -> set[Path]:
 
 def main() -> int:
     patterns = ignore_patterns()
-    deps, build = stages()[0], stages()[1]
+    deps, build, *_ = stages()
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="image-context.") as tmp:
         tree = Path(tmp)
