@@ -24,15 +24,17 @@
 //! so the counted mean sinks while closing, and a pod trusting it would close below its line.
 //! Closes are counted as moving clients, and a read within [`MOVING_FOR`] of the last close
 //! never shows a smaller fleet than the largest read since: the pod never closes a connection
-//! that takes it below `REBALANCE_THRESHOLD` × the real mean. (If clients really left
-//! meanwhile, the pod stops early and acts again once the window is over.)
+//! that takes it below `REBALANCE_THRESHOLD` × the real mean. A pod that closed nothing keeps
+//! the largest total too, until it has not been read for [`MOVING_FOR`]: the pods receiving
+//! the moving clients see the same sinking total, and would otherwise close some of them.
+//! (If clients really left meanwhile, pods act on the smaller fleet once the window is over.)
 //! Without Redis (embedded single-process mode) rebalancing does not run.
 
 pub mod decision;
 
 use crate::broker::redis::RedisBroker;
 use crate::state::AppState;
-use decision::{decide, Decision, Fleet, PodLoad, Policy};
+use decision::{decide, Decision, Fleet, KeptTotal, PodLoad, Policy};
 use fred::prelude::*;
 use ryze_core::channel::Names;
 use ryze_core::close;
@@ -55,8 +57,8 @@ const STEP: Duration = Duration::from_millis(10);
 /// Closes that may be saved up while the loop wakes late (a loaded pod, a slow fleet read):
 /// this long at `REBALANCE_RATE`, so the rate holds on average without bursting after a stall.
 const BURST: Duration = Duration::from_millis(100);
-/// After this pod's last close, reads keep the largest fleet total seen for this long (at
-/// least a record lifetime): a client reconnects within its backoff cap (30 s, SPEC §5.6),
+/// After this pod's last close, or after the fleet total was last read at its largest, reads
+/// keep that total for this long (at least a record lifetime): a client reconnects within its backoff cap (30 s, SPEC §5.6),
 /// and a total that sank meanwhile is one whose clients are still moving.
 pub const MOVING_FOR: Duration = Duration::from_secs(30);
 
@@ -89,10 +91,8 @@ pub struct Rebalancer {
     pod: Uuid,
     settings: Settings,
     started: Instant,
-    /// The largest fleet total read (or kept while closing) since the window began.
-    kept_total: u64,
-    /// [`MOVING_FOR`] after this pod's last close: until then reads keep `kept_total`.
-    kept_until: Instant,
+    /// The fleet total kept while clients move.
+    kept: KeptTotal,
 }
 
 impl Rebalancer {
@@ -110,8 +110,7 @@ impl Rebalancer {
             pod: Uuid::new_v4(),
             settings,
             started: Instant::now(),
-            kept_total: 0,
-            kept_until: Instant::now(),
+            kept: KeptTotal::new(Instant::now()),
         }
     }
 
@@ -142,10 +141,15 @@ impl Rebalancer {
         let _ = self.remove_record().await;
     }
 
+    /// How long a fleet total is kept after it was last read or after this pod's last close.
+    fn moving_for(&self) -> Duration {
+        MOVING_FOR.max(self.settings.interval * 3)
+    }
+
     /// Writes this pod's record and reads the fleet's; updates the gauges. `None` (logged)
     /// when Redis fails: nothing is decided on a partial view. Within [`MOVING_FOR`] of
-    /// this pod's last close, the fleet total never reads smaller than before (the
-    /// difference is [`Fleet::moving`]).
+    /// this pod's last close or of the last read of the largest total, the fleet total never
+    /// reads smaller than that (the difference is [`Fleet::moving`]).
     async fn observe(&mut self) -> Option<Fleet> {
         let own = self.state.hub.open_clients() as u64;
         let own_ready = crate::readiness::check(&self.state).is_ok();
@@ -157,13 +161,8 @@ impl Rebalancer {
                     others,
                     moving: 0,
                 };
-                let counted = fleet.counted();
-                self.kept_total = if Instant::now() < self.kept_until {
-                    self.kept_total.max(counted)
-                } else {
-                    counted
-                };
-                fleet.moving = self.kept_total - counted;
+                let window = self.moving_for();
+                fleet.moving = self.kept.read(fleet.counted(), Instant::now(), window);
                 self.state
                     .metrics
                     .fleet_observed(fleet.pods(), fleet.mean(), fleet.share());
@@ -257,7 +256,7 @@ impl Rebalancer {
             excess = n,
             "rebalancing: closing excess connections"
         );
-        let moving_for = MOVING_FOR.max(self.settings.interval * 3);
+        let moving_for = self.moving_for();
         let rate = f64::from(self.settings.rate.max(1));
         let step = STEP.max(Duration::from_secs_f64(1.0 / rate));
         let per_step = ((rate * step.as_secs_f64()).round() as u64).max(1);
@@ -318,8 +317,8 @@ impl Rebalancer {
             if batch < want {
                 tokens -= (want - batch) as f64;
                 // Some closed: their clients are moving.
-                self.kept_total = self.kept_total.max(fleet.counted() + fleet.moving);
-                self.kept_until = Instant::now() + moving_for;
+                self.kept
+                    .closed(fleet.counted() + fleet.moving, Instant::now(), moving_for);
             }
             if batch > 0 {
                 break "too_young";

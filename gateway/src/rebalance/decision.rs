@@ -90,6 +90,42 @@ impl Fleet {
     }
 }
 
+/// The fleet total a pod trusts while clients move. A client closed for rebalancing is counted
+/// nowhere until it reconnects and its new pod's record is rewritten, so the read total sinks;
+/// every pod (the closing one and those receiving the clients) keeps the largest total until
+/// it has not been read, nor this pod closed, for a whole window.
+#[derive(Debug, Clone, Copy)]
+pub struct KeptTotal {
+    total: u64,
+    until: tokio::time::Instant,
+}
+
+impl KeptTotal {
+    /// Nothing kept yet.
+    pub fn new(now: tokio::time::Instant) -> KeptTotal {
+        KeptTotal {
+            total: 0,
+            until: now,
+        }
+    }
+
+    /// Takes a read total; returns the clients moving (kept total − `counted`). A total that
+    /// grew, or one that stayed lower for a whole `window`, is taken as it is.
+    pub fn read(&mut self, counted: u64, now: tokio::time::Instant, window: Duration) -> u64 {
+        if counted >= self.total || now >= self.until {
+            self.total = counted;
+            self.until = now + window;
+        }
+        self.total - counted
+    }
+
+    /// This pod closed connections of a fleet of `total`: keep it for `window`.
+    pub fn closed(&mut self, total: u64, now: tokio::time::Instant, window: Duration) {
+        self.total = self.total.max(total);
+        self.until = now + window;
+    }
+}
+
 /// The rebalancing settings the decision needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -187,6 +223,34 @@ mod tests {
                 .collect(),
             moving: 0,
         }
+    }
+
+    #[test]
+    fn a_sunk_total_is_kept_for_a_window_after_its_last_read() {
+        let window = Duration::from_secs(30);
+        let t0 = tokio::time::Instant::now();
+        let mut kept = KeptTotal::new(t0);
+        assert_eq!(kept.read(2000, t0, window), 0);
+        // Another pod closed 600: they are moving, whoever reads.
+        assert_eq!(kept.read(1400, t0 + Duration::from_secs(10), window), 600);
+        // Back at the total: the window starts again from this read.
+        assert_eq!(kept.read(2000, t0 + Duration::from_secs(20), window), 0);
+        assert_eq!(kept.read(1500, t0 + Duration::from_secs(49), window), 500);
+        // Lower for a whole window: clients really left.
+        assert_eq!(kept.read(1500, t0 + Duration::from_secs(50), window), 0);
+        // A total that grew is taken at once.
+        assert_eq!(kept.read(1700, t0 + Duration::from_secs(51), window), 0);
+    }
+
+    #[test]
+    fn closing_keeps_the_total_from_the_last_close() {
+        let window = Duration::from_secs(30);
+        let t0 = tokio::time::Instant::now();
+        let mut kept = KeptTotal::new(t0);
+        assert_eq!(kept.read(300, t0, window), 0);
+        kept.closed(300, t0 + Duration::from_secs(25), window);
+        assert_eq!(kept.read(200, t0 + Duration::from_secs(54), window), 100);
+        assert_eq!(kept.read(200, t0 + Duration::from_secs(55), window), 0);
     }
 
     #[test]
