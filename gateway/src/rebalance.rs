@@ -58,8 +58,9 @@ const STEP: Duration = Duration::from_millis(10);
 /// this long at `REBALANCE_RATE`, so the rate holds on average without bursting after a stall.
 const BURST: Duration = Duration::from_millis(100);
 /// After this pod's last close, or after the fleet total was last read at its largest, reads
-/// keep that total for this long (at least a record lifetime): a client reconnects within its backoff cap (30 s, SPEC §5.6),
-/// and a total that sank meanwhile is one whose clients are still moving.
+/// keep that total for this long (at least a record lifetime): a client reconnects within its
+/// backoff cap (30 s, SPEC §5.6), and a total that sank meanwhile is one whose clients are
+/// still moving.
 pub const MOVING_FOR: Duration = Duration::from_secs(30);
 
 /// Rebalancing settings (`REBALANCE_*`).
