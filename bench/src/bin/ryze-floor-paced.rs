@@ -55,18 +55,28 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One text frame as the gateway sends it (0x81, 16-bit length, payload) of `bytes` bytes of
-/// payload: `{"sentMicros":STAMP,"pad":"xx…"}`.
-fn frame(bytes: usize, stamp: u64) -> Vec<u8> {
-    let head = format!(r#"{{"sentMicros":{stamp:016},"pad":""#);
-    let pad = bytes.saturating_sub(head.len() + 2);
+/// The stamp's prefix in the payload; the 16 digits after it are the round's start.
+const STAMP_KEY: &str = r#"{"sentMicros":"#;
+/// Where those digits sit in the frame: after the 4-byte header and the key.
+const STAMP_AT: usize = 4 + STAMP_KEY.len();
+
+/// One text frame as the gateway sends it (0x81, 16-bit length, payload) with `bytes` bytes
+/// of payload (at least 40): `{"sentMicros":0000000000000000,"pad":"xx…"}`.
+fn frame(bytes: usize) -> Vec<u8> {
     let mut f = vec![0x81u8, 126, 0, 0];
-    f.extend_from_slice(head.as_bytes());
+    f.extend_from_slice(format!(r#"{STAMP_KEY}{:016},"pad":""#, 0).as_bytes());
+    let pad = (4 + bytes).saturating_sub(f.len() + 2);
     f.resize(f.len() + pad, b'x');
     f.extend_from_slice(b"\"}");
     let len = f.len() - 4;
     f[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     f
+}
+
+/// Writes `micros` as the frame's stamp: always 16 digits (until the year 2286), so the
+/// frame keeps its length.
+fn stamp(frame: &mut [u8], micros: u64) {
+    frame[STAMP_AT..STAMP_AT + 16].copy_from_slice(format!("{micros:016}").as_bytes());
 }
 
 fn serve(n: usize, rounds: u64, bytes: usize, gap_ms: u64) -> anyhow::Result<()> {
@@ -81,7 +91,7 @@ fn serve(n: usize, rounds: u64, bytes: usize, gap_ms: u64) -> anyhow::Result<()>
         s.set_nodelay(true)?;
     }
     let gap_us = gap_ms * 1000;
-    let mut frame = frame(bytes, 0);
+    let mut frame = frame(bytes);
     let pid = std::process::id();
     let c0 = ryze_bench::procfs::cpu_seconds(pid);
     let t0 = Instant::now();
@@ -92,9 +102,7 @@ fn serve(n: usize, rounds: u64, bytes: usize, gap_ms: u64) -> anyhow::Result<()>
         // round starts on the wall clock's grid, so writers started together stay in step.
         let start = (now_micros() / gap_us + 1) * gap_us;
         std::thread::sleep(Duration::from_micros(start.saturating_sub(now_micros())));
-        // Same length every round: the stamp is 16 digits until the year 2286.
-        let stamp = format!("{start:016}");
-        frame[18..34].copy_from_slice(stamp.as_bytes());
+        stamp(&mut frame, start);
         for s in socks.iter_mut() {
             s.write_all(&frame)?;
         }
@@ -168,10 +176,11 @@ mod tests {
 
     #[test]
     fn frames_have_the_asked_size_and_a_stamp_in_place() {
-        let mut f = frame(443, 0);
+        let mut f = frame(443);
         assert_eq!(f.len(), 4 + 443);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 443);
-        f[18..34].copy_from_slice(b"1765000000000000");
+        stamp(&mut f, 1_765_000_000_000_000);
+        assert_eq!(f.len(), 4 + 443);
         let text = std::str::from_utf8(&f[4..]).unwrap();
         assert_eq!(sent_micros(text), Some(1_765_000_000_000_000));
         assert!(text.ends_with("x\"}"));
