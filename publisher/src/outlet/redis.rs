@@ -151,6 +151,23 @@ impl RedisOutlet {
         }
     }
 
+    /// Whether each of `keys` exists, in one round trip. One `MGET` on a single Redis (the
+    /// live and resume keys are strings): fred flushes every command of a pipeline on its
+    /// own, so `EXISTS` per key cost one write and one reply per instance of the request. A
+    /// cluster keeps the `EXISTS` pipeline: `MGET` needs every key in one slot.
+    async fn exist(&self, keys: Vec<String>) -> Result<Vec<bool>, fred::error::Error> {
+        if !self.clustered {
+            let values: Vec<Value> = self.client.mget(keys).await?;
+            return Ok(values.iter().map(|v| !v.is_null()).collect());
+        }
+        let pipeline = self.client.pipeline();
+        for key in keys {
+            let _: () = pipeline.exists(key).await?;
+        }
+        let counts: Vec<i64> = pipeline.all().await?;
+        Ok(counts.into_iter().map(|n| n > 0).collect())
+    }
+
     /// Runs the history script for every message in one pipeline, in order. Each instance's
     /// first call is an `EVAL` (which also caches the script on the node that owns the
     /// instance's slot) and its later calls `EVALSHA`: they run after it on that node, so none
@@ -213,15 +230,8 @@ impl Bus for RedisOutlet {
             if !self.client.is_connected() {
                 return Err(BusError::Unavailable);
             }
-            self.bounded(async {
-                let pipeline = self.client.pipeline();
-                for id in ids {
-                    let _: () = pipeline.exists(self.names.live_key(*id)).await?;
-                }
-                let counts: Vec<i64> = pipeline.all().await?;
-                Ok(counts.into_iter().map(|n| n > 0).collect())
-            })
-            .await
+            let keys = ids.iter().map(|id| self.names.live_key(*id)).collect();
+            self.bounded(self.exist(keys)).await
         })
     }
 
@@ -238,23 +248,19 @@ impl Bus for RedisOutlet {
                 return Err(BusError::Unavailable);
             }
             // One round trip: the live key and the resume marker of every instance.
-            self.bounded(async {
-                let pipeline = self.client.pipeline();
-                for id in ids {
-                    let _: () = pipeline.exists(self.names.live_key(*id)).await?;
-                    let _: () = pipeline.exists(self.names.resume_key(*id)).await?;
-                }
-                let counts: Vec<i64> = pipeline.all().await?;
-                Ok(counts
-                    .chunks(2)
-                    .map(|pair| match pair {
-                        [live, _] if *live > 0 => Audience::Live,
-                        [_, resume] if *resume > 0 => Audience::Resumable,
-                        _ => Audience::Nobody,
-                    })
-                    .collect())
-            })
-            .await
+            let keys = ids
+                .iter()
+                .flat_map(|id| [self.names.live_key(*id), self.names.resume_key(*id)])
+                .collect();
+            let found = self.bounded(self.exist(keys)).await?;
+            Ok(found
+                .chunks(2)
+                .map(|pair| match pair {
+                    [true, _] => Audience::Live,
+                    [_, true] => Audience::Resumable,
+                    _ => Audience::Nobody,
+                })
+                .collect())
         })
     }
 
