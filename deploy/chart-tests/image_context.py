@@ -127,11 +127,18 @@ def stub(tree: Path, stage: list[str]):
             (root / target).write_text("fn main() {}\n")
 
 
+def cargo_metadata(cwd: Path, env=None) -> subprocess.CompletedProcess:
+    """`cargo metadata` of the workspace at `cwd`, from the lockfile and the local registry."""
+    return subprocess.run(
+        ["cargo", "metadata", "--locked", "--offline", "--format-version", "1"],
+        cwd=cwd, env=env, capture_output=True, text=True)
+
+
 def image_crate_dirs() -> set[Path]:
     """Directories of the image's packages and of every workspace crate they depend on."""
-    meta = json.loads(subprocess.run(
-        ["cargo", "metadata", "--locked", "--offline", "--format-version", "1"],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+    result = cargo_metadata(ROOT)
+    result.check_returncode()
+    meta = json.loads(result.stdout)
     members = set(meta["workspace_members"])
     nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
     packages = {p["id"]: p for p in meta["packages"]}
@@ -156,10 +163,7 @@ def main() -> int:
         for sources, dest in copies(deps):
             copy_in(tree, sources, dest, patterns, failures)
         stub(tree, deps)
-        loaded = subprocess.run(
-            ["cargo", "metadata", "--locked", "--offline", "--format-version", "1"],
-            cwd=tree, capture_output=True, text=True,
-            env={**os.environ, "CARGO_TARGET_DIR": str(tree / "target")})
+        loaded = cargo_metadata(tree, {**os.environ, "CARGO_TARGET_DIR": str(tree / "target")})
         if loaded.returncode != 0:
             failures.append("stage 1: cargo cannot load the workspace:\n" + loaded.stderr.strip())
         # Stage 2: the stub sources of the listed directories go, the real ones come.
